@@ -1,0 +1,30 @@
+# The two commands of the README. Both are idempotent: the venv is (re)built only when
+# pyproject.toml changes, from pinned versions (see pyproject.toml).
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-slow clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip check
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## make run: set up, then run the whole pipeline on the embedded default (offline, CPU).
+run: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+## make test: set up, then run the test suite (what .ci/run calls).
+test: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q
+
+test-slow: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -m slow
+
+clean:
+	rm -rf artifacts metrics data mlflow.db

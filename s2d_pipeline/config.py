@@ -1,0 +1,370 @@
+"""One typed settings object that mirrors `params.yaml`.
+
+`params.yaml` is the only place a run is configured (DVC tracks its keys); profiles under
+`profiles/` are complete alternatives (`s2d --params profiles/qwen3-math.yaml ...`). Unknown keys
+and wrong types are rejected with the dotted key named; a profile that points at models or data
+that are not on disk fails here, before anything trains (s2d never downloads).
+
+Only pydantic and PyYAML are imported, so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from s2d_pipeline.errors import ConfigError
+
+DEFAULT_PARAMS = "params.yaml"
+ARMS = ("s2d", "s2d_stage3", "s2d_stage3_replay", "grpo_direct", "opd_direct", "raw_bridge",
+        "no_warmup", "no_opd")
+Arm = Literal["s2d", "s2d_stage3", "s2d_stage3_replay", "grpo_direct", "opd_direct",
+              "raw_bridge", "no_warmup", "no_opd"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrackingConfig(Section):
+    # Relative sqlite paths resolve against the project root, so DVC stages, Prefect workers and
+    # TRL callbacks all write to one store (MLflow's own default is the *current* directory).
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "s2d"
+    registered_model: str = "s2d-student"
+
+
+class TaskConfig(Section):
+    name: Literal["arithmetic", "math"] = "arithmetic"
+    # arithmetic: operand digits; the answer is the sum's digits least-significant first.
+    digits: int = Field(3, ge=1, le=9)
+    # math: prompt template; {problem} is replaced by the question.
+    prompt_template: str = (
+        "Solve the problem. Put the final answer in \\boxed{{}}.\n\nProblem: {problem}\n\nSolution:"
+    )
+
+
+class RowBounds(Section):
+    min: int = Field(1, ge=0)
+    max: int = Field(1_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RowBounds":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        return self
+
+
+class DataConfig(Section):
+    # With generate=true (embedded default) `prepare` writes the three files from the task's
+    # seeded generator; with generate=false they are the user's files and must exist.
+    generate: bool = True
+    labels: str = "data/labels.jsonl"
+    prompts: str = "data/prompts.jsonl"
+    eval: str = "data/eval.jsonl"
+    n_labels: int = Field(1024, ge=1)
+    n_prompts: int = Field(4096, ge=1)
+    n_eval: int = Field(512, ge=1)
+    labels_rows: RowBounds = RowBounds(min=16, max=100_000)
+    prompts_rows: RowBounds = RowBounds(min=16, max=10_000_000)
+    eval_rows: RowBounds = RowBounds(min=16, max=100_000)
+
+
+class ModelSpec(Section):
+    # A local directory or an id already in the local Hugging Face cache (never downloaded).
+    path: Optional[str] = None
+    # Used when models.source == "build" (tiny from-scratch Qwen2-style models).
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelSpec":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class ModelsConfig(Section):
+    source: Literal["build", "path"] = "build"
+    teacher: ModelSpec = ModelSpec(hidden_size=96, num_layers=3, num_heads=4, intermediate_size=384)
+    student: ModelSpec = ModelSpec(hidden_size=48, num_layers=2, num_heads=2, intermediate_size=192)
+    max_seq_len: int = Field(32, ge=8)
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "auto"] = "float32"
+
+
+class PretrainRole(Section):
+    steps: int = Field(1500, ge=1)
+    # Share of pretraining examples whose answer drops every carry: a systematic, plausible
+    # error that verified-label RL can fix.
+    noise_rate: float = Field(0.55, ge=0.0, le=1.0)
+
+
+class PrepareConfig(Section):
+    """Brief noisy pretraining of the tiny base models (embedded default only)."""
+
+    # The teacher sees a slightly cleaner corpus (a stronger base model, as an 8B is to a 1.7B).
+    teacher: PretrainRole = PretrainRole(steps=1000, noise_rate=0.5)
+    student: PretrainRole = PretrainRole(steps=1500, noise_rate=0.55)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    # Gate on greedy accuracy of the base models; re-initialise (new seed) up to max_retries.
+    gate_min_accuracy: float = Field(0.2, ge=0.0, le=1.0)
+    gate_max_accuracy: float = Field(0.7, ge=0.0, le=1.0)
+    gate_eval_size: int = Field(512, ge=16)
+    max_retries: int = Field(2, ge=0)
+
+
+class AllocationConfig(Section):
+    # Share of the budget held out for Stage 3 (student GRPO) in the s2d_stage3 arm.
+    stage3_fraction: float = Field(0.25, ge=0.0, lt=1.0)
+
+
+class GRPOStageConfig(Section):
+    steps: int = Field(150, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    num_generations: int = Field(8, ge=2)
+    prompts_per_step: int = Field(16, ge=1)
+    beta: float = Field(0.0, ge=0.0)
+    epsilon: float = Field(0.2, gt=0.0)
+    epsilon_high: float = Field(0.28, gt=0.0)
+    temperature: float = Field(1.0, gt=0.0)
+    max_completion_length: int = Field(4, ge=1)
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = "dapo"
+
+
+class RolloutsConfig(Section):
+    samples_per_prompt: int = Field(1, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    max_completion_length: int = Field(4, ge=1)
+    max_prompts: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+
+class WarmupConfig(Section):
+    loss: Literal["forward_kl", "sft"] = "forward_kl"
+    steps: int = Field(100, ge=1)
+    learning_rate: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    batch_size: int = Field(128, ge=1)
+
+
+class OPDConfig(Section):
+    steps: int = Field(150, ge=1)
+    learning_rate: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    batch_size: int = Field(128, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    # 1.0 = reverse KL(student || teacher), 0.0 = forward KL, 0.5 = JSD.
+    beta: float = Field(1.0, ge=0.0, le=1.0)
+    max_completion_length: int = Field(4, ge=1)
+
+
+class StudentRLConfig(GRPOStageConfig):
+    enabled: bool = True
+    learning_rate: float = Field(1e-4, gt=0)
+    steps: int = Field(50, ge=1)
+
+
+class EvaluateConfig(Section):
+    k: int = Field(8, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    max_completion_length: int = Field(4, ge=1)
+    max_problems: Optional[int] = Field(None, ge=1)
+    # Prompts (from the unlabeled pool) on which C2's teacher-student KL is measured.
+    kl_prompts: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+
+class RuntimeConfig(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    use_vllm: bool = False
+    torch_threads: Optional[int] = Field(None, ge=1)
+
+
+class Config(Section):
+    profile: str = "tiny"
+    seed: int = 0
+    budget: int = 64
+    artifacts_dir: str = "artifacts"
+    metrics_dir: str = "metrics"
+    arms: list[Arm] = Field(default_factory=lambda: list(ARMS))
+    tracking: TrackingConfig = TrackingConfig()
+    task: TaskConfig = TaskConfig()
+    data: DataConfig = DataConfig()
+    models: ModelsConfig = ModelsConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    allocation: AllocationConfig = AllocationConfig()
+    teacher_rl: GRPOStageConfig = GRPOStageConfig()
+    rollouts: RolloutsConfig = RolloutsConfig()
+    warmup: WarmupConfig = WarmupConfig()
+    opd: OPDConfig = OPDConfig()
+    student_rl: StudentRLConfig = StudentRLConfig()
+    grpo_direct: GRPOStageConfig = GRPOStageConfig(learning_rate=1e-4)
+    evaluate: EvaluateConfig = EvaluateConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    # Not a params key: where relative paths resolve (the directory s2d runs in).
+    root: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    def path(self, rel: str | Path) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def artifacts(self) -> Path:
+        return self.path(self.artifacts_dir)
+
+    @property
+    def metrics(self) -> Path:
+        return self.path(self.metrics_dir)
+
+    def params_hash(self) -> str:
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid params ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{key}' (check its spelling and section)")
+        else:
+            got = err.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  - key '{key}': {err['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def load_config(
+    params: str | Path | None = None,
+    overrides: dict | None = None,
+    *,
+    root: str | Path | None = None,
+    check_paths: bool = True,
+) -> Config:
+    """Load and validate params (default: `$S2D_PARAMS` or ./params.yaml).
+
+    `overrides` is a nested dict applied on top (used by tests and flow parameters).
+    """
+    params = Path(params or os.environ.get("S2D_PARAMS", DEFAULT_PARAMS))
+    if not params.exists():
+        raise ConfigError(f"{params}: params file not found (run s2d from the project directory)")
+    try:
+        raw = yaml.safe_load(params.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{params}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{params}: top level must be a mapping of keys, got {type(raw).__name__}")
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return config_from_dict(raw, source=str(params), root=root, check_paths=check_paths)
+
+
+def config_from_dict(
+    raw: dict, *, source: str = "<params>", root: str | Path | None = None, check_paths: bool = True
+) -> Config:
+    if "root" in raw:
+        raise ConfigError(f"{source}: invalid params:\n  - unknown key 'root'")
+    try:
+        cfg = Config.model_validate({**raw, "root": Path(root or Path.cwd()).resolve()})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+    if check_paths:
+        check_inputs_exist(cfg, source)
+    return cfg
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`a.b=1` strings (CLI `-S`, like `dvc exp run -S`) to a nested dict; values parsed as YAML."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override '{pair}' must look like key.subkey=value")
+        key, value = pair.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _yaml_scalar(value)
+    return out
+
+
+def _yaml_scalar(text: str):
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; a number was meant
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def resolve_model_ref(ref: str, root: Path) -> Path | None:
+    """A local model directory for `ref` (a path or a hub id in the local cache), or None."""
+    p = Path(ref) if Path(ref).is_absolute() else root / ref
+    if (p / "config.json").exists():
+        return p
+    if "/" in ref and not ref.startswith((".", "/")):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - transformers always brings it
+            return None
+        hit = try_to_load_from_cache(ref, "config.json")
+        if isinstance(hit, str):
+            return Path(hit).parent
+    return None
+
+
+def check_inputs_exist(cfg: Config, source: str = "params") -> None:
+    """Fail at start, with a clear message, when a real profile's models or data are missing."""
+    problems: list[str] = []
+    if cfg.models.source == "path":
+        for role in ("teacher", "student"):
+            spec: ModelSpec = getattr(cfg.models, role)
+            if not spec.path:
+                problems.append(f"key 'models.{role}.path' is required when models.source is 'path'")
+            elif resolve_model_ref(spec.path, cfg.root) is None:
+                problems.append(
+                    f"key 'models.{role}.path': '{spec.path}' is neither a local model directory "
+                    "(with config.json) nor in the local Hugging Face cache. s2d never downloads: "
+                    f"fetch it yourself (e.g. `hf download {spec.path} --local-dir models/{role}`) "
+                    "and point the key at that directory"
+                )
+    if not cfg.data.generate:
+        for key in ("labels", "prompts", "eval"):
+            rel = getattr(cfg.data, key)
+            if not cfg.path(rel).exists():
+                problems.append(f"key 'data.{key}': file '{rel}' does not exist")
+    if cfg.data.generate and cfg.task.name != "arithmetic":
+        problems.append(
+            f"key 'data.generate' is true but task '{cfg.task.name}' has no generator: "
+            "set data.generate: false and point data.labels/prompts/eval at your files"
+        )
+    if problems:
+        raise ConfigError(f"{source}: cannot start:\n" + "\n".join(f"  - {p}" for p in problems))

@@ -1,0 +1,66 @@
+"""Batched sampling and scoring shared by prepare's gate, rollouts and evaluate.
+
+Plain `model.generate` with left padding: on tiny CPU models it is fast enough, and real-model
+profiles can switch generation-heavy stages to vLLM through TRL's options.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def device_of(model):
+    return next(model.parameters()).device
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    num_return_sequences: int = 1,
+    batch_size: int = 256,
+    seed: int | None = None,
+) -> list[list[str]]:
+    """Completions per prompt (`num_return_sequences` each), decoded without special tokens."""
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out: list[list[str]] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(prompts), batch_size):
+                chunk = list(prompts[start : start + batch_size])
+                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = {k: v.to(device_of(model)) for k, v in enc.items()}
+                gen = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=not greedy,
+                    temperature=None if greedy else temperature,
+                    top_p=None if greedy else 1.0,
+                    top_k=None if greedy else 0,
+                    num_return_sequences=num_return_sequences,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+                texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+                for i in range(len(chunk)):
+                    out.append(texts[i * num_return_sequences : (i + 1) * num_return_sequences])
+    finally:
+        model.train(was_training)
+    return out
+
+
+def accuracy(task, model, tokenizer, rows: Sequence[dict], *, max_new_tokens: int, batch_size: int = 256) -> float:
+    """Greedy accuracy of `model` on canonical rows with answers, scored by the task verifier."""
+    prompts = [task.format_prompt(r["prompt"]) for r in rows]
+    completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    hits = [task.verify(c[0], r["answer"]) for c, r in zip(completions, rows)]
+    return sum(hits) / max(len(hits), 1)

@@ -1,0 +1,155 @@
+"""Atomic, self-describing file I/O.
+
+Every output is written to a temporary sibling and renamed into place, so a crash never leaves a
+half-written file that a later stage could take for a complete one, and a failing stage never
+clobbers the previous good output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from s2d_pipeline.errors import DataError, S2DError
+
+COMPLETE_MARKER = "_COMPLETE.json"
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise S2DError(f"cannot create output directory {directory}: {exc.strerror}") from exc
+    if not os.access(directory, os.W_OK):
+        raise S2DError(f"output directory {directory} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary file path next to `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    _check_writable(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory; on success it replaces `path` (old contents removed) and is
+    marked complete. On failure the temporary directory is removed and `path` is left as it was."""
+    path = Path(path)
+    _check_writable(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"complete": True}))
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_complete(path: str | Path) -> bool:
+    return (Path(path) / COMPLETE_MARKER).exists()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    n = 0
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found (has the stage that writes it run?)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSONL file; any defect is reported with the file and 1-based line number.
+
+    Each returned row carries its line number under the key `_line`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    raw = path.read_bytes()
+    rows: list[dict] = []
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}:{lineno}: rule 'utf-8 encoding' failed: byte {exc.start} of the line "
+                f"cannot be decoded as UTF-8 (re-save the file as UTF-8)"
+            ) from exc
+        try:
+            row = json.loads(text, parse_constant=_reject_constant)
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise DataError(f"{path}:{lineno}: rule 'valid JSONL' failed: {exc}") from exc
+        if not isinstance(row, dict):
+            raise DataError(
+                f"{path}:{lineno}: rule 'valid JSONL' failed: each line must be a JSON object, "
+                f"got {type(row).__name__}"
+            )
+        row["_line"] = lineno
+        rows.append(row)
+    return rows
+
+
+def _reject_constant(name: str) -> float:
+    # NaN/Infinity are not JSON; a label file holding them is broken, not numeric.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

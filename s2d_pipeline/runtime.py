@@ -1,0 +1,34 @@
+"""Process-level setup shared by every stage: seeds, threads, offline mode, device."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from s2d_pipeline.config import Config
+
+
+def setup(cfg: Config, seed_offset: int = 0) -> None:
+    # s2d never downloads: model and data references must already be on disk.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import numpy as np
+    import torch
+
+    if cfg.runtime.torch_threads:
+        torch.set_num_threads(cfg.runtime.torch_threads)
+    seed = cfg.seed + seed_offset
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def device(cfg: Config) -> str:
+    import torch
+
+    if cfg.runtime.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.runtime.device

@@ -1,0 +1,1 @@
+"""Pipeline stages: each module has `run(cfg) -> dict` (its metrics) and is one DVC stage."""

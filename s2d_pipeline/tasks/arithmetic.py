@@ -1,0 +1,108 @@
+"""The embedded synthetic verifiable task: integer addition with every number written
+least-significant digit first.
+
+`321+654=` means 123 + 456; the completion `9750` means 0579. Writing operands and answer in the
+same (reversed) order puts each answer digit at a fixed distance from the operand digits it needs,
+which a small rotary-position transformer learns quickly (with operands written the usual way, a
+2-layer Qwen2 sat at chance on the low digits after 1,500 steps); carries then flow left to right.
+The answer has a fixed length (digits + 1), so no end token is needed. The verifier is exact match
+of every digit. `labels`/`eval` store the answer as an ordinary integer string ("579").
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterator
+
+from s2d_pipeline.tasks.base import Task
+
+VOCAB = list("0123456789+=")
+
+
+class ArithmeticTask(Task):
+    name = "arithmetic"
+
+    def __init__(self, digits: int = 3):
+        self.digits = digits
+        self.answer_len = digits + 1
+
+    # ---- format -----------------------------------------------------------------------------
+    def problem(self, a: int, b: int) -> str:
+        return f"{self._digits_lsb_first(a, self.digits)}+{self._digits_lsb_first(b, self.digits)}="
+
+    @staticmethod
+    def _digits_lsb_first(value: int, width: int) -> str:
+        return f"{value:0{width}d}"[::-1]
+
+    def operands(self, problem: str) -> tuple[int, int]:
+        a, b = problem.rstrip("=").split("+")
+        return int(a[::-1]), int(b[::-1])
+
+    def format_prompt(self, problem: str) -> str:
+        return problem
+
+    def encode_answer(self, value: int) -> str:
+        """Completion text for an integer answer: zero-padded, least-significant digit first."""
+        return self._digits_lsb_first(value, self.answer_len)
+
+    # ---- verifier ---------------------------------------------------------------------------
+    def extract_answer(self, completion: str) -> str | None:
+        head = completion.strip()[: self.answer_len]
+        if len(head) < self.answer_len or not head.isdigit():
+            return None
+        return str(int(head[::-1]))
+
+    def parse_answer(self, answer: Any) -> int | None:
+        if isinstance(answer, bool):
+            return None
+        if isinstance(answer, int):
+            value = answer
+        elif isinstance(answer, str) and answer.strip().isdigit():
+            value = int(answer.strip())
+        else:
+            return None
+        return value if 0 <= value < 10**self.answer_len else None
+
+    def verify(self, completion: str, answer: Any) -> bool:
+        got, want = self.extract_answer(completion), self.parse_answer(answer)
+        return got is not None and want is not None and int(got) == want
+
+    # ---- generator --------------------------------------------------------------------------
+    def solve(self, problem: str) -> int:
+        a, b = self.operands(problem)
+        return a + b
+
+    def carry_free_answer(self, problem: str) -> int:
+        """The systematic wrong answer used as pretraining noise: every carry dropped."""
+        a, b = self.operands(problem)
+        return sum(((a // 10**i + b // 10**i) % 10) * 10**i for i in range(self.digits))
+
+    def sample_problems(self, n: int, rng: random.Random, exclude: set[str]) -> Iterator[str]:
+        space = 10 ** (2 * self.digits)
+        if n + len(exclude) > space:
+            raise ValueError(f"cannot draw {n} distinct {self.digits}-digit problems")
+        made = 0
+        while made < n:
+            k = rng.randrange(space)
+            p = self.problem(k // 10**self.digits, k % 10**self.digits)
+            if p not in exclude:
+                exclude.add(p)
+                made += 1
+                yield p
+
+    def generate_splits(self, seed: int, n_labels: int, n_prompts: int, n_eval: int) -> dict:
+        """Disjoint `labels`, `prompts` (no answers) and `eval` sets, deterministic in `seed`."""
+        rng = random.Random(f"arithmetic-{self.digits}-{seed}")
+        seen: set[str] = set()
+        eval_rows = [
+            {"id": f"eval-{i:05d}", "prompt": p, "answer": str(self.solve(p)), "source": "synthetic"}
+            for i, p in enumerate(self.sample_problems(n_eval, rng, seen))
+        ]
+        label_rows = [
+            {"id": f"lab-{i:05d}", "prompt": p, "answer": str(self.solve(p)), "source": "synthetic"}
+            for i, p in enumerate(self.sample_problems(n_labels, rng, seen))
+        ]
+        prompt_rows = [
+            {"id": f"pro-{i:05d}", "prompt": p} for i, p in enumerate(self.sample_problems(n_prompts, rng, seen))
+        ]
+        return {"labels": label_rows, "prompts": prompt_rows, "eval": eval_rows}

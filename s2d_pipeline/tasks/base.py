@@ -1,0 +1,40 @@
+"""The task adapter interface: prompt format, answer extraction and verifier in one place.
+
+Every stage that needs to know what a correct answer is asks the task; nothing else parses answers.
+Canonical rows are dicts with `id`, `prompt` (the problem as given), `answer` (labels/eval only)
+and optionally `source`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class Task(ABC):
+    name: str
+
+    @abstractmethod
+    def format_prompt(self, problem: str) -> str:
+        """The text the model is conditioned on for a problem."""
+
+    @abstractmethod
+    def extract_answer(self, completion: str) -> str | None:
+        """The final answer a completion commits to, or None when it commits to none."""
+
+    @abstractmethod
+    def parse_answer(self, answer: Any) -> Any | None:
+        """A reference answer in the form the verifier compares, or None if it cannot be parsed."""
+
+    @abstractmethod
+    def verify(self, completion: str, answer: Any) -> bool:
+        """True when the completion's final answer equals the reference answer."""
+
+    def rewards(self, completions: Sequence[str], answers: Sequence[Any]) -> list[float]:
+        """The sparse verifiable reward: 1.0 for a verified completion, else 0.0."""
+        return [1.0 if self.verify(c, a) else 0.0 for c, a in zip(completions, answers, strict=True)]
+
+    def to_canonical(self, rows: list[dict], path: Path) -> list[dict]:
+        """Map rows of a supported source format to canonical rows (default: already canonical)."""
+        return rows

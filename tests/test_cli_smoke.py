@@ -1,0 +1,57 @@
+"""prepare -> validate -> allocate through the real CLI entry point, on micro settings."""
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import MICRO
+
+
+def _write_micro_params(project):
+    from s2d_pipeline.config import deep_merge
+
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    (project / "params.yaml").write_text(yaml.safe_dump(deep_merge(raw, MICRO)))
+
+
+def _s2d(project, *args):
+    return subprocess.run([sys.executable, "-m", "s2d_pipeline.cli", *args], cwd=project,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_prepare_validate_allocate_through_cli(project):
+    _write_micro_params(project)
+    done = _s2d(project, "run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = [json.loads(line)["stage"] for line in done.stdout.splitlines() if line.startswith("{")]
+    assert stages == ["prepare", "validate", "allocate"]
+
+    from transformers import AutoModelForCausalLM
+
+    teacher = AutoModelForCausalLM.from_pretrained(project / "artifacts/prepare/teacher")
+    student = AutoModelForCausalLM.from_pretrained(project / "artifacts/prepare/student")
+    assert sum(p.numel() for p in teacher.parameters()) > 2 * sum(p.numel() for p in student.parameters())
+    assert (project / "artifacts/prepare/teacher/model.safetensors").exists()
+    assert json.loads((project / "artifacts/validate/report.json").read_text())["passed"] is True
+    ledger = json.loads((project / "artifacts/allocate/ledger.json").read_text())
+    assert ledger["budget"] == MICRO["budget"]
+    assert len(ledger["arms"]["s2d"]["stages"]["teacher_rl"]["ids"]) == MICRO["budget"]
+
+    # A bad budget is refused with the key named, and the good ledger is left as it was.
+    before = (project / "artifacts/allocate/ledger.json").read_bytes()
+    bad = _s2d(project, "allocate", "-S", "budget=100000")
+    assert bad.returncode == 2 and "key 'budget'" in bad.stderr and "only 64 verified labels" in bad.stderr
+    assert (project / "artifacts/allocate/ledger.json").read_bytes() == before
+    assert _s2d(project, "allocate", "-S", "budget=0").returncode == 2
+    typo = _s2d(project, "allocate", "-S", "budgt=3")
+    assert typo.returncode == 2 and "unknown key 'budgt'" in typo.stderr
+
+
+def test_cli_starts_without_heavy_imports():
+    code = ("import sys; from s2d_pipeline import cli, config; "
+            "print(sorted(m for m in ('torch','transformers','great_expectations','mlflow','prefect','trl') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+
+from s2d_pipeline.config import Config, config_from_dict, load_config, parse_overrides
+from s2d_pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_params_yaml_is_the_tiny_profile_and_mirrors_every_key():
+    cfg = load_config(REPO / "params.yaml", root=REPO)
+    assert cfg.profile == "tiny" and cfg.models.source == "build"
+    # params.yaml spells out the defaults it relies on, so DVC tracks them.
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(raw) <= set(Config.model_fields) - {"root"}
+
+
+@pytest.mark.parametrize("profile", sorted((REPO / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
+def test_real_profiles_validate_and_refuse_missing_models(profile, tmp_path):
+    cfg = load_config(profile, root=tmp_path, check_paths=False)
+    assert cfg.models.source == "path" and not cfg.data.generate
+    with pytest.raises(ConfigError) as err:
+        load_config(profile, root=tmp_path)
+    msg = str(err.value)
+    assert "models.teacher.path" in msg and "never downloads" in msg and "data.labels" in msg
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'teacher_rl.learnig_rate'"):
+        config_from_dict({"teacher_rl": {"learnig_rate": 1e-3}}, root=tmp_path)
+
+
+def test_wrong_type_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'budget'.*integer.*'many'"):
+        config_from_dict({"budget": "many"}, root=tmp_path)
+
+
+def test_nested_wrong_type_and_range(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"prepare": {"noise_rate": 1.5}, "models": {"student": {"num_heads": "two"}}},
+                         root=tmp_path)
+    assert "prepare.noise_rate" in str(err.value) and "models.student.num_heads" in str(err.value)
+
+
+def test_heads_must_divide_width(tmp_path):
+    with pytest.raises(ConfigError, match="divisible"):
+        config_from_dict({"models": {"teacher": {"hidden_size": 30, "num_heads": 4}}}, root=tmp_path)
+
+
+def test_overrides_parse_like_dvc_set():
+    assert parse_overrides(["budget=32", "teacher_rl.learning_rate=1e-3", "arms=[s2d]"]) == {
+        "budget": 32, "teacher_rl": {"learning_rate": 1e-3}, "arms": ["s2d"]}
+    with pytest.raises(ConfigError):
+        parse_overrides(["budget"])
+
+
+def test_invalid_yaml_is_reported_with_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("budget: [1, 2\n")
+    with pytest.raises(ConfigError, match="params.yaml: not valid YAML"):
+        load_config(bad, root=tmp_path)
+
+
+def test_local_model_directory_satisfies_path_profile(tmp_path):
+    for role in ("teacher", "student"):
+        (tmp_path / role).mkdir()
+        (tmp_path / role / "config.json").write_text("{}")
+    for split in ("labels", "prompts", "eval"):
+        (tmp_path / f"{split}.jsonl").write_text("")
+    cfg = config_from_dict({
+        "task": {"name": "math"},
+        "data": {"generate": False, "labels": "labels.jsonl", "prompts": "prompts.jsonl", "eval": "eval.jsonl"},
+        "models": {"source": "path", "teacher": {"path": "teacher"}, "student": {"path": "student"}},
+    }, root=tmp_path)
+    assert cfg.path(cfg.models.teacher.path) == tmp_path / "teacher"
