@@ -21,7 +21,8 @@ import sys
 from s2d_pipeline.errors import S2DError
 
 # Stage name -> module under s2d_pipeline.stages (imported only when run).
-STAGES = {"prepare": "prepare", "validate": "validate", "allocate": "allocate"}
+STAGES = {name: name for name in ("prepare", "validate", "allocate", "teacher_rl", "rollouts", "warmup",
+                                   "opd", "student_rl", "evaluate")}
 PIPELINE = list(STAGES)
 
 

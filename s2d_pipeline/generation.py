@@ -64,3 +64,44 @@ def accuracy(task, model, tokenizer, rows: Sequence[dict], *, max_new_tokens: in
     completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     hits = [task.verify(c[0], r["answer"]) for c, r in zip(completions, rows)]
     return sum(hits) / max(len(hits), 1)
+
+
+def completion_token_stats(student, teacher, tokenizer, prompts: Sequence[str], completions: Sequence[str],
+                           batch_size: int = 256) -> dict:
+    """Teacher log-probability of each completion, and mean per-token KL(student || teacher) over
+    completion tokens (the C2 diagnostic). With `student=None` only the teacher is scored."""
+    import torch
+
+    logprobs: list[float] = []
+    kl_sum, kl_tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            ps, cs = prompts[start : start + batch_size], completions[start : start + batch_size]
+            p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in ps]
+            c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs]
+            seqs = [a + b for a, b in zip(p_ids, c_ids)]
+            width = max(len(s) for s in seqs)
+            pad = tokenizer.pad_token_id
+            ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])  # left pad
+            attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+            mask = torch.zeros_like(ids, dtype=torch.bool)
+            for i, c in enumerate(c_ids):
+                if c:
+                    mask[i, width - len(c) :] = True
+            # logits at t predict token t+1
+            target_mask = mask[:, 1:]
+            t_logp = torch.log_softmax(_logits(teacher, ids, attn)[:, :-1].float(), -1)
+            tok_logp = t_logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+            logprobs += (tok_logp * target_mask).sum(-1).tolist()
+            if student is not None:
+                s_logp = torch.log_softmax(_logits(student, ids, attn)[:, :-1].float(), -1)
+                kl = (s_logp.exp() * (s_logp - t_logp)).sum(-1)
+                kl_sum += float((kl * target_mask).sum())
+                kl_tokens += int(target_mask.sum())
+    return {"teacher_logprob": logprobs, "kl": kl_sum / max(kl_tokens, 1), "tokens": kl_tokens}
+
+
+def _logits(model, ids, attn):
+    dev = device_of(model)
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    return model(input_ids=ids.to(dev), attention_mask=attn.to(dev), position_ids=position_ids.to(dev)).logits.cpu()

@@ -38,3 +38,21 @@ def validation_report(cfg: Config) -> Path:
 
 def ledger_file(cfg: Config) -> Path:
     return stage_dir(cfg, "allocate") / "ledger.json"
+
+
+def rl_teacher_dir(cfg: Config, key: str) -> Path:
+    return stage_dir(cfg, "teacher_rl") / key
+
+
+def teacher_dir(cfg: Config, teacher: str) -> Path:
+    """The raw teacher ("raw") or an RL teacher by key."""
+    return base_model_dir(cfg, "teacher") if teacher == "raw" else rl_teacher_dir(cfg, teacher)
+
+
+def rollouts_file(cfg: Config, teacher: str) -> Path:
+    return stage_dir(cfg, "rollouts") / f"{teacher}.jsonl"
+
+
+def student_dir(cfg: Config, arm: str, step: str) -> Path:
+    """An arm's student after `step` ("warmup", "opd", "student_rl" or "grpo_direct")."""
+    return stage_dir(cfg, "students") / arm / step

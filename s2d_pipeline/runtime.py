@@ -15,6 +15,8 @@ def setup(cfg: Config, seed_offset: int = 0) -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(cfg)
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = cfg.tracking.experiment
     import numpy as np
     import torch
 
@@ -32,3 +34,13 @@ def device(cfg: Config) -> str:
     if cfg.runtime.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return cfg.runtime.device
+
+
+def tracking_uri(cfg: Config) -> str:
+    """The project's one MLflow store: relative sqlite paths resolve against the project root, so
+    DVC stages, Prefect workers and TRL callbacks in any working directory share it."""
+    uri = cfg.tracking.uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(cfg.path(uri[len(prefix):]))
+    return uri

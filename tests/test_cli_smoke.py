@@ -42,7 +42,7 @@ def test_prepare_validate_allocate_through_cli(project):
     # A bad budget is refused with the key named, and the good ledger is left as it was.
     before = (project / "artifacts/allocate/ledger.json").read_bytes()
     bad = _s2d(project, "allocate", "-S", "budget=100000")
-    assert bad.returncode == 2 and "key 'budget'" in bad.stderr and "only 64 verified labels" in bad.stderr
+    assert bad.returncode == 2 and "key 'budget'" in bad.stderr and "only 40 verified labels" in bad.stderr
     assert (project / "artifacts/allocate/ledger.json").read_bytes() == before
     assert _s2d(project, "allocate", "-S", "budget=0").returncode == 2
     typo = _s2d(project, "allocate", "-S", "budgt=3")

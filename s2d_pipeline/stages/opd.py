@@ -1,0 +1,46 @@
+"""`s2d opd`: Stage 2b — on-policy distillation with a dense per-token reward.
+
+For every arm with OPD, the student (after warmup where the arm has one) samples on unlabeled
+prompts and minimises per-token reverse KL to the arm's teacher (TRL DistillationTrainer, beta=1).
+Needs no labels.
+
+    s2d opd
+"""
+
+from __future__ import annotations
+
+import time
+
+from s2d_pipeline import arms as arm_specs
+from s2d_pipeline.config import Config
+from s2d_pipeline.io import atomic_dir, write_json
+from s2d_pipeline.layout import base_model_dir, metrics_file, student_dir, teacher_dir
+from s2d_pipeline.tasks import get_task
+
+
+def run(cfg: Config) -> dict:
+    from s2d_pipeline import runtime
+    from s2d_pipeline.data import load_split
+    from s2d_pipeline.training import save_trained, train_opd
+
+    runtime.setup(cfg)
+    task = get_task(cfg.task)
+    prompts = [task.format_prompt(r["prompt"]) for r in load_split(cfg, task, "prompts")]
+    metrics: dict = {}
+    for arm in arm_specs.bridge_arms(cfg.arms):
+        spec = arm_specs.SPECS[arm]
+        _, steps = arm_specs.bridge_steps(arm, cfg.warmup.steps, cfg.opd.steps)
+        if not spec.opd:
+            continue
+        started = time.perf_counter()
+        start = student_dir(cfg, arm, "warmup") if spec.warmup else base_model_dir(cfg, "student")
+        with atomic_dir(student_dir(cfg, arm, "opd")) as tmp:
+            trainer = train_opd(cfg, start, teacher_dir(cfg, spec.teacher), prompts, steps, tmp / "_trainer",
+                                run_name=f"opd/{arm}")
+            history = save_trained(trainer, tmp)
+        losses = [h["loss"] for h in history if "loss" in h]
+        metrics[arm] = {"teacher": spec.teacher, "steps": steps,
+                        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+                        "wall_s": round(time.perf_counter() - started, 2)}
+    write_json(metrics_file(cfg, "opd"), metrics)
+    return metrics

@@ -1,0 +1,57 @@
+"""`s2d rollouts`: teacher trajectory generation on the unlabeled prompt pool (reads no label).
+
+For each teacher a configured arm warms up from (the RL teacher, or the raw one for `raw_bridge`),
+samples `rollouts.samples_per_prompt` completions per prompt and writes
+`artifacts/rollouts/<teacher>.jsonl` with `prompt_id`, `prompt`, `completion`, `num_tokens` and
+`teacher_logprob` (sum over completion tokens), which DVC versions.
+
+    s2d rollouts
+"""
+
+from __future__ import annotations
+
+import time
+
+from s2d_pipeline import arms as arm_specs
+from s2d_pipeline.config import Config
+from s2d_pipeline.io import write_json, write_jsonl
+from s2d_pipeline.layout import metrics_file, rollouts_file, teacher_dir
+from s2d_pipeline.tasks import get_task
+
+ROLLOUT_COLUMNS = ("prompt_id", "prompt", "completion", "num_tokens", "teacher_logprob", "teacher")
+
+
+def run(cfg: Config) -> dict:
+    from s2d_pipeline import runtime
+    from s2d_pipeline.data import load_split
+    from s2d_pipeline.generation import completion_token_stats, generate
+    from s2d_pipeline.models import load_model, load_tokenizer
+
+    runtime.setup(cfg)
+    task = get_task(cfg.task)
+    r = cfg.rollouts
+    pool = load_split(cfg, task, "prompts")[: r.max_prompts]  # unlabeled: ids and prompts only
+    metrics: dict = {}
+    for teacher in arm_specs.rollout_teachers(cfg.arms):
+        started = time.perf_counter()
+        path = teacher_dir(cfg, teacher)
+        model, tokenizer = load_model(path, cfg), load_tokenizer(path, cfg)
+        prompts = [task.format_prompt(row["prompt"]) for row in pool]
+        samples = generate(model, tokenizer, prompts, max_new_tokens=r.max_completion_length, greedy=False,
+                           temperature=r.temperature, num_return_sequences=r.samples_per_prompt,
+                           batch_size=r.batch_size, seed=cfg.seed)
+        flat_prompts = [p for p, cs in zip(prompts, samples) for _ in cs]
+        flat = [c for cs in samples for c in cs]
+        stats = completion_token_stats(None, model, tokenizer, flat_prompts, flat, batch_size=r.batch_size)
+        rows = []
+        for i, (row, cs) in enumerate(zip(pool, samples)):
+            for j, completion in enumerate(cs):
+                k = i * r.samples_per_prompt + j
+                rows.append({"prompt_id": row["id"], "prompt": prompts[i], "completion": completion,
+                             "num_tokens": len(tokenizer(completion, add_special_tokens=False)["input_ids"]),
+                             "teacher_logprob": round(stats["teacher_logprob"][k], 5), "teacher": teacher})
+        write_jsonl(rollouts_file(cfg, teacher), rows)
+        metrics[teacher] = {"rows": len(rows), "wall_s": round(time.perf_counter() - started, 2),
+                            "mean_teacher_logprob": round(sum(stats["teacher_logprob"]) / max(len(rows), 1), 4)}
+    write_json(metrics_file(cfg, "rollouts"), metrics)
+    return metrics

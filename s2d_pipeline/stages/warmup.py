@@ -1,0 +1,42 @@
+"""`s2d warmup`: Stage 2a — forward KL of the student toward the teacher on the teacher's rollouts.
+
+For every arm with a warmup, starts from the raw student and trains on the rollouts of that arm's
+teacher: token-level forward KL against the teacher's full distribution (TRL GKD, lmbda=0, beta=0),
+or plain SFT on the sampled tokens with `warmup.loss: sft`. Needs no labels.
+
+    s2d warmup
+"""
+
+from __future__ import annotations
+
+import time
+
+from s2d_pipeline import arms as arm_specs
+from s2d_pipeline.config import Config
+from s2d_pipeline.io import atomic_dir, read_jsonl, write_json
+from s2d_pipeline.layout import base_model_dir, metrics_file, rollouts_file, student_dir, teacher_dir
+
+
+def run(cfg: Config) -> dict:
+    from s2d_pipeline import runtime
+    from s2d_pipeline.training import save_trained, train_forward_kl
+
+    runtime.setup(cfg)
+    metrics: dict = {}
+    for arm in arm_specs.bridge_arms(cfg.arms):
+        spec = arm_specs.SPECS[arm]
+        steps, _ = arm_specs.bridge_steps(arm, cfg.warmup.steps, cfg.opd.steps)
+        if not spec.warmup:
+            continue
+        started = time.perf_counter()
+        rollouts = read_jsonl(rollouts_file(cfg, spec.teacher))
+        with atomic_dir(student_dir(cfg, arm, "warmup")) as tmp:
+            trainer = train_forward_kl(cfg, base_model_dir(cfg, "student"), teacher_dir(cfg, spec.teacher),
+                                       rollouts, steps, tmp / "_trainer", run_name=f"warmup/{arm}")
+            history = save_trained(trainer, tmp)
+        losses = [h["loss"] for h in history if "loss" in h]
+        metrics[arm] = {"teacher": spec.teacher, "steps": steps, "loss": cfg.warmup.loss,
+                        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+                        "wall_s": round(time.perf_counter() - started, 2)}
+    write_json(metrics_file(cfg, "warmup"), metrics)
+    return metrics

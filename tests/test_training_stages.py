@@ -1,0 +1,152 @@
+"""Every training stage on micro settings, asserting mechanics that could fail.
+
+One module-scoped pipeline (prepare -> ... -> evaluate on tiny models, a few steps each) keeps the
+file near a minute on 2 cores; each test then checks one stage's contract on its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from s2d_pipeline.config import deep_merge, load_config
+from tests.conftest import MICRO, REPO
+
+STAGE_MICRO = deep_merge(MICRO, {
+    "teacher_rl": {"steps": 3, "prompts_per_step": 4, "num_generations": 4, "warmup_steps": 0,
+                   "learning_rate": 1e-3},
+    "grpo_direct": {"steps": 3, "prompts_per_step": 4, "num_generations": 4, "warmup_steps": 0,
+                    "learning_rate": 1e-3},
+    "student_rl": {"steps": 2, "prompts_per_step": 2, "num_generations": 4, "warmup_steps": 0,
+                   "learning_rate": 1e-3},
+    "rollouts": {"samples_per_prompt": 2, "batch_size": 64},
+    "warmup": {"steps": 4, "batch_size": 32, "warmup_steps": 0, "learning_rate": 3e-3},
+    "opd": {"steps": 4, "batch_size": 32, "warmup_steps": 0, "learning_rate": 3e-3},
+    "evaluate": {"k": 2, "kl_prompts": 32, "batch_size": 64},
+})
+
+
+def _params_equal(a, b) -> bool:
+    import torch
+
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Run every stage once on micro settings; record which label prompts each GRPO run saw."""
+    from s2d_pipeline.stages import (allocate, evaluate, opd, prepare, rollouts, student_rl, teacher_rl,
+                                     validate, warmup)
+    from s2d_pipeline.tasks.arithmetic import ArithmeticTask
+
+    root = tmp_path_factory.mktemp("pipeline")
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    cfg = load_config(root / "params.yaml", STAGE_MICRO, root=root)
+    for stage in (prepare, validate, allocate):
+        stage.run(cfg)
+
+    seen: dict[str, set[str]] = {}
+    original = ArithmeticTask.rewards
+    current = {"stage": None}
+
+    def spy(self, completions, answers):  # a spy: the real verifier still scores
+        seen.setdefault(current["stage"], set()).update(map(str, answers))
+        return original(self, completions, answers)
+
+    ArithmeticTask.rewards = spy
+    try:
+        out = {}
+        for name, stage in (("teacher_rl", teacher_rl), ("rollouts", rollouts), ("warmup", warmup),
+                            ("opd", opd), ("student_rl", student_rl), ("evaluate", evaluate)):
+            current["stage"] = name
+            out[name] = stage.run(cfg)
+    finally:
+        ArithmeticTask.rewards = original
+    return cfg, out, seen
+
+
+def test_teacher_rl_moves_parameters_and_spends_only_its_labels(pipeline):
+    from s2d_pipeline.layout import base_model_dir, rl_teacher_dir
+    from s2d_pipeline.models import load_model
+
+    cfg, out, _ = pipeline
+    raw = load_model(base_model_dir(cfg, "teacher"), cfg)
+    for key in ("s2d", "s2d_stage3"):
+        assert not _params_equal(raw, load_model(rl_teacher_dir(cfg, key), cfg))
+    assert out["teacher_rl"]["s2d"]["labels_used"] == cfg.budget
+    assert out["teacher_rl"]["s2d_stage3"]["labels_used"] == cfg.budget - round(cfg.budget * 0.25)
+
+
+def test_rollouts_have_the_declared_schema_and_touch_no_label(pipeline):
+    from s2d_pipeline.io import read_jsonl
+    from s2d_pipeline.layout import data_file, rollouts_file
+    from s2d_pipeline.stages import rollouts
+    from s2d_pipeline.stages.rollouts import ROLLOUT_COLUMNS
+
+    cfg, _, _ = pipeline
+    rows = read_jsonl(rollouts_file(cfg, "s2d"))
+    pool = {r["id"] for r in read_jsonl(data_file(cfg, "prompts"))}
+    assert len(rows) == 2 * len(pool)
+    for row in rows:
+        assert set(row) - {"_line"} == set(ROLLOUT_COLUMNS)
+        assert row["prompt_id"] in pool and row["num_tokens"] == len(row["completion"]) <= 2 and row["teacher_logprob"] <= 0
+    # No label is read: the stage still runs with the labels file gone.
+    labels = data_file(cfg, "labels")
+    saved = labels.read_bytes()
+    labels.unlink()
+    try:
+        rollouts.run(cfg)
+    finally:
+        labels.write_bytes(saved)
+
+
+def test_warmup_and_opd_lower_teacher_student_kl(pipeline):
+    cfg, out, _ = pipeline
+    c2 = json.loads((cfg.metrics / "evaluate.json").read_text())["arms"]["s2d"]["C2_kl"]
+    assert c2["after_warmup"] < c2["before_warmup"]
+    assert c2["after_opd"] < c2["before_warmup"]
+    assert out["opd"]["s2d"]["loss_last"] < out["opd"]["s2d"]["loss_first"]
+    # Ablations keep compute equal: the removed stage's steps go to the other one.
+    assert out["opd"]["no_warmup"]["steps"] == out["warmup"]["no_opd"]["steps"] == 8
+
+
+def test_student_rl_spends_only_ledger_labels_and_replay_spends_none_new(pipeline):
+    from s2d_pipeline.io import read_json
+    from s2d_pipeline.layout import ledger_file
+    from s2d_pipeline.stages.allocate import labeled_rows
+
+    cfg, out, seen = pipeline
+    ledger = read_json(ledger_file(cfg))
+    holdout = {str(r["answer"]) for r in labeled_rows(cfg, "s2d_stage3", "student_rl")}
+    replay = {str(r["answer"]) for r in labeled_rows(cfg, "s2d_stage3_replay", "student_rl")}
+    spent_by_teacher = {str(r["answer"]) for r in labeled_rows(cfg, "s2d_stage3_replay", "teacher_rl")}
+    direct = {str(r["answer"]) for r in labeled_rows(cfg, "grpo_direct", "grpo_direct")}
+    assert seen["student_rl"] <= holdout | replay | direct
+    assert replay <= spent_by_teacher
+    assert out["student_rl"]["s2d_stage3"]["labels_seen"] == ledger["stage3_holdout"]
+    assert out["student_rl"]["s2d_stage3_replay"]["new_labels"] is False
+    assert ledger["arms"]["s2d_stage3_replay"]["spent"] == cfg.budget - ledger["stage3_holdout"]
+    assert seen["teacher_rl"] <= {str(r["answer"]) for r in labeled_rows(cfg, "s2d", "teacher_rl")}
+
+
+def test_evaluate_writes_every_arm_and_the_comparison(pipeline):
+    cfg, out, _ = pipeline
+    result = out["evaluate"]
+    assert set(result["arms"]) == set(cfg.arms)
+    assert set(result["C1"]) == {"s2d", "s2d_stage3"}
+    table = (cfg.artifacts / "evaluate" / "comparison.md").read_text()
+    for arm in cfg.arms:
+        assert f"| {arm} |" in table
+    assert "grpo_direct" in (cfg.artifacts / "evaluate" / "comparison.csv").read_text()
+
+
+def test_accuracy_metrics_score_known_right_and_wrong_completions():
+    from s2d_pipeline.stages.evaluate import accuracy_metrics
+    from s2d_pipeline.tasks.arithmetic import ArithmeticTask
+
+    task = ArithmeticTask(3)
+    rows = [{"prompt": task.problem(58, 67), "answer": "125"}, {"prompt": task.problem(1, 2), "answer": "3"}]
+    right, carry_free = task.encode_answer(125), task.encode_answer(115)
+    m = accuracy_metrics(task, [right, "3000"], [[right, carry_free], ["0000", "xx"]], rows)
+    assert m == {"greedy": 1.0, "avg@2": 0.25, "pass@2": 0.5}
