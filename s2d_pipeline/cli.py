@@ -23,7 +23,7 @@ from s2d_pipeline.errors import S2DError
 # Stage name -> module under s2d_pipeline.stages (imported only when run).
 STAGES = {name: name for name in ("prepare", "validate", "allocate", "teacher_rl", "rollouts", "warmup",
                                    "opd", "student_rl", "evaluate")}
-PIPELINE = list(STAGES)
+PIPELINE = list(STAGES)  # dependency order
 
 
 def _parser() -> argparse.ArgumentParser:

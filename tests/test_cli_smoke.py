@@ -1,4 +1,4 @@
-"""prepare -> validate -> allocate through the real CLI entry point, on micro settings."""
+"""The whole pipeline through the real CLI entry point (`s2d run`), on micro settings."""
 
 import json
 import subprocess
@@ -21,12 +21,15 @@ def _s2d(project, *args):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_prepare_validate_allocate_through_cli(project):
+def test_whole_pipeline_through_cli(project):
     _write_micro_params(project)
     done = _s2d(project, "run")
     assert done.returncode == 0, done.stderr[-3000:]
     stages = [json.loads(line)["stage"] for line in done.stdout.splitlines() if line.startswith("{")]
-    assert stages == ["prepare", "validate", "allocate"]
+    from s2d_pipeline.cli import PIPELINE
+
+    assert stages == PIPELINE
+    assert (project / "artifacts/evaluate/comparison.md").exists()
 
     from transformers import AutoModelForCausalLM
 
