@@ -72,11 +72,9 @@ def bridge_steps(arm: str, warmup_steps: int, opd_steps: int) -> tuple[int, int]
 
 
 def final_student_step(arm: str) -> tuple[str, str]:
-    """(arm directory, step) holding the arm's final student under artifacts/students/."""
+    """(arm, stage) whose output directory holds the arm's final student."""
     spec = SPECS[arm]
-    if arm == "grpo_direct":
-        return arm, "grpo_direct"
-    if spec.stage3:
+    if arm == "grpo_direct" or spec.stage3:
         return arm, "student_rl"
     return (spec.bridge or arm), ("opd" if spec.opd else "warmup")
 

@@ -38,8 +38,8 @@ class TrackingConfig(Section):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "s2d"
     registered_model: str = "s2d-student"
-    # TRL trainers log loss, reward and KL curves to MLflow (`report_to=["mlflow"]`).
-    report_to_mlflow: bool = True
+    # Parent/child runs per pipeline/stage; TRL trainers log loss, reward and KL curves into them.
+    enabled: bool = True
 
 
 class TaskConfig(Section):

@@ -54,5 +54,6 @@ def rollouts_file(cfg: Config, teacher: str) -> Path:
 
 
 def student_dir(cfg: Config, arm: str, step: str) -> Path:
-    """An arm's student after `step` ("warmup", "opd", "student_rl" or "grpo_direct")."""
-    return stage_dir(cfg, "students") / arm / step
+    """An arm's student after stage `step` ("warmup", "opd" or "student_rl"); one root per stage so
+    each DVC stage owns its outputs."""
+    return stage_dir(cfg, step) / arm

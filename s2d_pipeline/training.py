@@ -44,7 +44,7 @@ def training_args(cfg: Config, out_dir: Path, *, steps: int, learning_rate: floa
         gradient_checkpointing=cfg.runtime.gradient_checkpointing,
         logging_steps=max(1, steps // 20),
         save_strategy="no",
-        report_to=["mlflow"] if cfg.tracking.report_to_mlflow else "none",
+        report_to=["mlflow"] if cfg.tracking.enabled else "none",
         disable_tqdm=True,
         dataloader_num_workers=0,
     )

@@ -31,7 +31,7 @@ MICRO = {
     "prepare": {"teacher": {"steps": 300, "noise_rate": 0.5}, "student": {"steps": 300, "noise_rate": 0.5},
                 "batch_size": 64, "learning_rate": 3e-3, "gate_min_accuracy": 0.0,
                 "gate_max_accuracy": 1.0, "gate_eval_size": 16, "max_retries": 0},
-    "tracking": {"report_to_mlflow": False},
+    "tracking": {"enabled": False},
 }
 for _stage in ("teacher_rl", "grpo_direct", "student_rl", "rollouts", "opd", "evaluate"):
     MICRO[_stage] = {"max_completion_length": 2}

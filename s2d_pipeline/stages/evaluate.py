@@ -117,7 +117,7 @@ def _write_comparison(cfg: Config, result: dict) -> None:
     lines = [f"# Comparison on eval ({result['eval_problems']} problems, budget {cfg.budget}, seed {cfg.seed})", "",
              "| model | " + " | ".join(cols) + " | C2 KL before → after warmup → after OPD |",
              "|---|" + "---|" * (len(cols) + 1)]
-    csv = ["model," + ",".join(cols)]
+    csv = ["model,greedy,avg_at_k,pass_at_k"]
     rows = [("student_raw", result["student_raw"])] + list(result["arms"].items()) + list(result["teachers"].items())
     for name, m in rows:
         c2 = m.get("C2_kl")

@@ -1,0 +1,107 @@
+"""MLflow tracking: one store for the project, a parent run per pipeline run, a child per stage/arm.
+
+Every stage runs in its own process (DVC) or task (Prefect), so the parent run is found by a key:
+`S2D_PIPELINE_RUN_ID` when a driver (the Prefect flow) sets it, else a hash of the params, the git
+commit and the data. Children attach to it with `parent_run_id`; TRL's MLflow callback logs into the
+active child run without ending it. mlflow is imported inside functions (3 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+from typing import Iterator
+
+from s2d_pipeline.config import Config
+
+PIPELINE_KEY_TAG = "s2d.pipeline_key"
+
+
+def git_commit(cfg: Config) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cfg.root, capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def data_hashes(cfg: Config) -> dict[str, str]:
+    from s2d_pipeline.io import sha256_file
+    from s2d_pipeline.layout import SPLITS, data_file
+
+    return {split: sha256_file(data_file(cfg, split))[:16] for split in SPLITS if data_file(cfg, split).exists()}
+
+
+def run_tags(cfg: Config) -> dict[str, str]:
+    tags = {"s2d.git_commit": git_commit(cfg), "s2d.params_hash": cfg.params_hash(),
+            "s2d.budget": str(cfg.budget), "s2d.seed": str(cfg.seed), "s2d.profile": cfg.profile}
+    tags.update({f"s2d.data_sha.{k}": v for k, v in data_hashes(cfg).items()})
+    return tags
+
+
+def pipeline_key(cfg: Config) -> str:
+    if os.environ.get("S2D_PIPELINE_RUN_ID"):
+        return os.environ["S2D_PIPELINE_RUN_ID"]
+    tags = run_tags(cfg)
+    return hashlib.sha256(repr(sorted(tags.items())).encode()).hexdigest()[:16]
+
+
+def _client(cfg: Config):
+    import mlflow
+
+    from s2d_pipeline.runtime import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    return mlflow, experiment.experiment_id
+
+
+def parent_run_id(cfg: Config) -> str:
+    """The pipeline's parent run (created on first use, tagged for reproducibility)."""
+    mlflow, experiment_id = _client(cfg)
+    key = pipeline_key(cfg)
+    found = mlflow.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'",
+                               max_results=1, output_format="list")
+    if found:
+        return found[0].info.run_id
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name=f"pipeline-{key[:8]}",
+                            tags={PIPELINE_KEY_TAG: key, **run_tags(cfg)})
+    client.log_param(run.info.run_id, "params_hash", cfg.params_hash())
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(cfg: Config, stage: str, arm: str | None = None, metrics: dict | None = None) -> Iterator:
+    """A child run `stage/arm` under the pipeline's parent; yields the run (None when disabled)."""
+    if not cfg.tracking.enabled:
+        yield None
+        return
+    mlflow, _ = _client(cfg)
+    parent = parent_run_id(cfg)
+    name = f"{stage}/{arm}" if arm else stage
+    with mlflow.start_run(run_name=name, parent_run_id=parent, nested=True,
+                          tags={"s2d.stage": stage, "s2d.arm": arm or "", **run_tags(cfg)}) as run:
+        yield run
+
+
+def log_flat_metrics(metrics: dict, prefix: str = "") -> None:
+    """Log the numeric leaves of a nested metrics dict to the active run."""
+    import mlflow
+
+    flat: dict[str, float] = {}
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            flat[path.replace("@", "_at_")] = float(node)
+
+    walk(metrics, prefix)
+    if flat:
+        mlflow.log_metrics(flat)
