@@ -22,7 +22,7 @@ from s2d_pipeline.errors import S2DError
 
 # Stage name -> module under s2d_pipeline.stages (imported only when run).
 STAGES = {name: name for name in ("prepare", "validate", "allocate", "teacher_rl", "rollouts", "warmup",
-                                   "opd", "student_rl", "evaluate")}
+                                   "opd", "student_rl", "evaluate", "promote")}
 PIPELINE = list(STAGES)  # dependency order
 
 
@@ -37,8 +37,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_stage(name: str, cfg) -> dict:
+    """Run one stage inside its MLflow child run (under the pipeline's parent) and log its metrics."""
+    from s2d_pipeline.tracking import log_flat_metrics, stage_run
+
     module = importlib.import_module(f"s2d_pipeline.stages.{STAGES[name]}")
-    return module.run(cfg)
+    with stage_run(cfg, name) as run:
+        metrics = module.run(cfg)
+        if run is not None:
+            log_flat_metrics(metrics)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,3 +105,50 @@ def log_flat_metrics(metrics: dict, prefix: str = "") -> None:
     walk(metrics, prefix)
     if flat:
         mlflow.log_metrics(flat)
+
+
+@contextlib.contextmanager
+def arm_run(cfg: Config, stage: str, arm: str) -> Iterator:
+    """A run for one arm nested under the active stage run (TRL's callback logs into it)."""
+    if not cfg.tracking.enabled:
+        yield None
+        return
+    import mlflow
+
+    if mlflow.active_run() is None:  # stage called directly (tests, notebooks): attach to the pipeline
+        with stage_run(cfg, stage, arm) as run:
+            yield run
+        return
+    with mlflow.start_run(run_name=f"{stage}/{arm}", nested=True,
+                          tags={"s2d.stage": stage, "s2d.arm": arm}) as run:
+        yield run
+
+
+def register_student(cfg: Config, model_dir, arm: str, gate_metric: str, gate_value: float) -> str:
+    """Log an arm's final student (transformers flavor) into the active run, register it under
+    `tracking.registered_model`, tag it with its eval result and point alias `challenger` at it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from s2d_pipeline.models import load_model, load_tokenizer
+
+    name = cfg.tracking.registered_model
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": load_model(model_dir, cfg), "tokenizer": load_tokenizer(model_dir, cfg)},
+        name="student", task="text-generation", registered_model_name=name,
+        pip_requirements=_pinned_requirements(),
+    )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    tags = {"s2d.arm": arm, "s2d.eval.gate_metric_name": gate_metric, "s2d.eval.gate_metric": str(gate_value),
+            **run_tags(cfg)}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, "challenger", version)
+    return version
+
+
+def _pinned_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "transformers", "safetensors")]

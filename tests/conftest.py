@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from s2d_pipeline.config import deep_merge, load_config
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -49,3 +51,58 @@ def micro_cfg(project: Path):
     from s2d_pipeline.config import load_config
 
     return load_config(project / "params.yaml", MICRO, root=project)
+
+
+STAGE_MICRO = deep_merge(MICRO, {
+    "teacher_rl": {"steps": 3, "prompts_per_step": 4, "num_generations": 4, "warmup_steps": 0,
+                   "learning_rate": 1e-3},
+    "grpo_direct": {"steps": 3, "prompts_per_step": 4, "num_generations": 4, "warmup_steps": 0,
+                    "learning_rate": 1e-3},
+    "student_rl": {"steps": 2, "prompts_per_step": 2, "num_generations": 4, "warmup_steps": 0,
+                   "learning_rate": 1e-3},
+    "rollouts": {"samples_per_prompt": 2, "batch_size": 64},
+    "warmup": {"steps": 4, "batch_size": 32, "warmup_steps": 0, "learning_rate": 3e-3},
+    "opd": {"steps": 4, "batch_size": 32, "warmup_steps": 0, "learning_rate": 3e-3},
+    "evaluate": {"k": 2, "kl_prompts": 32, "batch_size": 64},
+})
+
+
+def _params_equal(a, b) -> bool:  # noqa: D401 - shared by test modules
+    import torch
+
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """Run every stage once on micro settings; record which label prompts each GRPO run saw."""
+    from s2d_pipeline.stages import (allocate, evaluate, opd, prepare, rollouts, student_rl, teacher_rl,
+                                     validate, warmup)
+    from s2d_pipeline.tasks.arithmetic import ArithmeticTask
+
+    root = tmp_path_factory.mktemp("pipeline")
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    cfg = load_config(root / "params.yaml", STAGE_MICRO, root=root)
+    for stage in (prepare, validate, allocate):
+        stage.run(cfg)
+
+    seen: dict[str, set[str]] = {}
+    original = ArithmeticTask.rewards
+    current = {"stage": None}
+
+    def spy(self, completions, answers):  # a spy: the real verifier still scores
+        seen.setdefault(current["stage"], set()).update(map(str, answers))
+        return original(self, completions, answers)
+
+    ArithmeticTask.rewards = spy
+    try:
+        out = {}
+        for name, stage in (("teacher_rl", teacher_rl), ("rollouts", rollouts), ("warmup", warmup),
+                            ("opd", opd), ("student_rl", student_rl), ("evaluate", evaluate)):
+            current["stage"] = name
+            out[name] = stage.run(cfg)
+    finally:
+        ArithmeticTask.rewards = original
+    return cfg, out, seen
+
+

@@ -10,61 +10,7 @@ import json
 
 import pytest
 
-from s2d_pipeline.config import deep_merge, load_config
-from tests.conftest import MICRO, REPO
-
-STAGE_MICRO = deep_merge(MICRO, {
-    "teacher_rl": {"steps": 3, "prompts_per_step": 4, "num_generations": 4, "warmup_steps": 0,
-                   "learning_rate": 1e-3},
-    "grpo_direct": {"steps": 3, "prompts_per_step": 4, "num_generations": 4, "warmup_steps": 0,
-                    "learning_rate": 1e-3},
-    "student_rl": {"steps": 2, "prompts_per_step": 2, "num_generations": 4, "warmup_steps": 0,
-                   "learning_rate": 1e-3},
-    "rollouts": {"samples_per_prompt": 2, "batch_size": 64},
-    "warmup": {"steps": 4, "batch_size": 32, "warmup_steps": 0, "learning_rate": 3e-3},
-    "opd": {"steps": 4, "batch_size": 32, "warmup_steps": 0, "learning_rate": 3e-3},
-    "evaluate": {"k": 2, "kl_prompts": 32, "batch_size": 64},
-})
-
-
-def _params_equal(a, b) -> bool:
-    import torch
-
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """Run every stage once on micro settings; record which label prompts each GRPO run saw."""
-    from s2d_pipeline.stages import (allocate, evaluate, opd, prepare, rollouts, student_rl, teacher_rl,
-                                     validate, warmup)
-    from s2d_pipeline.tasks.arithmetic import ArithmeticTask
-
-    root = tmp_path_factory.mktemp("pipeline")
-    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    cfg = load_config(root / "params.yaml", STAGE_MICRO, root=root)
-    for stage in (prepare, validate, allocate):
-        stage.run(cfg)
-
-    seen: dict[str, set[str]] = {}
-    original = ArithmeticTask.rewards
-    current = {"stage": None}
-
-    def spy(self, completions, answers):  # a spy: the real verifier still scores
-        seen.setdefault(current["stage"], set()).update(map(str, answers))
-        return original(self, completions, answers)
-
-    ArithmeticTask.rewards = spy
-    try:
-        out = {}
-        for name, stage in (("teacher_rl", teacher_rl), ("rollouts", rollouts), ("warmup", warmup),
-                            ("opd", opd), ("student_rl", student_rl), ("evaluate", evaluate)):
-            current["stage"] = name
-            out[name] = stage.run(cfg)
-    finally:
-        ArithmeticTask.rewards = original
-    return cfg, out, seen
-
+from tests.conftest import _params_equal
 
 def test_teacher_rl_moves_parameters_and_spends_only_its_labels(pipeline):
     from s2d_pipeline.layout import base_model_dir, rl_teacher_dir

@@ -108,7 +108,29 @@ def run(cfg: Config) -> dict:
     result["wall_s"] = round(time.perf_counter() - started, 2)
     write_json(metrics_file(cfg, "evaluate"), result)
     _write_comparison(cfg, result)
+    if cfg.tracking.enabled:
+        _track(cfg, result)
     return result
+
+
+def _track(cfg: Config, result: dict) -> None:
+    """One MLflow run per arm and teacher with its metrics; the candidate arm's student is
+    registered and becomes the `challenger` (promotion is `s2d promote`)."""
+    import mlflow
+
+    from s2d_pipeline.stages.promote import CANDIDATE_ARM, gate_metric_name
+    from s2d_pipeline.tracking import arm_run, log_flat_metrics, register_student
+
+    metric = gate_metric_name(result)
+    for name, metrics in {**result["arms"], **result["teachers"]}.items():
+        with arm_run(cfg, "evaluate", name):
+            log_flat_metrics(metrics)
+            if name == CANDIDATE_ARM:
+                version = register_student(cfg, student_dir(cfg, *arm_specs.final_student_step(name)), name,
+                                           metric, metrics[metric])
+                result["registered"] = {"model": cfg.tracking.registered_model, "version": version,
+                                        "alias": "challenger"}
+    mlflow.log_artifacts(str(stage_dir(cfg, "evaluate")), artifact_path="comparison")
 
 
 def _write_comparison(cfg: Config, result: dict) -> None:

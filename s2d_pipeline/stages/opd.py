@@ -16,6 +16,7 @@ from s2d_pipeline.config import Config
 from s2d_pipeline.io import atomic_dir, write_json
 from s2d_pipeline.layout import base_model_dir, metrics_file, student_dir, teacher_dir
 from s2d_pipeline.tasks import get_task
+from s2d_pipeline.tracking import arm_run
 
 
 def run(cfg: Config) -> dict:
@@ -34,7 +35,7 @@ def run(cfg: Config) -> dict:
             continue
         started = time.perf_counter()
         start = student_dir(cfg, arm, "warmup") if spec.warmup else base_model_dir(cfg, "student")
-        with atomic_dir(student_dir(cfg, arm, "opd")) as tmp:
+        with arm_run(cfg, "opd", arm), atomic_dir(student_dir(cfg, arm, "opd")) as tmp:
             trainer = train_opd(cfg, start, teacher_dir(cfg, spec.teacher), prompts, steps, tmp / "_trainer",
                                 run_name=f"opd/{arm}")
             history = save_trained(trainer, tmp)

@@ -20,6 +20,7 @@ from s2d_pipeline.io import atomic_dir, write_json
 from s2d_pipeline.layout import base_model_dir, metrics_file, student_dir
 from s2d_pipeline.ledger import GRPO_DIRECT, STUDENT_RL
 from s2d_pipeline.tasks import get_task
+from s2d_pipeline.tracking import arm_run
 
 
 def student_rl_arms(arms) -> list[str]:
@@ -43,7 +44,7 @@ def run(cfg: Config) -> dict:
             start = student_dir(cfg, *arm_specs.bridge_final_step(arm))
             rows, stage_cfg = labeled_rows(cfg, arm, STUDENT_RL), cfg.student_rl
         _, step = arm_specs.final_student_step(arm)
-        with atomic_dir(student_dir(cfg, arm, step)) as tmp:
+        with arm_run(cfg, "student_rl", arm), atomic_dir(student_dir(cfg, arm, step)) as tmp:
             trainer = train_grpo(cfg, task, start, rows, stage_cfg, tmp / "_trainer", run_name=f"{step}/{arm}")
             history = save_trained(trainer, tmp)
         metrics[arm] = {"labels_seen": len(rows), "new_labels": arm_specs.SPECS[arm].stage3 != "replay",

@@ -17,6 +17,7 @@ from s2d_pipeline.io import atomic_dir, write_json
 from s2d_pipeline.layout import base_model_dir, metrics_file, rl_teacher_dir
 from s2d_pipeline.ledger import TEACHER_RL
 from s2d_pipeline.tasks import get_task
+from s2d_pipeline.tracking import arm_run
 
 
 def run(cfg: Config) -> dict:
@@ -31,7 +32,7 @@ def run(cfg: Config) -> dict:
         started = time.perf_counter()
         rows = labeled_rows(cfg, key, TEACHER_RL)
         out = rl_teacher_dir(cfg, key)
-        with atomic_dir(out) as tmp:
+        with arm_run(cfg, "teacher_rl", key), atomic_dir(out) as tmp:
             trainer = train_grpo(cfg, task, base_model_dir(cfg, "teacher"), rows, cfg.teacher_rl,
                                  tmp / "_trainer", run_name=f"teacher_rl/{key}")
             history = save_trained(trainer, tmp)

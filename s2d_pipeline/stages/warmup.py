@@ -14,6 +14,7 @@ import time
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
 from s2d_pipeline.io import atomic_dir, read_jsonl, write_json
+from s2d_pipeline.tracking import arm_run
 from s2d_pipeline.layout import base_model_dir, metrics_file, rollouts_file, student_dir, teacher_dir
 
 
@@ -30,7 +31,7 @@ def run(cfg: Config) -> dict:
             continue
         started = time.perf_counter()
         rollouts = read_jsonl(rollouts_file(cfg, spec.teacher))
-        with atomic_dir(student_dir(cfg, arm, "warmup")) as tmp:
+        with arm_run(cfg, "warmup", arm), atomic_dir(student_dir(cfg, arm, "warmup")) as tmp:
             trainer = train_forward_kl(cfg, base_model_dir(cfg, "student"), teacher_dir(cfg, spec.teacher),
                                        rollouts, steps, tmp / "_trainer", run_name=f"warmup/{arm}")
             history = save_trained(trainer, tmp)
