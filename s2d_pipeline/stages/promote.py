@@ -47,6 +47,10 @@ def run(cfg: Config) -> dict:
     result = read_json(metrics_file(cfg, "evaluate"))
     metric = gate_metric_name(result)
     name = cfg.tracking.registered_model
+    if not cfg.tracking.enabled:
+        out = {"model": name, "promoted": False, "reasons": ["tracking.enabled is false: no model registry"]}
+        write_json(metrics_file(cfg, "promote"), out)
+        return out
     _client(cfg)
     client = MlflowClient()
     challenger = client.get_model_version_by_alias(name, "challenger")
