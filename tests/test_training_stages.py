@@ -96,3 +96,44 @@ def test_accuracy_metrics_score_known_right_and_wrong_completions():
     right, carry_free = task.encode_answer(125), task.encode_answer(115)
     m = accuracy_metrics(task, [right, "3000"], [[right, carry_free], ["0000", "xx"]], rows)
     assert m == {"greedy": 1.0, "avg@2": 0.25, "pass@2": 0.5}
+
+
+def test_opd_lowers_kl_on_a_fixed_batch(pipeline):
+    """Same (prompt, completion) pairs scored before and after OPD: the per-token KL to the teacher falls."""
+    from s2d_pipeline.generation import completion_token_stats
+    from s2d_pipeline.io import read_jsonl
+    from s2d_pipeline.layout import base_model_dir, rollouts_file, student_dir, teacher_dir
+    from s2d_pipeline.models import load_model, load_tokenizer
+
+    cfg, _, _ = pipeline
+    batch = read_jsonl(rollouts_file(cfg, "s2d"))[:32]
+    prompts, completions = [r["prompt"] for r in batch], [r["completion"] for r in batch]
+    teacher = load_model(teacher_dir(cfg, "s2d"), cfg)
+    tok = load_tokenizer(base_model_dir(cfg, "student"), cfg)
+    before = completion_token_stats(load_model(base_model_dir(cfg, "student"), cfg), teacher, tok, prompts, completions)
+    after = completion_token_stats(load_model(student_dir(cfg, "no_warmup", "opd"), cfg), teacher, tok, prompts,
+                                   completions)
+    assert after["tokens"] == before["tokens"] > 0
+    assert after["kl"] < before["kl"]
+
+
+def test_sft_warmup_variant_trains(pipeline, tmp_path):
+    """`warmup.loss: sft` (cross-entropy on the teacher's sampled tokens) runs through SFTTrainer."""
+    import shutil
+
+    from s2d_pipeline.config import config_from_dict
+    from s2d_pipeline.layout import base_model_dir, student_dir
+    from s2d_pipeline.models import load_model
+    from s2d_pipeline.stages import warmup
+
+    cfg0, _, _ = pipeline
+    for sub in ("data", "artifacts/prepare", "artifacts/teacher_rl", "artifacts/rollouts"):
+        shutil.copytree(cfg0.root / sub, tmp_path / sub)
+    raw = cfg0.model_dump(mode="json", exclude={"root"})
+    raw["warmup"]["loss"] = "sft"
+    raw["arms"] = ["s2d"]
+    cfg = config_from_dict(raw, root=tmp_path, check_paths=False)
+    out = warmup.run(cfg)
+    assert out["s2d"]["loss"] == "sft" and out["s2d"]["loss_last"] is not None
+    assert not _params_equal(load_model(base_model_dir(cfg, "student"), cfg),
+                             load_model(student_dir(cfg, "s2d", "warmup"), cfg))
