@@ -19,7 +19,7 @@ from pathlib import Path
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import atomic_path, write_json
+from s2d_pipeline.io import atomic_path, sha256_file, write_json
 from s2d_pipeline.layout import (base_model_dir, metrics_file, rl_teacher_dir, stage_dir, student_dir,
                                  teacher_dir)
 from s2d_pipeline.tasks import get_task
@@ -92,6 +92,7 @@ def run(cfg: Config) -> dict:
     for arm in cfg.arms:
         final = student_dir(cfg, *arm_specs.final_student_step(arm))
         entry = score(task, model(final), tokenizer, rows, cfg)
+        entry["model_sha256"] = sha256_file(final / "model.safetensors")[:16]  # what was evaluated
         spec = arm_specs.SPECS[arm]
         if spec.teacher is not None:
             t = model(teacher_dir(cfg, spec.teacher))
