@@ -42,7 +42,7 @@ def run_check_task(name: str, params: str, overrides: dict | None) -> dict:
     return run_stage_task.fn(name, params, overrides)
 
 
-@flow(name="s2d", log_prints=True)
+@flow(name="s2d")
 def s2d(params: str = "params.yaml", overrides: dict | None = None) -> dict:
     """Run the whole pipeline; returns the evaluate stage's metrics."""
     from s2d_pipeline.cli import PIPELINE

@@ -49,7 +49,8 @@ def pipeline_key(cfg: Config) -> str:
     return hashlib.sha256(repr(sorted(tags.items())).encode()).hexdigest()[:16]
 
 
-def _client(cfg: Config):
+def open_store(cfg: Config):
+    """mlflow, pointed at the project's store and experiment; returns (mlflow, experiment id)."""
     import mlflow
 
     from s2d_pipeline.runtime import tracking_uri
@@ -61,7 +62,7 @@ def _client(cfg: Config):
 
 def parent_run_id(cfg: Config) -> str:
     """The pipeline's parent run (created on first use, tagged for reproducibility)."""
-    mlflow, experiment_id = _client(cfg)
+    mlflow, experiment_id = open_store(cfg)
     key = pipeline_key(cfg)
     found = mlflow.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'",
                                max_results=1, output_format="list")
@@ -81,7 +82,7 @@ def stage_run(cfg: Config, stage: str, arm: str | None = None, metrics: dict | N
     if not cfg.tracking.enabled:
         yield None
         return
-    mlflow, _ = _client(cfg)
+    mlflow, _ = open_store(cfg)
     parent = parent_run_id(cfg)
     name = f"{stage}/{arm}" if arm else stage
     with mlflow.start_run(run_name=name, parent_run_id=parent, nested=True,

@@ -42,7 +42,7 @@ def run(cfg: Config) -> dict:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from s2d_pipeline.tracking import _client
+    from s2d_pipeline.tracking import open_store
 
     result = read_json(metrics_file(cfg, "evaluate"))
     metric = gate_metric_name(result)
@@ -51,7 +51,7 @@ def run(cfg: Config) -> dict:
         out = {"model": name, "promoted": False, "reasons": ["tracking.enabled is false: no model registry"]}
         write_json(metrics_file(cfg, "promote"), out)
         return out
-    _client(cfg)
+    open_store(cfg)
     client = MlflowClient()
     challenger = client.get_model_version_by_alias(name, "challenger")
     candidate = float(challenger.tags[GATE_METRIC_TAG])
