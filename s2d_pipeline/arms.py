@@ -47,6 +47,15 @@ def rl_teachers(arms) -> list[str]:
     return sorted(keys)
 
 
+def ledger_arm_for_teacher(key: str, arms) -> str:
+    """A configured arm whose ledger `teacher_rl` labels train RL teacher `key` (arms sharing a
+    teacher get identical teacher labels, so any of them will do)."""
+    for arm in arms:
+        if SPECS[arm].teacher == key:
+            return arm
+    raise ValueError(f"no configured arm uses RL teacher '{key}'")
+
+
 def rollout_teachers(arms) -> list[str]:
     """Teachers whose rollouts the warmup stage needs ("raw" or an RL-teacher key)."""
     return sorted({SPECS[a].teacher for a in arms if SPECS[a].warmup and SPECS[a].teacher})

@@ -70,3 +70,16 @@ def test_unknown_stage_has_no_labels():
     ledger = build_ledger(IDS, ["opd_direct"], 10, 0.25, 0)
     with pytest.raises(BudgetError, match="no label allocation"):
         labels_for(ledger, "opd_direct", "teacher_rl")
+
+
+def test_every_rl_teacher_finds_its_labels_in_the_ledger_for_any_arm_subset():
+    from itertools import combinations
+
+    from s2d_pipeline import arms as arm_specs
+
+    for size in (1, 2):
+        for subset in combinations(ARMS, size):
+            ledger = build_ledger(IDS, list(subset), 40, 0.25, 0)
+            for key in arm_specs.rl_teachers(subset):
+                arm = arm_specs.ledger_arm_for_teacher(key, subset)
+                assert labels_for(ledger, arm, "teacher_rl")

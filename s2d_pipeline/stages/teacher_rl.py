@@ -30,7 +30,7 @@ def run(cfg: Config) -> dict:
     metrics: dict = {}
     for key in arm_specs.rl_teachers(cfg.arms):
         started = time.perf_counter()
-        rows = labeled_rows(cfg, key, TEACHER_RL)
+        rows = labeled_rows(cfg, arm_specs.ledger_arm_for_teacher(key, cfg.arms), TEACHER_RL)
         out = rl_teacher_dir(cfg, key)
         with arm_run(cfg, "teacher_rl", key), atomic_dir(out) as tmp:
             trainer = train_grpo(cfg, task, base_model_dir(cfg, "teacher"), rows, cfg.teacher_rl,
