@@ -175,7 +175,8 @@ class OPDConfig(Section):
 
 
 class StudentRLConfig(GRPOStageConfig):
-    enabled: bool = True
+    """Stage 3; it runs for the `s2d_stage3` / `s2d_stage3_replay` arms when they are in `arms`."""
+
     learning_rate: float = Field(1e-4, gt=0)
     steps: int = Field(50, ge=1)
 
