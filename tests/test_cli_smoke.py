@@ -51,6 +51,12 @@ def test_whole_pipeline_through_cli(project):
     typo = _s2d(project, "allocate", "-S", "budgt=3")
     assert typo.returncode == 2 and "unknown key 'budgt'" in typo.stderr
 
+    # Labels edited after allocation: label-spending stages refuse the stale ledger.
+    labels = project / "data/labels.jsonl"
+    labels.write_text(labels.read_text().replace('"source": "synthetic"', '"source": "edited"', 1))
+    stale = _s2d(project, "teacher_rl")
+    assert stale.returncode == 2 and "was allocated from a different" in stale.stderr
+
 
 def test_cli_starts_without_heavy_imports():
     code = ("import sys; from s2d_pipeline import cli, config; "

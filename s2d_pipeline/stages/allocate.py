@@ -20,7 +20,7 @@ from s2d_pipeline.tasks import get_task
 
 def run(cfg: Config) -> dict:
     labels_path = data_file(cfg, "labels")
-    rows = get_task(cfg.task).to_canonical(read_jsonl(labels_path), labels_path)
+    rows = _label_rows(cfg)
     ids = [str(r["id"]) for r in rows]
     if len(set(ids)) != len(ids):
         raise BudgetError(f"{labels_path}: duplicate label ids; run `s2d validate` for the rows")
@@ -34,7 +34,12 @@ def run(cfg: Config) -> dict:
     return metrics
 
 
-def read_ledger(cfg: Config) -> dict:
+def _label_rows(cfg: Config) -> list[dict]:
+    labels_path = data_file(cfg, "labels")
+    return get_task(cfg.task).to_canonical(read_jsonl(labels_path), labels_path)
+
+
+def read_ledger(cfg: Config, rows: list[dict] | None = None) -> dict:
     """The ledger, re-checked against the current labels file (refuses a stale one)."""
     ledger = read_json(ledger_file(cfg))
     labels_path = data_file(cfg, "labels")
@@ -42,15 +47,14 @@ def read_ledger(cfg: Config) -> dict:
         raise BudgetError(
             f"{ledger_file(cfg)} was allocated from a different {labels_path}; rerun `s2d allocate`"
         )
-    rows = get_task(cfg.task).to_canonical(read_jsonl(labels_path), labels_path)
+    rows = _label_rows(cfg) if rows is None else rows
     check_ledger(ledger, {str(r["id"]) for r in rows})
     return ledger
 
 
 def labeled_rows(cfg: Config, arm: str, stage: str) -> list[dict]:
     """The labeled rows `stage` of `arm` may train on, through the ledger."""
-    ledger = read_ledger(cfg)
-    allowed = labels_for(ledger, arm, stage)
-    labels_path = data_file(cfg, "labels")
-    by_id = {str(r["id"]): r for r in get_task(cfg.task).to_canonical(read_jsonl(labels_path), labels_path)}
+    rows = _label_rows(cfg)
+    allowed = labels_for(read_ledger(cfg, rows), arm, stage)
+    by_id = {str(r["id"]): r for r in rows}
     return [by_id[i] for i in allowed]
