@@ -49,7 +49,9 @@ def s2d(params: str = "params.yaml", overrides: dict | None = None) -> dict:
     from s2d_pipeline.config import load_config
 
     logger = get_run_logger()
-    load_config(params, overrides)  # fail fast on bad params, before any task starts
+    from s2d_pipeline.tracking import preflight
+
+    preflight(load_config(params, overrides))  # fail fast on bad params or tracking, before any task
     run_id = flow_run.get_id()
     if run_id:
         os.environ["S2D_PIPELINE_RUN_ID"] = f"prefect-{run_id}"

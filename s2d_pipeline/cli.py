@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from s2d_pipeline.config import load_config, parse_overrides
 
+        from s2d_pipeline.tracking import preflight
+
         cfg = load_config(args.params, parse_overrides(args.overrides))
+        preflight(cfg)
         for name in PIPELINE if args.stage == "run" else [args.stage]:
             metrics = run_stage(name, cfg)
             print(json.dumps({"stage": name, **metrics}, default=str))

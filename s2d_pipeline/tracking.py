@@ -153,3 +153,26 @@ def _pinned_requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "transformers", "safetensors")]
+
+
+def preflight(cfg: Config, timeout_s: float = 5.0) -> None:
+    """Fail before any compute when the configured MLflow server cannot be reached."""
+    uri = cfg.tracking.uri
+    if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    from s2d_pipeline.errors import S2DError
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise S2DError(
+        f"MLflow tracking server {uri} is unreachable ({problem}). Start it (README: 'MLflow'), fix "
+        "key 'tracking.uri', or run without a server: tracking.uri: sqlite:///mlflow.db"
+    )

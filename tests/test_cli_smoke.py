@@ -64,3 +64,10 @@ def test_cli_starts_without_heavy_imports():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_unreachable_tracking_server_is_reported_before_any_stage(project):
+    done = _s2d(project, "-S", "tracking.uri=http://127.0.0.1:9", "prepare")
+    assert done.returncode == 2
+    assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in done.stderr
+    assert not (project / "data").exists()  # nothing ran
