@@ -193,3 +193,19 @@ def save_trained(trainer, directory: Path) -> list[dict]:
     save_model(trainer.model, trainer.processing_class, directory)
     shutil.rmtree(directory / "_trainer", ignore_errors=True)
     return trainer.state.log_history
+
+
+def summarise_rl_history(history: list[dict]) -> dict:
+    """Mean GRPO reward over the first and last fifth of logged steps, and the mean in-group spread."""
+    rewards = [h["reward"] for h in history if "reward" in h]
+    if not rewards:
+        return {}
+    k = max(1, len(rewards) // 5)
+    return {"reward_first": round(sum(rewards[:k]) / k, 4), "reward_last": round(sum(rewards[-k:]) / k, 4),
+            "reward_std_mean": round(sum(h.get("reward_std", 0.0) for h in history) / len(history), 4)}
+
+
+def summarise_loss_history(history: list[dict]) -> dict:
+    """First and last logged training loss (distillation stages)."""
+    losses = [h["loss"] for h in history if "loss" in h]
+    return {"loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from s2d_pipeline.stages.promote import decide
 
 

@@ -22,7 +22,7 @@ from s2d_pipeline.tracking import arm_run
 def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.data import load_split
-    from s2d_pipeline.training import save_trained, train_opd
+    from s2d_pipeline.training import save_trained, summarise_loss_history, train_opd
 
     runtime.setup(cfg)
     task = get_task(cfg.task)
@@ -39,9 +39,7 @@ def run(cfg: Config) -> dict:
             trainer = train_opd(cfg, start, teacher_dir(cfg, spec.teacher), prompts, steps, tmp / "_trainer",
                                 run_name=f"opd/{arm}")
             history = save_trained(trainer, tmp)
-        losses = [h["loss"] for h in history if "loss" in h]
         metrics[arm] = {"teacher": spec.teacher, "steps": steps,
-                        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-                        "wall_s": round(time.perf_counter() - started, 2)}
+                        **summarise_loss_history(history), "wall_s": round(time.perf_counter() - started, 2)}
     write_json(metrics_file(cfg, "opd"), metrics)
     return metrics

@@ -30,8 +30,7 @@ def student_rl_arms(arms) -> list[str]:
 def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.stages.allocate import labeled_rows
-    from s2d_pipeline.stages.teacher_rl import summarise_rl_history
-    from s2d_pipeline.training import save_trained, train_grpo
+    from s2d_pipeline.training import save_trained, summarise_rl_history, train_grpo
 
     runtime.setup(cfg)
     task = get_task(cfg.task)

@@ -23,7 +23,7 @@ from s2d_pipeline.tracking import arm_run
 def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.stages.allocate import labeled_rows
-    from s2d_pipeline.training import save_trained, train_grpo
+    from s2d_pipeline.training import save_trained, summarise_rl_history, train_grpo
 
     runtime.setup(cfg)
     task = get_task(cfg.task)
@@ -41,11 +41,3 @@ def run(cfg: Config) -> dict:
     write_json(metrics_file(cfg, "teacher_rl"), metrics)
     return metrics
 
-
-def summarise_rl_history(history: list[dict]) -> dict:
-    rewards = [h["reward"] for h in history if "reward" in h]
-    if not rewards:
-        return {}
-    k = max(1, len(rewards) // 5)
-    return {"reward_first": round(sum(rewards[:k]) / k, 4), "reward_last": round(sum(rewards[-k:]) / k, 4),
-            "reward_std_mean": round(sum(h.get("reward_std", 0.0) for h in history) / len(history), 4)}

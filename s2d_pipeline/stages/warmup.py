@@ -20,7 +20,7 @@ from s2d_pipeline.layout import base_model_dir, metrics_file, rollouts_file, stu
 
 def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
-    from s2d_pipeline.training import save_trained, train_forward_kl
+    from s2d_pipeline.training import save_trained, summarise_loss_history, train_forward_kl
 
     runtime.setup(cfg)
     metrics: dict = {}
@@ -35,9 +35,7 @@ def run(cfg: Config) -> dict:
             trainer = train_forward_kl(cfg, base_model_dir(cfg, "student"), teacher_dir(cfg, spec.teacher),
                                        rollouts, steps, tmp / "_trainer", run_name=f"warmup/{arm}")
             history = save_trained(trainer, tmp)
-        losses = [h["loss"] for h in history if "loss" in h]
         metrics[arm] = {"teacher": spec.teacher, "steps": steps, "loss": cfg.warmup.loss,
-                        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-                        "wall_s": round(time.perf_counter() - started, 2)}
+                        **summarise_loss_history(history), "wall_s": round(time.perf_counter() - started, 2)}
     write_json(metrics_file(cfg, "warmup"), metrics)
     return metrics
