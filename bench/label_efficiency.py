@@ -1,0 +1,233 @@
+"""Label efficiency: every arm at several label budgets and seeds, paired by seed.
+
+    python bench/label_efficiency.py run                      # 4 budgets x 3 seeds, ~50 min on 2 CPU cores
+    python bench/label_efficiency.py run --budgets 64 --seeds 0
+    python bench/label_efficiency.py report                   # tables into bench/RESULTS.md, plot into bench/
+
+`run` drives the same stage functions as `s2d run` / `dvc repro`, from a scratch root per (seed, budget):
+`prepare` and `validate` run once per seed (same data, base teacher and base student for every budget),
+then allocate -> evaluate run per budget. Within one seed every arm therefore starts from the same base
+models and draws from the same N labels. Tracking is off (this measures the method, not the store).
+Finished (seed, budget) cells are appended to `bench/results/label_efficiency.jsonl`; a rerun skips them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "label_efficiency.jsonl"
+SEED_STAGES = ("prepare", "validate")
+BUDGET_STAGES = ("allocate", "teacher_rl", "rollouts", "warmup", "opd", "student_rl", "evaluate")
+# (left arm, right arm): the paired differences reported, left minus right.
+PAIRS = [("s2d", "grpo_direct"), ("s2d", "opd_direct"), ("s2d", "raw_bridge"), ("grpo_direct", "raw_bridge"),
+         ("s2d", "no_warmup"), ("s2d", "no_opd"), ("s2d_stage3", "s2d_stage3_replay")]
+
+
+def _config(root: Path, seed: int, budget: int):
+    from s2d_pipeline.config import load_config
+
+    return load_config(REPO / "params.yaml", {"seed": seed, "budget": budget, "tracking": {"enabled": False}},
+                       root=root)
+
+
+def _run_stages(root: Path, seed: int, budget: int, stages) -> dict:
+    from s2d_pipeline.cli import run_stage
+
+    cfg = _config(root, seed, budget)
+    times = {}
+    for name in stages:
+        t0 = time.perf_counter()
+        run_stage(name, cfg)
+        times[name] = round(time.perf_counter() - t0, 1)
+    return times
+
+
+def _done() -> set[tuple[int, int]]:
+    if not RESULTS.exists():
+        return set()
+    return {(r["seed"], r["budget"]) for r in map(json.loads, RESULTS.read_text().splitlines()) if r}
+
+
+def run(seeds: list[int], budgets: list[int], workdir: Path) -> None:
+    done = _done()
+    for seed in seeds:
+        seed_root = workdir / f"seed{seed}"
+        if not (seed_root / "metrics" / "validate.json").exists():
+            seed_root.mkdir(parents=True, exist_ok=True)
+            seed_times = _run_stages(seed_root, seed, 64, SEED_STAGES)
+            (seed_root / "times.json").write_text(json.dumps(seed_times))
+        seed_times = json.loads((seed_root / "times.json").read_text())
+        for budget in budgets:
+            if (seed, budget) in done:
+                continue
+            root = workdir / f"seed{seed}" / f"budget{budget}"
+            shutil.rmtree(root, ignore_errors=True)
+            (root / "artifacts").mkdir(parents=True)
+            (root / "metrics").mkdir()
+            (root / "data").symlink_to(seed_root / "data")
+            for stage in SEED_STAGES:  # shared per seed: same splits, base models, validation report
+                (root / "artifacts" / stage).symlink_to(seed_root / "artifacts" / stage)
+            t0 = time.perf_counter()
+            times = _run_stages(root, seed, budget, BUDGET_STAGES)
+            evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+            prepare = json.loads((seed_root / "metrics" / "prepare.json").read_text())
+            record = {"seed": seed, "budget": budget, "wall_s": round(time.perf_counter() - t0, 1),
+                      "stage_s": {**seed_times, **times}, "evaluate": evaluation,
+                      "base_models": {r: {"eval_greedy": prepare[r]["eval_greedy_accuracy"], "attempts": len(prepare[r]["attempts"])}
+                                      for r in ("teacher", "student")},
+                      **_provenance()}
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            with RESULTS.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"seed {seed} budget {budget}: s2d {evaluation['arms'].get('s2d', {}).get('avg@8')} "
+                  f"grpo_direct {evaluation['arms'].get('grpo_direct', {}).get('avg@8')} ({record['wall_s']} s)",
+                  flush=True)
+
+
+def _provenance() -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return {"commit": commit, "machine": machine()}
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+# ---------------------------------------------------------------- report
+
+def bootstrap_ci(diffs: list[float], n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean of paired differences."""
+    import numpy as np
+
+    d = np.asarray(diffs, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def load_records() -> list[dict]:
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+
+
+def report(records: list[dict]) -> str:
+    import numpy as np
+
+    k = records[0]["evaluate"]["k"]
+    sampled = f"avg@{k}"
+    budgets = sorted({r["budget"] for r in records})
+    arms = list(records[0]["evaluate"]["arms"])
+    by = {(r["seed"], r["budget"]): r["evaluate"] for r in records}
+    seeds = sorted({r["seed"] for r in records})
+    lines = [f"Seeds {seeds}; eval {records[0]['evaluate']['eval_problems']} problems; sampled = {sampled} at "
+             f"temperature 1; commit {records[0]['commit']}; machine: {records[0]['machine']}. "
+             f"Wall time per (seed, budget) cell: {np.mean([r['wall_s'] for r in records]):.0f} s mean "
+             f"(plus prepare {np.mean([r['stage_s']['prepare'] for r in records]):.0f} s once per seed).", ""]
+    for metric in (sampled, "greedy"):
+        lines += [f"**{metric}, mean ± std over seeds**", "",
+                  "| arm | " + " | ".join(f"N={b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        for name in arms + ["teacher_rl", "teacher_raw", "student_raw"]:
+            cells = []
+            for b in budgets:
+                vals = [_metric(by[(s, b)], name, metric) for s in seeds if (s, b) in by]
+                vals = [v for v in vals if v is not None]
+                cells.append(f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0:.3f}" if vals else "")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"**Paired differences by seed ({sampled})**: per-seed values, mean, 95 % bootstrap interval of "
+              "the mean (10,000 resamples of the seeds), wins", "",
+              "| difference | N | per seed | mean | 95 % CI | wins |", "|---|---|---|---|---|---|"]
+    for a, b in PAIRS:
+        for budget in budgets:
+            d = [_metric(by[(s, budget)], a, sampled) - _metric(by[(s, budget)], b, sampled)
+                 for s in seeds if (s, budget) in by and _metric(by[(s, budget)], a, sampled) is not None
+                 and _metric(by[(s, budget)], b, sampled) is not None]
+            if not d:
+                continue
+            lo, hi = bootstrap_ci(d)
+            lines.append(f"| {a} − {b} | {budget} | {', '.join(f'{x:+.3f}' for x in d)} | {np.mean(d):+.3f} | "
+                         f"[{lo:+.3f}, {hi:+.3f}] | {sum(x > 0 for x in d)}/{len(d)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _metric(evaluation: dict, name: str, metric: str):
+    if name in evaluation["arms"]:
+        return evaluation["arms"][name][metric]
+    if name == "teacher_rl":
+        rl = [v for t, v in evaluation["teachers"].items() if t.startswith("teacher_rl/")]
+        return rl[0][metric] if rl else None
+    if name in evaluation["teachers"]:
+        return evaluation["teachers"][name][metric]
+    return evaluation.get(name, {}).get(metric)
+
+
+def plot(records: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    k = records[0]["evaluate"]["k"]
+    budgets = sorted({r["budget"] for r in records})
+    arms = list(records[0]["evaluate"]["arms"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, metric in zip(axes, (f"avg@{k}", "greedy")):
+        for arm in arms:
+            means, stds = [], []
+            for b in budgets:
+                vals = [_metric(r["evaluate"], arm, metric) for r in records if r["budget"] == b]
+                means.append(np.mean(vals))
+                stds.append(np.std(vals))
+            ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=arm,
+                        linewidth=2.5 if arm in ("s2d", "grpo_direct") else 1)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.set_xlabel("label budget N")
+        ax.set_title(f"eval accuracy, {metric} (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256, 512])
+    r.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "s2d-bench-label-efficiency")
+    sub.add_parser("report")
+    args = p.parse_args()
+    if args.cmd == "run":
+        run(args.seeds, args.budgets, args.workdir)
+    else:
+        records = load_records()
+        print(report(records))
+        plot(records, REPO / "bench" / "label_efficiency.png")
+        print(f"plot: {REPO / 'bench' / 'label_efficiency.png'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
