@@ -88,13 +88,14 @@ def completion_token_stats(student, teacher, tokenizer, prompts: Sequence[str], 
             for i, c in enumerate(c_ids):
                 if c:
                     mask[i, width - len(c) :] = True
-            # logits at t predict token t+1
-            target_mask = mask[:, 1:]
+            # logits at t predict token t+1; all math on the teacher's device (full-vocab tensors are big)
+            dev = device_of(teacher)
+            ids, attn, target_mask = ids.to(dev), attn.to(dev), mask[:, 1:].to(dev)
             t_logp = torch.log_softmax(_logits(teacher, ids, attn)[:, :-1].float(), -1)
             tok_logp = t_logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
             logprobs += (tok_logp * target_mask).sum(-1).tolist()
             if student is not None:
-                s_logp = torch.log_softmax(_logits(student, ids, attn)[:, :-1].float(), -1)
+                s_logp = torch.log_softmax(_logits(student, ids, attn)[:, :-1].to(dev).float(), -1)
                 kl = (s_logp.exp() * (s_logp - t_logp)).sum(-1)
                 kl_sum += float((kl * target_mask).sum())
                 kl_tokens += int(target_mask.sum())
@@ -104,4 +105,4 @@ def completion_token_stats(student, teacher, tokenizer, prompts: Sequence[str], 
 def _logits(model, ids, attn):
     dev = device_of(model)
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    return model(input_ids=ids.to(dev), attention_mask=attn.to(dev), position_ids=position_ids.to(dev)).logits.cpu()
+    return model(input_ids=ids.to(dev), attention_mask=attn.to(dev), position_ids=position_ids.to(dev)).logits

@@ -69,17 +69,26 @@ def torch_dtype(cfg: "Config"):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[cfg.models.dtype]
 
 
-def load_model(path: str | Path, cfg: "Config"):
-    """Load a causal LM from a local directory (safetensors only, no remote code unless enabled)."""
+def load_model(path: str | Path, cfg: "Config", *, for_inference: bool = False):
+    """Load a causal LM from a local directory (safetensors only, no remote code unless enabled).
+
+    Trainers place (or shard) the models they are given, so training callers get the model on the
+    CPU; `for_inference` moves it to the run's device for the sampling and scoring stages.
+    """
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=torch_dtype(cfg),
         trust_remote_code=cfg.models.trust_remote_code,
         use_safetensors=True,
         local_files_only=True,
     )
+    if for_inference:
+        from s2d_pipeline.runtime import device
+
+        model.to(device(cfg))
+    return model
 
 
 def load_tokenizer(path: str | Path, cfg: "Config"):

@@ -140,6 +140,7 @@ def train_forward_kl(cfg: Config, student_dir: Path, teacher_dir: Path, rollouts
     common = training_args(cfg, out_dir, steps=steps, learning_rate=w.learning_rate,
                            warmup_steps=w.warmup_steps, batch_size=w.batch_size, run_name=run_name)
     common["remove_unused_columns"] = False
+    common["include_num_input_tokens_seen"] = "non_padding"  # GRPO and OPD count their own tokens
     if w.loss == "forward_kl":
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.gkd import GKDConfig, GKDTrainer
@@ -196,16 +197,30 @@ def save_trained(trainer, directory: Path) -> list[dict]:
 
 
 def summarise_rl_history(history: list[dict]) -> dict:
-    """Mean GRPO reward over the first and last fifth of logged steps, and the mean in-group spread."""
+    """Mean GRPO reward over the first and last fifth of logged steps, the mean in-group spread, and
+    training throughput."""
     rewards = [h["reward"] for h in history if "reward" in h]
     if not rewards:
-        return {}
+        return summarise_throughput(history)
     k = max(1, len(rewards) // 5)
     return {"reward_first": round(sum(rewards[:k]) / k, 4), "reward_last": round(sum(rewards[-k:]) / k, 4),
-            "reward_std_mean": round(sum(h.get("reward_std", 0.0) for h in history) / len(history), 4)}
+            "reward_std_mean": round(sum(h.get("reward_std", 0.0) for h in history) / len(history), 4),
+            **summarise_throughput(history)}
 
 
 def summarise_loss_history(history: list[dict]) -> dict:
-    """First and last logged training loss (distillation stages)."""
+    """First and last logged training loss (distillation stages), and training throughput."""
     losses = [h["loss"] for h in history if "loss" in h]
-    return {"loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+    return {"loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            **summarise_throughput(history)}
+
+
+def summarise_throughput(history: list[dict]) -> dict:
+    """Tokens the trainer processed (prompt + completion; TRL's `num_tokens` or the Trainer's
+    non-padding count) per second of `train()`, generation included."""
+    tokens = max((h.get("num_tokens", h.get("num_input_tokens_seen", 0)) for h in history), default=0)
+    runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
+    if not tokens or not runtime:
+        return {}
+    return {"train_tokens": int(tokens), "train_runtime_s": round(runtime, 2),
+            "train_tokens_per_s": round(tokens / runtime, 1)}

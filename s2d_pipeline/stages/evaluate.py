@@ -75,7 +75,7 @@ def run(cfg: Config) -> dict:
 
     def model(path: Path):
         if path not in cache:
-            cache[path] = load_model(path, cfg)
+            cache[path] = load_model(path, cfg, for_inference=True)
         return cache[path]
 
     teachers = {"teacher_raw": base_model_dir(cfg, "teacher")}

@@ -35,7 +35,7 @@ def run(cfg: Config) -> dict:
     for teacher in arm_specs.rollout_teachers(cfg.arms):
         started = time.perf_counter()
         path = teacher_dir(cfg, teacher)
-        model, tokenizer = load_model(path, cfg), load_tokenizer(path, cfg)
+        model, tokenizer = load_model(path, cfg, for_inference=True), load_tokenizer(path, cfg)
         prompts = [task.format_prompt(row["prompt"]) for row in pool]
         samples = generate(model, tokenizer, prompts, max_new_tokens=r.max_completion_length, greedy=False,
                            temperature=r.temperature, num_return_sequences=r.samples_per_prompt,

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The one device-machine script for the GPU checks of issues 5 and 6 (throughput gpu mode, then the
+# pipeline smoke run). Installs the carried wheels (.whl: trl, datasets, pydantic, pyarrow...) that
+# the GPU image lacks, then writes results under $OUT (default bench/results).
+set -uo pipefail
+OUT=${OUT:-bench/results}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+# The smoke run writes ~46 GB of safetensors with an 8B teacher (raw + RL teacher + students).
+FREE_GB=$(df -BG --output=avail /tmp | tail -1 | tr -dc 0-9); echo "free disk in /tmp: ${FREE_GB} GB"
+TEACHER=qwen3-8b; [ "${FREE_GB:-0}" -lt 60 ] && TEACHER=qwen3-4b && echo "not enough disk for the 8B teacher: using $TEACHER"
+python3 -c "import torch, transformers, trl, datasets, pydantic; print(torch.__version__, transformers.__version__, trl.__version__, datasets.__version__)" || exit 1
+mkdir -p "$OUT"
+timeout ${THROUGHPUT_TIMEOUT:-150} python3 bench/throughput.py gpu > "$OUT/throughput_gpu.log" 2>&1; echo "throughput rc=$?"
+cp bench/results/throughput_gpu.json "$OUT/" 2>/dev/null
+tail -5 "$OUT/throughput_gpu.log"
+timeout ${SMOKE_TIMEOUT:-360} python3 bench/gpu_smoke.py --teacher "$TEACHER" --out "$OUT/gpu_smoke.json" > "$OUT/gpu_smoke.log" 2>&1; echo "smoke rc=$?"
+grep -v "it/s\]" "$OUT/gpu_smoke.log" | grep -v '^ ' | tail -40; df -h /tmp | tail -1
