@@ -68,14 +68,12 @@ def _verifier_reward(task) -> Callable:
 def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, out_dir: Path, run_name: str,
                seed_offset: int = 0):
     """GRPO on `rows` (canonical labeled rows) from the model in `model_dir`; returns the trainer."""
-    from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     from s2d_pipeline.models import load_model, load_tokenizer
 
     model, tokenizer = load_model(model_dir, cfg), load_tokenizer(model_dir, cfg)
-    dataset = Dataset.from_list([{"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"])}
-                                 for r in rows])
+    dataset = rows_dataset([{"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows])
     args = GRPOConfig(
         **training_args(cfg, out_dir, steps=stage.steps, learning_rate=stage.learning_rate,
                         warmup_steps=stage.warmup_steps,
@@ -94,6 +92,20 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, out_
                           train_dataset=dataset, processing_class=tokenizer)
     quiet(trainer).train()
     return trainer
+
+
+def rows_dataset(rows: list[dict]):
+    """A `datasets.Dataset` of `rows`, fingerprinted by content. `Dataset.from_list` pickles the Arrow
+    table to fingerprint it, which fails with dill on Python 3.12 + pyarrow 25 (seen on the GPU
+    machine: "Can't pickle <class 'MonthDayNano'>"); hashing the rows is cheaper and deterministic."""
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    from datasets import Dataset
+
+    fingerprint = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+    return Dataset(pa.Table.from_pylist(rows), fingerprint=fingerprint)
 
 
 class PromptCompletionCollator:
@@ -129,13 +141,11 @@ class PromptCompletionCollator:
 def train_forward_kl(cfg: Config, student_dir: Path, teacher_dir: Path, rollouts: list[dict], steps: int,
                      out_dir: Path, run_name: str):
     """Stage 2a on teacher rollouts: full-distribution forward KL (GKD, lmbda=0, beta=0) or SFT."""
-    from datasets import Dataset
-
     from s2d_pipeline.models import load_model, load_tokenizer
 
     w = cfg.warmup
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rollouts])
+    dataset = rows_dataset([{"prompt": r["prompt"], "completion": r["completion"]} for r in rollouts])
     collator = PromptCompletionCollator(tokenizer, cfg.models.max_seq_len)
     common = training_args(cfg, out_dir, steps=steps, learning_rate=w.learning_rate,
                            warmup_steps=w.warmup_steps, batch_size=w.batch_size, run_name=run_name)
@@ -163,7 +173,6 @@ def train_forward_kl(cfg: Config, student_dir: Path, teacher_dir: Path, rollouts
 def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list[str], steps: int,
               out_dir: Path, run_name: str):
     """Stage 2b: the student samples on unlabeled prompts; per-token reverse KL to the teacher."""
-    from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
 
     from s2d_pipeline.models import load_model, load_tokenizer
@@ -179,7 +188,7 @@ def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list[s
         use_vllm=cfg.runtime.use_vllm,
     )
     trainer = DistillationTrainer(model=student, teacher_model=load_model(teacher_dir, cfg), args=args,
-                                  train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                                  train_dataset=rows_dataset([{"prompt": p} for p in prompts]),
                                   processing_class=tokenizer)
     quiet(trainer).train()
     return trainer
