@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -120,6 +122,133 @@ def gpu(out: Path, batch: int = 8, seq: int = 2048, gen_batches=(64, 256, 512), 
     torch.cuda.empty_cache()
     result["vllm"] = "not installed on this machine" if info.get("vllm") is None else "installed; not measured yet"
     save()
+    return result
+
+
+# ---------------------------------------------------------------- cpu: s2d vs TRL called directly
+
+def _cpu_project(root: Path, steps: int):
+    """Tiny-profile project with random-init base models and generated data (no pretraining: speed
+    does not depend on what the weights know)."""
+    from s2d_pipeline.config import load_config
+    from s2d_pipeline.io import write_jsonl
+    from s2d_pipeline.layout import base_model_dir, data_file
+    from s2d_pipeline.models import build_char_tokenizer, build_tiny_model, save_model
+    from s2d_pipeline.tasks import get_task
+    from s2d_pipeline.tasks.arithmetic import VOCAB
+
+    overrides = {"tracking": {"enabled": False}, "runtime": {"torch_threads": None},
+                 **{stage: {"steps": steps, "warmup_steps": 0} for stage in ("teacher_rl", "warmup", "opd")}}
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    cfg = load_config(root / "params.yaml", overrides, root=root, check_paths=False)
+    task = get_task(cfg.task)
+    for split, rows in task.generate_splits(0, 512, 2048, 64).items():
+        write_jsonl(data_file(cfg, split), rows)
+    tok = build_char_tokenizer(VOCAB)
+    for role in ("teacher", "student"):
+        save_model(build_tiny_model(getattr(cfg.models, role), tok, cfg.models.max_seq_len, 0), tok,
+                   base_model_dir(cfg, role))
+    return cfg, task
+
+
+def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
+    """The same trainer, model, data and batch, written the way a TRL user would (no s2d code)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from s2d_pipeline.layout import base_model_dir
+
+    student_dir, teacher_dir = base_model_dir(cfg, "student"), base_model_dir(cfg, "teacher")
+    common = dict(output_dir=str(out), learning_rate=1e-4, warmup_steps=0, lr_scheduler_type="cosine", seed=0,
+                  use_cpu=True, bf16=False, save_strategy="no", report_to="none", logging_steps=5,
+                  disable_tqdm=True)
+    tok = AutoTokenizer.from_pretrained(str(student_dir))
+    tok.padding_side = "left"
+    if kind == "grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        g = cfg.teacher_rl
+        model = AutoModelForCausalLM.from_pretrained(str(teacher_dir))
+        args = GRPOConfig(**common, max_steps=g.steps, per_device_train_batch_size=g.prompts_per_step * g.num_generations,
+                          num_generations=g.num_generations, beta=g.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high,
+                          temperature=g.temperature, max_completion_length=g.max_completion_length, loss_type=g.loss_type)
+
+        def reward(prompts, completions, answer, **_):
+            return task.rewards(completions, answer)
+
+        data = Dataset.from_list([{"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows])
+        return GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
+    if kind == "warmup":
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+        from s2d_pipeline.training import PromptCompletionCollator  # the batch format is not the measure
+
+        w = cfg.warmup
+        args = GKDConfig(**common, max_steps=w.steps, per_device_train_batch_size=w.batch_size, lmbda=0.0, beta=0.0,
+                         seq_kd=False, temperature=1.0, max_length=cfg.models.max_seq_len, remove_unused_columns=False,
+                         include_num_input_tokens_seen="non_padding")
+        return GKDTrainer(model=AutoModelForCausalLM.from_pretrained(str(student_dir)),
+                          teacher_model=AutoModelForCausalLM.from_pretrained(str(teacher_dir)), args=args,
+                          data_collator=PromptCompletionCollator(tok, cfg.models.max_seq_len),
+                          train_dataset=Dataset.from_list(rollouts), processing_class=tok)
+    from trl import DistillationConfig, DistillationTrainer
+
+    o = cfg.opd
+    args = DistillationConfig(**common, max_steps=o.steps, per_device_train_batch_size=o.batch_size, beta=o.beta,
+                              temperature=o.temperature, max_completion_length=o.max_completion_length)
+    return DistillationTrainer(model=AutoModelForCausalLM.from_pretrained(str(student_dir)),
+                               teacher_model=AutoModelForCausalLM.from_pretrained(str(teacher_dir)), args=args,
+                               train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tok)
+
+
+def cpu(out: Path, steps: int = 30, repeats: int = 3) -> dict:
+    """Tokens/s of GRPO, forward-KL warmup and OPD through s2d vs TRL directly; A B A B interleaved."""
+    import statistics
+
+    from s2d_pipeline import runtime, training
+    from s2d_pipeline.data import load_split
+    from s2d_pipeline.layout import base_model_dir
+
+    result: dict = {"machine": machine(), "steps": steps, "repeats": repeats, "stages": {}}
+    with tempfile.TemporaryDirectory(prefix="s2d-throughput-") as tmp:
+        cfg, task = _cpu_project(Path(tmp), steps)
+        runtime.setup(cfg)
+        rows = [{"prompt": r["prompt"], "answer": r["answer"]} for r in load_split(cfg, task, "labels")[:64]]
+        prompts = [task.format_prompt(r["prompt"]) for r in load_split(cfg, task, "prompts")]
+        rollouts = [{"prompt": p, "completion": task.encode_answer(sum(task.operands(p)))} for p in prompts[:1024]]
+        student, teacher = base_model_dir(cfg, "student"), base_model_dir(cfg, "teacher")
+
+        def via_s2d(kind):
+            if kind == "grpo":
+                return training.train_grpo(cfg, task, teacher, rows, cfg.teacher_rl, run_name="bench/grpo")
+            if kind == "warmup":
+                return training.train_forward_kl(cfg, student, teacher, rollouts, cfg.warmup.steps, run_name="bench/warmup")
+            return training.train_opd(cfg, student, teacher, prompts, cfg.opd.steps, run_name="bench/opd")
+
+        def via_trl(kind):
+            trainer = _direct(kind, cfg, task, rows, rollouts, prompts, Path(tmp) / "direct")
+            trainer.train()
+            return trainer
+
+        for kind in ("grpo", "warmup", "opd"):
+            runs = {"s2d": [], "trl": []}
+            for _ in range(repeats):
+                for name, fn in (("s2d", via_s2d), ("trl", via_trl)):
+                    runtime.setup(cfg)  # same seeds for both
+                    t0 = time.perf_counter()
+                    trainer = fn(kind)
+                    wall = time.perf_counter() - t0
+                    tokens = trainer.state.num_input_tokens_seen
+                    runs[name].append({"wall_s": round(wall, 2), "tokens": int(tokens),
+                                       "tokens_per_s": round(tokens / wall, 1)})
+            med = {n: statistics.median(r["tokens_per_s"] for r in v) for n, v in runs.items()}
+            result["stages"][kind] = {"runs": runs, "median_tokens_per_s": med,
+                                      "ratio_s2d_over_trl": round(med["s2d"] / med["trl"], 3)}
+            print(kind, result["stages"][kind]["median_tokens_per_s"], result["stages"][kind]["ratio_s2d_over_trl"],
+                  flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -70,12 +70,47 @@ def s2d(params: str = "params.yaml", overrides: dict | None = None) -> dict:
     return evaluation
 
 
-def main(argv: list[str]) -> None:
+def prefect_api_preflight(timeout_s: float = 5.0) -> None:
+    """Fail in seconds, naming the URL, when PREFECT_API_URL points at a server that does not answer
+    (instead of Prefect's retries failing the first task after the imports and client timeouts).
+    Without PREFECT_API_URL Prefect starts a temporary local server, so there is nothing to check."""
+    import urllib.error
+    import urllib.request
+
+    from s2d_pipeline.errors import S2DError
+
+    url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not url:
+        return
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise S2DError(
+        f"Prefect API {url} is unreachable ({problem}). Start it (`prefect server start`, or "
+        "`docker compose -f infra/docker-compose.yml up -d`), point PREFECT_API_URL at a running server, "
+        "or unset it to let Prefect start a temporary one. The pipeline also runs without Prefect: "
+        "`dvc repro` or `s2d run`."
+    )
+
+
+def main(argv: list[str]) -> int:
+    from s2d_pipeline.errors import S2DError
+
+    try:
+        prefect_api_preflight()
+    except S2DError as exc:
+        print(f"s2d flow: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     if "--serve" in argv:
         s2d.serve(name="train")
     else:
         s2d()
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -16,7 +16,9 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
+import time
 
 from s2d_pipeline.errors import S2DError
 
@@ -24,6 +26,10 @@ from s2d_pipeline.errors import S2DError
 STAGES = {name: name for name in ("prepare", "validate", "allocate", "teacher_rl", "rollouts", "warmup",
                                    "opd", "student_rl", "evaluate", "promote")}
 PIPELINE = list(STAGES)  # dependency order
+# Stages that train: with `runtime.accelerate_config` set they run under `accelerate launch`.
+DISTRIBUTED_STAGES = ("teacher_rl", "warmup", "opd", "student_rl")
+TIMINGS_ENV = "S2D_TIMINGS"  # a file: each stage appends its compute / tracking / process seconds
+LAUNCHED_ENV = "S2D_LAUNCHED"  # set in the launched processes, so they run the stage instead of relaunching
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,14 +44,68 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_stage(name: str, cfg) -> dict:
     """Run one stage inside its MLflow child run (under the pipeline's parent) and log its metrics."""
+    if name in DISTRIBUTED_STAGES and cfg.runtime.accelerate_config and not os.environ.get(LAUNCHED_ENV):
+        return run_distributed(name, cfg)
     from s2d_pipeline.tracking import log_flat_metrics, stage_run
 
+    entered = time.perf_counter()
     module = importlib.import_module(f"s2d_pipeline.stages.{STAGES[name]}")
     with stage_run(cfg, name) as run:
+        started = time.perf_counter()
         metrics = module.run(cfg)
+        computed = time.perf_counter()
         if run is not None:
             log_flat_metrics(metrics)
+    if os.environ.get(TIMINGS_ENV):  # bench/overhead.py: where a stage's wall time goes
+        _record_timing(name, compute_s=computed - started,
+                       tracking_s=(started - entered) + (time.perf_counter() - computed))
     return metrics
+
+
+def _record_timing(name: str, **seconds: float) -> None:
+    import psutil  # a TRL dependency; reads when this process started
+
+    since_start = time.time() - psutil.Process().create_time()
+    with open(os.environ[TIMINGS_ENV], "a") as f:
+        f.write(json.dumps({"stage": name, "pid": os.getpid(), "process_s": round(since_start, 3),
+                            **{k: round(v, 3) for k, v in seconds.items()}}) + "\n")
+
+
+def launch_command(name: str, cfg, params_file: str) -> list[str]:
+    """`accelerate launch` of `s2d <stage>` with the run's resolved params."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(cfg.path(cfg.runtime.accelerate_config))]
+    if cfg.runtime.num_processes:
+        cmd += ["--num_processes", str(cfg.runtime.num_processes)]
+    return cmd + ["-m", "s2d_pipeline.cli", "--params", params_file, name]
+
+
+def run_distributed(name: str, cfg) -> dict:
+    """Run a training stage on every GPU the accelerate config names (DeepSpeed ZeRO-3 / FSDP): the
+    same stage code in N processes; rank 0 writes the outputs, metrics and MLflow runs."""
+    import subprocess
+    import tempfile
+
+    import yaml
+
+    from s2d_pipeline.io import read_json
+    from s2d_pipeline.layout import metrics_file
+
+    if not cfg.path(cfg.runtime.accelerate_config).is_file():
+        raise S2DError(f"key 'runtime.accelerate_config': {cfg.runtime.accelerate_config} not found "
+                       "(see infra/accelerate/)")
+    resolved = cfg.model_dump(mode="json", exclude={"root"})
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"s2d-{name}-", delete=False) as f:
+        yaml.safe_dump(resolved, f)
+    try:
+        done = subprocess.run(launch_command(name, cfg, f.name), cwd=cfg.root,
+                              env={**os.environ, LAUNCHED_ENV: "1"})
+    finally:
+        os.unlink(f.name)
+    if done.returncode != 0:
+        raise S2DError(f"{name}: the distributed run exited with status {done.returncode} (its log is above); "
+                       "a rerun resumes from the last checkpoint")
+    return read_json(metrics_file(cfg, name))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,6 +172,10 @@ class OPDConfig(Section):
     # 1.0 = reverse KL(student || teacher), 0.0 = forward KL, 0.5 = JSD.
     beta: float = Field(1.0, ge=0.0, le=1.0)
     max_completion_length: int = Field(4, ge=1)
+    # A teacher served by `trl vllm-serve --model <teacher>` (its own GPUs) instead of one loaded next
+    # to the student: TRL's experimental ServerDistillationTrainer, which scores with the teacher's
+    # top-k log-probabilities only (a sparse approximation of the full-vocabulary KL).
+    teacher_server_url: Optional[str] = None
 
 
 class StudentRLConfig(GRPOStageConfig):
@@ -197,6 +201,17 @@ class RuntimeConfig(Section):
     gradient_checkpointing: bool = False
     use_vllm: bool = False
     torch_threads: Optional[int] = Field(None, ge=1)
+    checkpoint_steps: Optional[int] = Field(None, ge=1)  # save a resumable checkpoint every N steps
+    # Multi-GPU: training stages relaunch themselves under `accelerate launch --config_file <this>`
+    # (infra/accelerate/*.yaml: DeepSpeed ZeRO-3 or FSDP); null = one process.
+    accelerate_config: Optional[str] = None
+    num_processes: Optional[int] = Field(None, ge=1)  # overrides the accelerate config's count
+    # vLLM generation (GRPO, OPD through TRL; rollouts directly): "colocate" shares the training GPUs,
+    # "server" talks to `trl vllm-serve` at vllm_server_url.
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_server_url: Optional[str] = None
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
 
 
 class Config(Section):
@@ -205,6 +220,7 @@ class Config(Section):
     budget: int = 64
     artifacts_dir: str = "artifacts"
     metrics_dir: str = "metrics"
+    checkpoints_dir: str = "checkpoints"  # trainer checkpoints of unfinished runs (not a DVC output)
     arms: list[Arm] = Field(default_factory=lambda: list(ARMS))
     tracking: TrackingConfig = TrackingConfig()
     task: TaskConfig = TaskConfig()

@@ -58,6 +58,38 @@ def generate(
     return out
 
 
+def generate_vllm(model_dir, prompts: Sequence[str], cfg, *, max_new_tokens: int, temperature: float,
+                  num_return_sequences: int, seed: int) -> list[list[str]]:
+    """Sampled completions from vLLM (`runtime.use_vllm`): the rollouts stage's fast path on GPUs.
+    The engine is torn down afterwards so the HF model that scores the samples gets the memory back."""
+    import gc
+
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as exc:
+        from s2d_pipeline.errors import ConfigError
+
+        raise ConfigError("key 'runtime.use_vllm' is true but vllm is not installed "
+                          "(pip install -e '.[gpu]' on a GPU machine)") from exc
+    r = cfg.runtime
+    llm = LLM(model=str(model_dir), dtype=cfg.models.dtype if cfg.models.dtype != "float32" else "float32",
+              tensor_parallel_size=r.vllm_tensor_parallel_size, gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+              trust_remote_code=cfg.models.trust_remote_code, seed=seed, max_model_len=cfg.models.max_seq_len)
+    params = SamplingParams(n=num_return_sequences, temperature=temperature, top_p=1.0, top_k=-1,
+                            max_tokens=max_new_tokens, seed=seed)
+    outputs = llm.generate(list(prompts), params)
+    samples = [[c.text for c in out.outputs] for out in outputs]
+    del llm
+    gc.collect()
+    try:
+        import torch
+
+        torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+    return samples
+
+
 def accuracy(task, model, tokenizer, rows: Sequence[dict], *, max_new_tokens: int, batch_size: int = 256) -> float:
     """Greedy accuracy of `model` on canonical rows with answers, scored by the task verifier."""
     prompts = [task.format_prompt(r["prompt"]) for r in rows]

@@ -22,6 +22,11 @@ from s2d_pipeline.errors import DataError, S2DError
 COMPLETE_MARKER = "_COMPLETE.json"
 
 
+def is_main_process() -> bool:
+    """False on the non-zero ranks of a multi-process (accelerate/torchrun) training stage."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _check_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -33,8 +38,13 @@ def _check_writable(directory: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path next to `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary file path next to `path`; rename it onto `path` only if the block succeeds.
+    On a non-main rank the file is private scratch and never renamed (rank 0 writes the output)."""
     path = Path(path)
+    if not is_main_process():
+        with tempfile.TemporaryDirectory(prefix="s2d-rank-") as scratch:
+            yield Path(scratch) / path.name
+        return
     _check_writable(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -49,9 +59,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `path` (old contents removed) and is
-    marked complete. On failure the temporary directory is removed and `path` is left as it was."""
+    marked complete. On failure the temporary directory is removed and `path` is left as it was.
+    On a non-main rank it is private scratch and never renamed (rank 0 writes the output)."""
     path = Path(path)
+    if not is_main_process():
+        with tempfile.TemporaryDirectory(prefix="s2d-rank-") as scratch:
+            yield Path(scratch)
+        return
     _check_writable(path.parent)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run: never complete
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

@@ -57,3 +57,9 @@ def student_dir(cfg: Config, arm: str, step: str) -> Path:
     """An arm's student after stage `step` ("warmup", "opd" or "student_rl"); one root per stage so
     each DVC stage owns its outputs."""
     return stage_dir(cfg, step) / arm
+
+
+def checkpoint_dir(cfg: Config, run_name: str) -> Path:
+    """Where a training run ("teacher_rl/s2d") keeps resumable checkpoints until it finishes. Outside
+    the stage's output root on purpose: `dvc repro` deletes a stage's outputs before rerunning it."""
+    return cfg.path(cfg.checkpoints_dir) / run_name

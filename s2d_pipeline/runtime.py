@@ -38,8 +38,9 @@ def device(cfg: Config) -> str:
 
 def tracking_uri(cfg: Config) -> str:
     """The project's one MLflow store: relative sqlite paths resolve against the project root, so
-    DVC stages, Prefect workers and TRL callbacks in any working directory share it."""
-    uri = cfg.tracking.uri
+    DVC stages, Prefect workers and TRL callbacks in any working directory share it. A worker set
+    up by infra/ sets S2D_TRACKING_URI to the shared server, which takes precedence over params."""
+    uri = os.environ.get("S2D_TRACKING_URI") or cfg.tracking.uri  # a worker's shared server wins
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(cfg.path(uri[len(prefix):]))

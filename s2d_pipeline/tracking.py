@@ -35,10 +35,48 @@ def data_hashes(cfg: Config) -> dict[str, str]:
     return {split: sha256_file(data_file(cfg, split))[:16] for split in SPLITS if data_file(cfg, split).exists()}
 
 
+RECORDED_PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "tokenizers", "safetensors",
+                     "math-verify", "great-expectations", "mlflow", "prefect", "dvc", "vllm", "deepspeed")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's numbers (absent ones omitted)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in RECORDED_PACKAGES:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def provenance(cfg: Config) -> dict:
+    """What reproduces a run: commit (and whether the tree was dirty), params hash, seed, data hashes
+    and package versions. Kept in `metrics/evaluate.json` and as tags on every MLflow run."""
+    return {"git_commit": git_commit(cfg), "git_dirty": git_dirty(cfg), "params_hash": cfg.params_hash(),
+            "seed": cfg.seed, "budget": cfg.budget, "profile": cfg.profile, "data_sha256": data_hashes(cfg),
+            "packages": package_versions()}
+
+
+def git_dirty(cfg: Config) -> bool | None:
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cfg.root,
+                             capture_output=True, text=True, timeout=10)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def run_tags(cfg: Config) -> dict[str, str]:
-    tags = {"s2d.git_commit": git_commit(cfg), "s2d.params_hash": cfg.params_hash(),
-            "s2d.budget": str(cfg.budget), "s2d.seed": str(cfg.seed), "s2d.profile": cfg.profile}
-    tags.update({f"s2d.data_sha.{k}": v for k, v in data_hashes(cfg).items()})
+    record = provenance(cfg)
+    tags = {"s2d.git_commit": record["git_commit"], "s2d.git_dirty": str(record["git_dirty"]),
+            "s2d.params_hash": record["params_hash"], "s2d.budget": str(cfg.budget), "s2d.seed": str(cfg.seed),
+            "s2d.profile": cfg.profile}
+    tags.update({f"s2d.data_sha.{k}": v for k, v in record["data_sha256"].items()})
+    tags.update({f"s2d.pkg.{k}": v for k, v in record["packages"].items()})
     return tags
 
 
@@ -78,8 +116,11 @@ def parent_run_id(cfg: Config) -> str:
 
 @contextlib.contextmanager
 def stage_run(cfg: Config, stage: str, arm: str | None = None, metrics: dict | None = None) -> Iterator:
-    """A child run `stage/arm` under the pipeline's parent; yields the run (None when disabled)."""
-    if not cfg.tracking.enabled:
+    """A child run `stage/arm` under the pipeline's parent; yields the run (None when disabled, and on
+    the non-main ranks of a multi-process stage)."""
+    from s2d_pipeline.io import is_main_process
+
+    if not cfg.tracking.enabled or not is_main_process():
         yield None
         return
     mlflow, _ = open_store(cfg)
@@ -111,7 +152,9 @@ def log_flat_metrics(metrics: dict, prefix: str = "") -> None:
 @contextlib.contextmanager
 def arm_run(cfg: Config, stage: str, arm: str) -> Iterator:
     """A run for one arm nested under the active stage run (TRL's callback logs into it)."""
-    if not cfg.tracking.enabled:
+    from s2d_pipeline.io import is_main_process
+
+    if not cfg.tracking.enabled or not is_main_process():
         yield None
         return
     import mlflow
@@ -157,7 +200,9 @@ def _pinned_requirements() -> list[str]:
 
 def preflight(cfg: Config, timeout_s: float = 5.0) -> None:
     """Fail before any compute when the configured MLflow server cannot be reached."""
-    uri = cfg.tracking.uri
+    from s2d_pipeline.runtime import tracking_uri
+
+    uri = tracking_uri(cfg)
     if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
         return
     import urllib.error

@@ -22,14 +22,17 @@ from typing import Callable
 from s2d_pipeline.config import Config
 
 
-def training_args(cfg: Config, out_dir: Path, *, steps: int, learning_rate: float, warmup_steps: int,
+def training_args(cfg: Config, *, steps: int, learning_rate: float, warmup_steps: int,
                   batch_size: int, run_name: str, seed_offset: int = 0) -> dict:
-    """TrainingArguments shared by every trainer (TRL configs extend TrainingArguments)."""
+    """TrainingArguments shared by every trainer (TRL configs extend TrainingArguments). Checkpoints
+    (model, optimizer, scheduler and RNG states) go to `checkpoint_dir(cfg, run_name)`."""
+    from s2d_pipeline.layout import checkpoint_dir
     from s2d_pipeline.runtime import device
 
     on_cpu = device(cfg) == "cpu"
+    every = cfg.runtime.checkpoint_steps
     return dict(
-        output_dir=str(out_dir),
+        output_dir=str(checkpoint_dir(cfg, run_name)),
         run_name=run_name,
         max_steps=steps,
         learning_rate=learning_rate,
@@ -43,11 +46,67 @@ def training_args(cfg: Config, out_dir: Path, *, steps: int, learning_rate: floa
         use_cpu=on_cpu,
         gradient_checkpointing=cfg.runtime.gradient_checkpointing,
         logging_steps=max(1, steps // 20),
-        save_strategy="no",
+        save_strategy="steps" if every else "no",
+        save_steps=every or 500,
+        save_total_limit=2,  # the latest may be cut short by a kill; keep the one before it
         report_to=["mlflow"] if cfg.tracking.enabled else "none",
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+
+
+def vllm_args(cfg: Config) -> dict:
+    """TRL's vLLM options (GRPO and distillation configs share the names)."""
+    r = cfg.runtime
+    if not r.use_vllm:
+        return {"use_vllm": False}
+    args = {"use_vllm": True, "vllm_mode": r.vllm_mode, "vllm_gpu_memory_utilization": r.vllm_gpu_memory_utilization,
+            "vllm_tensor_parallel_size": r.vllm_tensor_parallel_size}
+    if r.vllm_mode == "server" and r.vllm_server_url:
+        args["vllm_server_base_url"] = r.vllm_server_url
+    return args
+
+
+def fit(trainer, cfg: Config, inputs: list[Path]) -> None:
+    """`trainer.train()`, resumed from the run's latest complete checkpoint when one exists.
+
+    A checkpoint is only reused by the same run: same params (tracking aside), same training rows
+    and the same input model files; anything else discards it and starts over.
+    """
+    import hashlib
+    import json
+    import logging
+    import shutil
+
+    out = Path(trainer.args.output_dir)
+    fingerprint = hashlib.sha256(json.dumps({
+        "params": cfg.model_dump(mode="json", exclude={"tracking", "root"}),
+        "run": trainer.args.run_name,
+        "rows": trainer.train_dataset._fingerprint,
+        "inputs": [_weights_stamp(p) for p in inputs],
+    }, sort_keys=True).encode()).hexdigest()
+    marker = out / "s2d_run.json"
+    resume = None
+    if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+        resume = latest_complete_checkpoint(out)
+    elif out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"fingerprint": fingerprint, "run": trainer.args.run_name}))
+    if resume:
+        logging.getLogger(__name__).warning("%s: resuming from %s", trainer.args.run_name, resume)
+    quiet(trainer).train(resume_from_checkpoint=resume)
+
+
+def latest_complete_checkpoint(out: Path) -> str | None:
+    """The newest `checkpoint-N` holding a trainer state and optimizer (a kill can cut one short)."""
+    done = [c for c in out.glob("checkpoint-*") if c.name.split("-")[-1].isdigit()
+            and (c / "trainer_state.json").exists() and (c / "optimizer.pt").exists()]
+    return str(max(done, key=lambda c: int(c.name.split("-")[-1]))) if done else None
+
+
+def _weights_stamp(model_dir: Path) -> list:
+    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(model_dir).glob("*.safetensors"))
 
 
 def quiet(trainer):
@@ -65,8 +124,7 @@ def _verifier_reward(task) -> Callable:
     return verifier
 
 
-def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, out_dir: Path, run_name: str,
-               seed_offset: int = 0):
+def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_name: str, seed_offset: int = 0):
     """GRPO on `rows` (canonical labeled rows) from the model in `model_dir`; returns the trainer."""
     from trl import GRPOConfig, GRPOTrainer
 
@@ -75,7 +133,7 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, out_
     model, tokenizer = load_model(model_dir, cfg), load_tokenizer(model_dir, cfg)
     dataset = rows_dataset([{"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows])
     args = GRPOConfig(
-        **training_args(cfg, out_dir, steps=stage.steps, learning_rate=stage.learning_rate,
+        **training_args(cfg, steps=stage.steps, learning_rate=stage.learning_rate,
                         warmup_steps=stage.warmup_steps,
                         batch_size=stage.prompts_per_step * stage.num_generations,
                         run_name=run_name, seed_offset=seed_offset),
@@ -86,11 +144,11 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, out_
         temperature=stage.temperature,
         max_completion_length=stage.max_completion_length,
         loss_type=stage.loss_type,
-        use_vllm=cfg.runtime.use_vllm,
+        **vllm_args(cfg),
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[_verifier_reward(task)], args=args,
                           train_dataset=dataset, processing_class=tokenizer)
-    quiet(trainer).train()
+    fit(trainer, cfg, [model_dir])
     return trainer
 
 
@@ -139,7 +197,7 @@ class PromptCompletionCollator:
 
 
 def train_forward_kl(cfg: Config, student_dir: Path, teacher_dir: Path, rollouts: list[dict], steps: int,
-                     out_dir: Path, run_name: str):
+                     run_name: str):
     """Stage 2a on teacher rollouts: full-distribution forward KL (GKD, lmbda=0, beta=0) or SFT."""
     from s2d_pipeline.models import load_model, load_tokenizer
 
@@ -147,7 +205,7 @@ def train_forward_kl(cfg: Config, student_dir: Path, teacher_dir: Path, rollouts
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
     dataset = rows_dataset([{"prompt": r["prompt"], "completion": r["completion"]} for r in rollouts])
     collator = PromptCompletionCollator(tokenizer, cfg.models.max_seq_len)
-    common = training_args(cfg, out_dir, steps=steps, learning_rate=w.learning_rate,
+    common = training_args(cfg, steps=steps, learning_rate=w.learning_rate,
                            warmup_steps=w.warmup_steps, batch_size=w.batch_size, run_name=run_name)
     common["remove_unused_columns"] = False
     common["include_num_input_tokens_seen"] = "non_padding"  # GRPO and OPD count their own tokens
@@ -166,12 +224,11 @@ def train_forward_kl(cfg: Config, student_dir: Path, teacher_dir: Path, rollouts
                          max_length=cfg.models.max_seq_len)
         trainer = SFTTrainer(model=student, args=args, data_collator=collator, train_dataset=dataset,
                              processing_class=tokenizer)
-    quiet(trainer).train()
+    fit(trainer, cfg, [student_dir, teacher_dir])
     return trainer
 
 
-def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list[str], steps: int,
-              out_dir: Path, run_name: str):
+def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list[str], steps: int, run_name: str):
     """Stage 2b: the student samples on unlabeled prompts; per-token reverse KL to the teacher."""
     from trl import DistillationConfig, DistillationTrainer
 
@@ -179,29 +236,42 @@ def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list[s
 
     o = cfg.opd
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
-    args = DistillationConfig(
-        **training_args(cfg, out_dir, steps=steps, learning_rate=o.learning_rate,
+    common = dict(
+        **training_args(cfg, steps=steps, learning_rate=o.learning_rate,
                         warmup_steps=o.warmup_steps, batch_size=o.batch_size, run_name=run_name),
         beta=o.beta,
         temperature=o.temperature,
         max_completion_length=o.max_completion_length,
-        use_vllm=cfg.runtime.use_vllm,
+        **vllm_args(cfg),
     )
-    trainer = DistillationTrainer(model=student, teacher_model=load_model(teacher_dir, cfg), args=args,
-                                  train_dataset=rows_dataset([{"prompt": p} for p in prompts]),
-                                  processing_class=tokenizer)
-    quiet(trainer).train()
+    dataset = rows_dataset([{"prompt": p} for p in prompts])
+    if o.teacher_server_url:  # the teacher lives on its own GPUs behind `trl vllm-serve`
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.server_distillation import ServerDistillationConfig, ServerDistillationTrainer
+
+        trainer = ServerDistillationTrainer(
+            model=student, args=ServerDistillationConfig(**common, teacher_model_server_url=o.teacher_server_url),
+            train_dataset=dataset, processing_class=tokenizer)
+    else:
+        trainer = DistillationTrainer(model=student, teacher_model=load_model(teacher_dir, cfg),
+                                      args=DistillationConfig(**common), train_dataset=dataset,
+                                      processing_class=tokenizer)
+    fit(trainer, cfg, [student_dir, teacher_dir])
     return trainer
 
 
 def save_trained(trainer, directory: Path) -> list[dict]:
-    """Save the trained model + tokenizer as safetensors into `directory`; return the log history."""
+    """Save the trained model + tokenizer as safetensors into `directory`, drop the run's checkpoints
+    (the run is finished; a crash before the caller's atomic rename only costs a rerun) and return
+    the log history."""
     import shutil
 
-    from s2d_pipeline.models import save_model
-
-    save_model(trainer.model, trainer.processing_class, directory)
-    shutil.rmtree(directory / "_trainer", ignore_errors=True)
+    # Trainer.save_model gathers sharded weights (ZeRO-3, FSDP) on every rank and writes safetensors
+    # and the tokenizer on the main process only; its pickled training_args.bin is not kept.
+    trainer.save_model(str(directory))
+    (Path(directory) / "training_args.bin").unlink(missing_ok=True)
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
     return trainer.state.log_history
 
 

@@ -40,6 +40,7 @@ RULE_ANSWER_PARSEABLE = "answer parseable by the task verifier"
 RULE_ROW_COUNT = "row count within bounds"
 RULE_DUP_PROMPT = "no duplicate prompts (ignoring case and whitespace)"
 RULE_EVAL_LEAK = "no eval prompt in this split"
+RULE_PROMPT_FITS = "prompt fits the model context"
 
 REQUIRED_COLUMNS = {
     "labels": ("id", "prompt", "answer"),
@@ -61,6 +62,7 @@ _H_PROMPT_NORM = "__prompt_norm"
 _H_ANSWER_NOT_EMPTY = "__answer_not_empty"
 _H_ANSWER_PARSEABLE = "__answer_parseable"
 _H_LEAK = "__leaked_from_eval"
+_H_PROMPT_TOKENS = "__prompt_tokens"
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,10 @@ class _Rule:
 
 def rule_names(split: str) -> list[str]:
     """Every rule name checked on `split` (in report order)."""
-    return [r.name for r in _rules(split, (0, 1))]
+    return [r.name for r in _rules(split, (0, 1), 1)]
 
 
-def _rules(split: str, bounds: tuple[int, int]) -> list[_Rule]:
+def _rules(split: str, bounds: tuple[int, int], prompt_token_limit: int) -> list[_Rule]:
     rules = [
         _Rule(RULE_REQUIRED, "ExpectColumnValuesToBeNull", _H_MISSING, None, _H_MISSING),
         _Rule(RULE_EXTRA, "ExpectColumnValuesToBeNull", _H_EXTRA, None, _H_EXTRA),
@@ -92,6 +94,8 @@ def _rules(split: str, bounds: tuple[int, int]) -> list[_Rule]:
         _Rule(RULE_PROMPT_TEXT, "ExpectColumnValuesToBeInSet", _H_PROMPT_TEXT, "prompt", "prompt",
               (("value_set", [True]),)),
         _Rule(RULE_DUP_PROMPT, "ExpectColumnValuesToBeUnique", _H_PROMPT_NORM, "prompt", "prompt"),
+        _Rule(RULE_PROMPT_FITS, "ExpectColumnValuesToBeBetween", _H_PROMPT_TOKENS, "prompt", _H_PROMPT_TOKENS,
+              (("max_value", prompt_token_limit),)),
     ]
     if "answer" in REQUIRED_COLUMNS[split]:
         rules += [
@@ -266,13 +270,13 @@ def _parseable(task: Task, answer: Any) -> bool | None:
         return False
 
 
-def _helper_columns(split: str, rows: list[dict], task: Task,
-                    eval_index: dict[str, Any] | None) -> dict[str, list]:
+def _helper_columns(split: str, rows: list[dict], task: Task, eval_index: dict[str, Any] | None,
+                    count_tokens) -> dict[str, list]:
     required = REQUIRED_COLUMNS[split]
     allowed = set(required) | set(OPTIONAL_COLUMNS) | set(INTERNAL_COLUMNS)
     cols: dict[str, list] = {h: [] for h in (_H_MISSING, _H_EXTRA, _H_ID_KEY, _H_PROMPT_TEXT,
                                              _H_PROMPT_NORM, _H_ANSWER_NOT_EMPTY,
-                                             _H_ANSWER_PARSEABLE, _H_LEAK)}
+                                             _H_ANSWER_PARSEABLE, _H_LEAK, _H_PROMPT_TOKENS)}
     # GX map expectations skip nulls, so each helper is None where another rule owns the problem.
     for row in rows:
         missing = [c for c in required if c not in row]
@@ -289,10 +293,15 @@ def _helper_columns(split: str, rows: list[dict], task: Task,
         cols[_H_ANSWER_PARSEABLE].append(_parseable(task, answer))
         leaked = eval_index.get(norm) if (eval_index is not None and norm is not None) else None
         cols[_H_LEAK].append(None if leaked is None else json.dumps(leaked, default=str))
+    texts = [task.format_prompt(r["prompt"]) if isinstance(r.get("prompt"), str) and count_tokens else None
+             for r in rows]
+    counts = count_tokens([t for t in texts if t is not None]) if count_tokens else []
+    it = iter(counts)
+    cols[_H_PROMPT_TOKENS] = [None if t is None else next(it) for t in texts]
     return cols
 
 
-def _frame(split: str, rows: list[dict], task: Task, eval_index: dict[str, Any] | None):
+def _frame(split: str, rows: list[dict], task: Task, eval_index: dict[str, Any] | None, count_tokens):
     import pandas as pd
 
     data: dict[str, list] = {"_line": [r["_line"] for r in rows]}  # unique: see _with_lines
@@ -300,7 +309,7 @@ def _frame(split: str, rows: list[dict], task: Task, eval_index: dict[str, Any] 
     for col in ("id", "prompt", "answer"):
         if col in present:
             data[col] = [r.get(col) for r in rows]
-    data.update(_helper_columns(split, rows, task, eval_index))
+    data.update(_helper_columns(split, rows, task, eval_index, count_tokens))
     # object dtype: keep the user's values as they are (no str/float coercion by pandas).
     frame = pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in data.items()})
     frame["_line"] = frame["_line"].astype("int64")
@@ -320,12 +329,13 @@ def _run_gx(cfg: Config, task: Task, readable: dict[str, list[dict]],
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     datasource = context.data_sources.add_pandas("s2d")
 
+    count_tokens, no_tokenizer = _prompt_token_counter(cfg)
     out: dict[str, list[dict]] = {}
     for split, rows in readable.items():
         bounds = getattr(cfg.data, f"{split}_rows")
-        frame, present = _frame(split, rows, task, eval_index)
+        frame, present = _frame(split, rows, task, eval_index, count_tokens)
         by_line = {r["_line"]: r for r in rows}
-        rules = _rules(split, (bounds.min, bounds.max))
+        rules = _rules(split, (bounds.min, bounds.max), prompt_token_limit(cfg))
 
         suite = gx.ExpectationSuite(name=f"s2d-{split}")
         active: list[_Rule] = []
@@ -336,6 +346,9 @@ def _run_gx(cfg: Config, task: Task, readable: dict[str, list[dict]],
                 continue
             if rule.name == RULE_EVAL_LEAK and eval_index is None:
                 skipped[rule.name] = "the eval split could not be read"
+                continue
+            if rule.name == RULE_PROMPT_FITS and count_tokens is None:
+                skipped[rule.name] = no_tokenizer
                 continue
             kwargs = dict(rule.kwargs)
             if rule.column is not None:
@@ -380,6 +393,34 @@ def _run_gx(cfg: Config, task: Task, readable: dict[str, list[dict]],
     return out
 
 
+def prompt_token_limit(cfg: Config) -> int:
+    """Longest prompt (in tokens) that leaves room for the longest completion any stage samples."""
+    longest = max(cfg.teacher_rl.max_completion_length, cfg.student_rl.max_completion_length,
+                  cfg.grpo_direct.max_completion_length, cfg.rollouts.max_completion_length,
+                  cfg.opd.max_completion_length, cfg.evaluate.max_completion_length)
+    return cfg.models.max_seq_len - longest
+
+
+def _prompt_token_counter(cfg: Config):
+    """(count_tokens(texts) -> [int], None) with the student's tokenizer (teacher and student share a
+    vocabulary), or (None, reason) when no tokenizer exists yet."""
+    from s2d_pipeline.layout import base_model_dir
+
+    model_dir = base_model_dir(cfg, "student")
+    if not (model_dir / "tokenizer_config.json").exists() and not (model_dir / "tokenizer.json").exists():
+        return None, f"no tokenizer at {model_dir} yet (run `s2d prepare`)"
+    from s2d_pipeline.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir, cfg)
+
+    def count_tokens(texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    return count_tokens, None
+
+
 def _rule_entry(rule: _Rule, res: Any, by_line: dict[int, dict], frame: Any, bounds: Any) -> dict:
     result = res.result or {}
     entry: dict = {"rule": rule.name, "expectation": res.expectation_config.type,
@@ -407,6 +448,9 @@ def _rule_entry(rule: _Rule, res: Any, by_line: dict[int, dict], frame: Any, bou
             eval_id = json.loads(_helper_at(frame, _H_LEAK, line))
             failure["eval_id"] = eval_id
             failure["detail"] = f"same prompt as eval id={eval_id}"
+        elif rule.name == RULE_PROMPT_FITS:
+            failure["detail"] = (f"at most {dict(rule.kwargs)['max_value']}: models.max_seq_len minus the longest "
+                                 "max_completion_length of any stage")
         elif norm_lines is not None:
             others = [x for x in norm_lines[_helper_at(frame, _H_PROMPT_NORM, line)] if x != line]
             failure["detail"] = "same prompt as line(s) " + ", ".join(map(str, others))
@@ -420,6 +464,8 @@ def _field_label(rule: _Rule) -> str:
         return "missing columns"
     if rule.name == RULE_EXTRA:
         return "unexpected columns"
+    if rule.name == RULE_PROMPT_FITS:
+        return "prompt tokens"
     return rule.shows or "value"
 
 

@@ -18,7 +18,15 @@ def test_params_yaml_is_the_tiny_profile_and_mirrors_every_key():
     assert set(raw) <= set(Config.model_fields) - {"root"}
 
 
-@pytest.mark.parametrize("profile", sorted((REPO / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
+def test_gpu_smoke_profile_refuses_missing_models(tmp_path):
+    cfg = load_config(REPO / "profiles" / "gpu-smoke.yaml", root=tmp_path, check_paths=False)
+    assert cfg.runtime.device == "cuda" and cfg.models.source == "path" and set(cfg.arms) == {"s2d", "grpo_direct"}
+    with pytest.raises(ConfigError, match="models.teacher.path"):
+        load_config(REPO / "profiles" / "gpu-smoke.yaml", root=tmp_path)
+
+
+@pytest.mark.parametrize("profile", sorted(p for p in (REPO / "profiles").glob("*.yaml") if p.stem != "gpu-smoke"),
+                         ids=lambda p: p.stem)
 def test_real_profiles_validate_and_refuse_missing_models(profile, tmp_path):
     cfg = load_config(profile, root=tmp_path, check_paths=False)
     assert cfg.models.source == "path" and not cfg.data.generate

@@ -106,6 +106,9 @@ def run(cfg: Config) -> dict:
                                                      t, tokenizer, kl_prompts)
             entry["C2_kl"] = c2
         result["arms"][arm] = entry
+    from s2d_pipeline.tracking import provenance
+
+    result["provenance"] = provenance(cfg)
     result["wall_s"] = round(time.perf_counter() - started, 2)
     write_json(metrics_file(cfg, "evaluate"), result)
     _write_comparison(cfg, result)

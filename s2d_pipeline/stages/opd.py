@@ -36,8 +36,7 @@ def run(cfg: Config) -> dict:
         started = time.perf_counter()
         start = student_dir(cfg, arm, "warmup") if spec.warmup else base_model_dir(cfg, "student")
         with arm_run(cfg, "opd", arm), atomic_dir(student_dir(cfg, arm, "opd")) as tmp:
-            trainer = train_opd(cfg, start, teacher_dir(cfg, spec.teacher), prompts, steps, tmp / "_trainer",
-                                run_name=f"opd/{arm}")
+            trainer = train_opd(cfg, start, teacher_dir(cfg, spec.teacher), prompts, steps, run_name=f"opd/{arm}")
             history = save_trained(trainer, tmp)
         metrics[arm] = {"teacher": spec.teacher, "steps": steps,
                         **summarise_loss_history(history), "wall_s": round(time.perf_counter() - started, 2)}

@@ -39,11 +39,6 @@ def decide(candidate: float, baseline: float | None, champion: float | None, sam
 
 
 def run(cfg: Config) -> dict:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from s2d_pipeline.tracking import open_store
-
     result = read_json(metrics_file(cfg, "evaluate"))
     metric = gate_metric_name(result)
     name = cfg.tracking.registered_model
@@ -51,6 +46,11 @@ def run(cfg: Config) -> dict:
         out = {"model": name, "promoted": False, "reasons": ["tracking.enabled is false: no model registry"]}
         write_json(metrics_file(cfg, "promote"), out)
         return out
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from s2d_pipeline.tracking import open_store
+
     open_store(cfg)
     client = MlflowClient()
     challenger = client.get_model_version_by_alias(name, "challenger")

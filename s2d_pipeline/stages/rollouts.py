@@ -24,7 +24,7 @@ ROLLOUT_COLUMNS = ("prompt_id", "prompt", "completion", "num_tokens", "teacher_l
 def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.data import load_split
-    from s2d_pipeline.generation import completion_token_stats, generate
+    from s2d_pipeline.generation import completion_token_stats, generate, generate_vllm
     from s2d_pipeline.models import load_model, load_tokenizer
 
     runtime.setup(cfg)
@@ -35,11 +35,16 @@ def run(cfg: Config) -> dict:
     for teacher in arm_specs.rollout_teachers(cfg.arms):
         started = time.perf_counter()
         path = teacher_dir(cfg, teacher)
-        model, tokenizer = load_model(path, cfg, for_inference=True), load_tokenizer(path, cfg)
         prompts = [task.format_prompt(row["prompt"]) for row in pool]
-        samples = generate(model, tokenizer, prompts, max_new_tokens=r.max_completion_length, greedy=False,
-                           temperature=r.temperature, num_return_sequences=r.samples_per_prompt,
-                           batch_size=r.batch_size, seed=cfg.seed)
+        if cfg.runtime.use_vllm:
+            samples = generate_vllm(path, prompts, cfg, max_new_tokens=r.max_completion_length,
+                                    temperature=r.temperature, num_return_sequences=r.samples_per_prompt,
+                                    seed=cfg.seed)
+        model, tokenizer = load_model(path, cfg, for_inference=True), load_tokenizer(path, cfg)
+        if not cfg.runtime.use_vllm:
+            samples = generate(model, tokenizer, prompts, max_new_tokens=r.max_completion_length, greedy=False,
+                               temperature=r.temperature, num_return_sequences=r.samples_per_prompt,
+                               batch_size=r.batch_size, seed=cfg.seed)
         flat_prompts = [p for p, cs in zip(prompts, samples) for _ in cs]
         flat = [c for cs in samples for c in cs]
         stats = completion_token_stats(None, model, tokenizer, flat_prompts, flat, batch_size=r.batch_size)

@@ -44,7 +44,7 @@ def run(cfg: Config) -> dict:
             rows, stage_cfg = labeled_rows(cfg, arm, STUDENT_RL), cfg.student_rl
         _, step = arm_specs.final_student_step(arm)
         with arm_run(cfg, "student_rl", arm), atomic_dir(student_dir(cfg, arm, step)) as tmp:
-            trainer = train_grpo(cfg, task, start, rows, stage_cfg, tmp / "_trainer", run_name=f"{step}/{arm}")
+            trainer = train_grpo(cfg, task, start, rows, stage_cfg, run_name=f"{step}/{arm}")
             history = save_trained(trainer, tmp)
         metrics[arm] = {"labels_seen": len(rows), "new_labels": arm_specs.SPECS[arm].stage3 != "replay",
                         "steps": stage_cfg.steps, "wall_s": round(time.perf_counter() - started, 2),

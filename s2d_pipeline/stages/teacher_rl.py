@@ -34,7 +34,7 @@ def run(cfg: Config) -> dict:
         out = rl_teacher_dir(cfg, key)
         with arm_run(cfg, "teacher_rl", key), atomic_dir(out) as tmp:
             trainer = train_grpo(cfg, task, base_model_dir(cfg, "teacher"), rows, cfg.teacher_rl,
-                                 tmp / "_trainer", run_name=f"teacher_rl/{key}")
+                                 run_name=f"teacher_rl/{key}")
             history = save_trained(trainer, tmp)
         metrics[key] = {"labels_used": len(rows), "wall_s": round(time.perf_counter() - started, 2),
                         **summarise_rl_history(history)}

@@ -33,7 +33,7 @@ def run(cfg: Config) -> dict:
         rollouts = read_jsonl(rollouts_file(cfg, spec.teacher))
         with arm_run(cfg, "warmup", arm), atomic_dir(student_dir(cfg, arm, "warmup")) as tmp:
             trainer = train_forward_kl(cfg, base_model_dir(cfg, "student"), teacher_dir(cfg, spec.teacher),
-                                       rollouts, steps, tmp / "_trainer", run_name=f"warmup/{arm}")
+                                       rollouts, steps, run_name=f"warmup/{arm}")
             history = save_trained(trainer, tmp)
         metrics[arm] = {"teacher": spec.teacher, "steps": steps, "loss": cfg.warmup.loss,
                         **summarise_loss_history(history), "wall_s": round(time.perf_counter() - started, 2)}

@@ -1,0 +1,105 @@
+"""Pipeline overhead: where the wall time of the embedded default goes, through DVC and through Prefect.
+
+    python bench/overhead.py            # ~15 min on 2 CPU cores: two full pipeline runs + a no-op repro
+
+Works on fresh clones of the committed HEAD (so the numbers are those of a user's `make run`):
+1. `dvc repro` with S2D_TIMINGS set: every stage process appends its compute seconds (inside the
+   stage's `run`), tracking seconds (MLflow run setup/teardown and metric logging) and its age at the
+   end of the stage; the rest of a process's life is interpreter start, CLI imports and config load,
+   and what is left of the total is DVC itself (hashing, locking, spawning).
+2. a second `dvc repro` (nothing changed: must be a no-op).
+3. the Prefect flow (`python -m flows.s2d`, temporary local server) in another clone, same split.
+Also timed: the heavy imports every training process pays (torch, transformers, trl, datasets) and
+`s2d --help` (the CLI must start without them). Results: bench/results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import REPO, machine  # noqa: E402
+
+TRAINING = ("prepare", "teacher_rl", "rollouts", "warmup", "opd", "student_rl", "evaluate")
+
+
+def _clone(dest: Path) -> Path:
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(dest)], check=True)
+    return dest
+
+
+def _env(repo: Path, timings: Path) -> dict:
+    venv_bin = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "PYTHONPATH": str(repo),
+            "S2D_TIMINGS": str(timings), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_HOME": str(repo / ".prefect"), "DO_NOT_TRACK": "1"}
+
+
+def _timed(cmd: list[str], repo: Path, env: dict) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return time.perf_counter() - t0
+
+
+def breakdown(total_s: float, timings: list[dict], one_process: bool) -> dict:
+    compute = {r["stage"]: r["compute_s"] for r in timings}
+    tracking = sum(r["tracking_s"] for r in timings)
+    training = sum(v for k, v in compute.items() if k in TRAINING)
+    validation = compute.get("validate", 0.0)
+    other_stages = sum(v for k, v in compute.items() if k not in TRAINING and k != "validate")
+    if one_process:  # the flow: one interpreter, stages back to back
+        processes = max(r["process_s"] for r in timings)
+        startup = processes - sum(r["compute_s"] + r["tracking_s"] for r in timings)
+    else:
+        processes = sum(r["process_s"] for r in timings)
+        startup = sum(r["process_s"] - r["compute_s"] - r["tracking_s"] for r in timings)
+    driver = total_s - processes
+    overhead = total_s - training
+    return {"total_s": round(total_s, 1), "stage_compute_s": {k: round(v, 1) for k, v in compute.items()},
+            "training_and_eval_compute_s": round(training, 1), "validation_s": round(validation, 1),
+            "allocate_promote_s": round(other_stages, 1), "tracking_s": round(tracking, 1),
+            "process_start_imports_config_s": round(startup, 1), "driver_s": round(driver, 1),
+            "orchestration_overhead_s": round(overhead, 1),
+            "orchestration_overhead_pct": round(100 * overhead / total_s, 1)}
+
+
+def main() -> None:
+    out = REPO / "bench" / "results" / "overhead.json"
+    result: dict = {"machine": machine()}
+    python = sys.executable
+    result["import_torch_transformers_trl_datasets_s"] = round(_timed(
+        [python, "-c", "import torch, transformers, trl, datasets"], REPO, dict(os.environ)), 2)
+    result["cli_help_s"] = round(_timed([python, "-m", "s2d_pipeline.cli", "--help"], REPO, dict(os.environ)), 2)
+    with tempfile.TemporaryDirectory(prefix="s2d-overhead-") as tmp:
+        tmp = Path(tmp)
+        repo = _clone(tmp / "dvc")
+        timings = tmp / "dvc-timings.jsonl"
+        total = _timed([str(Path(python).parent / "dvc"), "repro"], repo, _env(repo, timings))
+        records = [json.loads(line) for line in timings.read_text().splitlines()]
+        result["dvc_repro"] = breakdown(total, records, one_process=False)
+        noop_timings = tmp / "noop.jsonl"
+        result["dvc_repro_noop_s"] = round(_timed([str(Path(python).parent / "dvc"), "repro"], repo,
+                                                  _env(repo, noop_timings)), 2)
+        result["dvc_repro_noop_stages_run"] = len(noop_timings.read_text().splitlines()) if noop_timings.exists() else 0
+        print(json.dumps(result, indent=1), flush=True)
+
+        repo = _clone(tmp / "flow")
+        timings = tmp / "flow-timings.jsonl"
+        total = _timed([python, "-m", "flows.s2d"], repo, _env(repo, timings))
+        records = [json.loads(line) for line in timings.read_text().splitlines()]
+        result["prefect_flow"] = breakdown(total, records, one_process=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+-- One PostgreSQL for both services: Prefect's and MLflow's metadata in separate databases.
+CREATE DATABASE prefect;
+CREATE DATABASE mlflow;

@@ -1,0 +1,220 @@
+"""The bad-input corpus: every case goes through the real CLI (`s2d ...`) on a prepared micro project
+and must (1) exit non-zero, (2) print one message naming the file and row or the key, and the rule,
+and (3) leave every output that existed before byte-for-byte as it was.
+
+Each case is (stage args, how the project is broken, text the message must contain).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from s2d_pipeline.config import deep_merge
+from tests.conftest import STAGE_MICRO
+
+
+def _lines(project: Path, split: str) -> list[str]:
+    return (project / "data" / f"{split}.jsonl").read_text().splitlines()
+
+
+def _write_lines(project: Path, split: str, lines: list[str]) -> None:
+    (project / "data" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def edit_row(split: str, line: int, **changes):
+    """Change (or with value ..., delete) fields of the row on 1-based `line`."""
+    def apply(project: Path):
+        lines = _lines(project, split)
+        row = json.loads(lines[line - 1])
+        for key, value in changes.items():
+            if value is ...:
+                row.pop(key)
+            else:
+                row[key] = value
+        lines[line - 1] = json.dumps(row)
+        _write_lines(project, split, lines)
+    return apply
+
+
+def replace_line(split: str, line: int, text: str):
+    def apply(project: Path):
+        lines = _lines(project, split)
+        lines[line - 1] = text
+        _write_lines(project, split, lines)
+    return apply
+
+
+def raw_bytes(split: str, data: bytes):
+    def apply(project: Path):
+        path = project / "data" / f"{split}.jsonl"
+        path.write_bytes(path.read_bytes() + data)
+    return apply
+
+
+def copy_row(split: str, src: int, dst: int, **changes):
+    """Overwrite row `dst` with row `src` (+ changes): duplicates and leaks."""
+    def apply(project: Path):
+        lines = _lines(project, split)
+        row = {**json.loads(lines[src - 1]), **changes}
+        lines[dst - 1] = json.dumps(row)
+        _write_lines(project, split, lines)
+    return apply
+
+
+def leak_eval_into_labels(project: Path):
+    eval_row = json.loads(_lines(project, "eval")[2])
+    edit_row("labels", 5, prompt=eval_row["prompt"], answer=eval_row["answer"])(project)
+
+
+def truncate(split: str, keep: int):
+    def apply(project: Path):
+        _write_lines(project, split, _lines(project, split)[:keep])
+    return apply
+
+
+def params(**changes):
+    """Edit params.yaml (dotted keys)."""
+    def apply(project: Path):
+        raw = yaml.safe_load((project / "params.yaml").read_text())
+        for dotted, value in changes.items():
+            node = raw
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+        (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    return apply
+
+
+def raw_params(text: str):
+    def apply(project: Path):
+        (project / "params.yaml").write_text(text)
+    return apply
+
+
+def models_by_path(teacher: str, student: str):
+    return params(**{"models.source": "path", "models.teacher": {"path": teacher},
+                     "models.student": {"path": student}, "data.generate": False})
+
+
+def vocab_mismatch(project: Path):
+    """A teacher whose tokenizer has one extra symbol: distillation across vocabularies is refused."""
+    from s2d_pipeline.models import build_char_tokenizer, build_tiny_model, save_model
+    from s2d_pipeline.tasks.arithmetic import VOCAB
+
+    tok = build_char_tokenizer([*VOCAB, "-"])
+    spec = type("Spec", (), {"hidden_size": 8, "num_layers": 1, "num_heads": 1, "intermediate_size": 8})
+    save_model(build_tiny_model(spec, tok, 32, 0), tok, project / "other-teacher")
+    models_by_path("other-teacher", "artifacts/prepare/student")(project)
+
+
+def nothing(project: Path):
+    pass
+
+
+CASES = {
+    # --- data files (s2d validate): file:line (id=...) and the rule
+    "invalid JSONL": (["validate"], replace_line("labels", 3, '{"id": "lab-x", "prompt": '),
+                      ["data/labels.jsonl:3", "JSON"]),
+    "wrong encoding": (["validate"], raw_bytes("labels", '{"id": "x", "prompt": "caf\u00e9"}\n'.encode("latin-1")),
+                       ["data/labels.jsonl:41", "UTF-8"]),
+    "missing column": (["validate"], edit_row("labels", 4, answer=...),
+                       ["data/labels.jsonl:4", "rule 'required columns present'", "answer"]),
+    "extra column": (["validate"], edit_row("prompts", 2, label="7"),
+                     ["data/prompts.jsonl:2", "rule 'no unexpected columns'", "label"]),
+    "duplicate id": (["validate"], edit_row("labels", 6, id="lab-00000"),
+                     ["data/labels.jsonl:6", "rule 'id is unique'"]),
+    "empty answer": (["validate"], edit_row("labels", 7, answer="  "),
+                     ["data/labels.jsonl:7", "rule 'answer is not empty'"]),
+    "NaN answer": (["validate"], replace_line("labels", 8, '{"id": "lab-nan", "prompt": "1+2=", "answer": NaN}'),
+                   ["data/labels.jsonl:8", "NaN"]),
+    "null answer": (["validate"], edit_row("eval", 2, answer=None),
+                    ["data/eval.jsonl:2", "rule 'answer is not null'"]),
+    "unparseable answer": (["validate"], edit_row("labels", 9, answer="12a"),
+                           ["data/labels.jsonl:9", "rule 'answer parseable by the task verifier'", "12a"]),
+    "prompt longer than the context": (["validate"], edit_row("labels", 10, prompt="1+" * 20 + "1="),
+                                       ["data/labels.jsonl:10", "rule 'prompt fits the model context'",
+                                        "models.max_seq_len"]),
+    "empty prompt": (["validate"], edit_row("prompts", 3, prompt=""),
+                     ["data/prompts.jsonl:3", "rule 'prompt is non-empty text'"]),
+    "eval leaked into labels": (["validate"], leak_eval_into_labels,
+                                ["data/labels.jsonl:5", "rule 'no eval prompt in this split'", "same prompt as eval"]),
+    "duplicate prompt": (["validate"], copy_row("labels", 1, 2, id="lab-dup"),
+                         ["data/labels.jsonl:2", "rule 'no duplicate prompts"]),
+    "too few rows": (["validate"], truncate("eval", 3),
+                     ["data/eval.jsonl", "rule 'row count within bounds'"]),
+    "labels file missing": (["validate"], lambda p: (p / "data" / "labels.jsonl").unlink(),
+                            ["labels.jsonl", "not found"]),
+    # --- label budget (s2d allocate): the key and the rule
+    "budget above the labels available": (["allocate", "-S", "budget=100000"], nothing,
+                                          ["key 'budget'", "only 40 verified labels"]),
+    "zero budget": (["allocate", "-S", "budget=0"], nothing, ["budget", "greater than 0"]),
+    "negative budget": (["allocate"], params(budget=-5), ["budget", "greater than 0"]),
+    # --- params: the key and what is wrong with it
+    "unknown param": (["allocate"], params(**{"teacher_rl.learnig_rate": 0.1}),
+                      ["unknown key 'teacher_rl.learnig_rate'"]),
+    "mistyped param (-S)": (["allocate", "-S", "budgt=3"], nothing, ["unknown key 'budgt'"]),
+    "wrong type": (["allocate"], params(**{"teacher_rl.steps": "ten"}), ["teacher_rl.steps", "ten"]),
+    "params not YAML": (["allocate"], raw_params("budget: [1, 2\n"), ["params.yaml", "not valid YAML"]),
+    # --- models
+    "missing model path": (["prepare"], models_by_path("models/nope-teacher", "artifacts/prepare/student"),
+                           ["models.teacher.path", "models/nope-teacher", "never downloads"]),
+    "teacher/student vocabulary mismatch": (["prepare"], vocab_mismatch,
+                                            ["tokenizers differ", "only in teacher: ['-']", "same model family"]),
+    "trust_remote_code not a bool": (["allocate"], params(**{"models.trust_remote_code": "yes please"}),
+                                     ["models.trust_remote_code"]),
+    # --- outputs
+    "unwritable output directory": (["allocate", "-S", "artifacts_dir=params.yaml/out"], nothing,
+                                    ["cannot create output directory", "params.yaml/out"]),
+}
+
+
+def _snapshot(project: Path) -> dict[str, str]:
+    return {str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(project.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def good_project(pipeline, tmp_path_factory) -> Path:
+    """The session pipeline's project (data, every stage's outputs, metrics) with micro params."""
+    cfg, _, _ = pipeline
+    root = tmp_path_factory.mktemp("corpus") / "good"
+    shutil.copytree(cfg.root, root, ignore=shutil.ignore_patterns("checkpoints"))
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(raw, STAGE_MICRO)))
+    return root
+
+
+def test_corpus_is_large_enough():
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_refused_clearly_and_nothing_is_lost(name, good_project, tmp_path, monkeypatch, capsys):
+    from s2d_pipeline.cli import main
+
+    args, breaks, expected = CASES[name]
+    project = tmp_path / "project"
+    shutil.copytree(good_project, project)
+    breaks(project)
+    before = _snapshot(project)
+    monkeypatch.chdir(project)
+
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code != 0, f"{name}: accepted"
+    assert err.startswith(f"s2d {args[0]}: error: "), err
+    for text in expected:
+        assert text in err, f"{name}: {text!r} not in message:\n{err}"
+    after = _snapshot(project)
+    changed = [f for f in before if after.get(f) != before[f]]
+    assert not changed, f"{name}: earlier outputs changed or removed: {changed}"
+    # Only a failure report may be added; no half-written output appears.
+    added = set(after) - set(before)
+    assert added <= {"artifacts/validate/report.failed.json"}, added
