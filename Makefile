@@ -1,15 +1,16 @@
 # The two commands of the README. Both are idempotent: the venv is (re)built only when
-# pyproject.toml changes, from pinned versions (see pyproject.toml).
+# pyproject.toml or requirements.lock changes; every package, transitive ones too, is installed at
+# the version in requirements.lock (the tested set).
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
 .PHONY: setup run test test-slow clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -e '.[test]' -c requirements.lock
 	$(VENV)/bin/pip check
 	touch $(STAMP)
 

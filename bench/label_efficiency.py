@@ -2,7 +2,8 @@
 
     python bench/label_efficiency.py run                      # 4 budgets x 3 seeds, ~50 min on 2 CPU cores
     python bench/label_efficiency.py run --budgets 64 --seeds 0
-    python bench/label_efficiency.py report                   # tables into bench/RESULTS.md, plot into bench/
+    python bench/label_efficiency.py report                   # tables and plot (bench/report.py writes RESULTS.md)
+    python bench/label_efficiency.py ablation                 # s2d vs no_warmup / no_opd with fewer bridge steps
 
 `run` drives the same stage functions as `s2d run` / `dvc repro`, from a scratch root per (seed, budget):
 `prepare` and `validate` run once per seed (same data, base teacher and base student for every budget),
@@ -113,6 +114,60 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
+ABLATION_RESULTS = REPO / "bench" / "results" / "ablation_bridge_steps.jsonl"
+ABLATION_ARMS = ["s2d", "no_warmup", "no_opd"]
+
+
+def ablation(seeds: list[int], budget: int, bridge_steps: list[tuple[int, int]], workdir: Path) -> None:
+    """Do the ablations bite when distillation steps are scarce? Re-runs warmup -> opd -> evaluate for
+    s2d / no_warmup / no_opd on the finished (seed, budget) cells with other (warmup, opd) step counts
+    (the ablations still get the removed stage's steps); same RL teacher, rollouts and eval."""
+    from s2d_pipeline.cli import run_stage
+    from s2d_pipeline.config import load_config
+
+    for seed in seeds:
+        cell = workdir / f"seed{seed}" / f"budget{budget}"
+        for warmup_steps, opd_steps in bridge_steps:
+            root = workdir / f"seed{seed}" / f"ablation-b{budget}-w{warmup_steps}-o{opd_steps}"
+            shutil.rmtree(root, ignore_errors=True)
+            (root / "artifacts").mkdir(parents=True)
+            (root / "metrics").mkdir()
+            (root / "data").symlink_to((workdir / f"seed{seed}" / "data").resolve())
+            for stage in ("prepare", "validate", "allocate", "teacher_rl", "rollouts"):
+                (root / "artifacts" / stage).symlink_to((cell / "artifacts" / stage).resolve())
+            cfg = load_config(REPO / "params.yaml", {"seed": seed, "budget": budget, "tracking": {"enabled": False},
+                                                      "arms": ABLATION_ARMS, "warmup": {"steps": warmup_steps},
+                                                      "opd": {"steps": opd_steps}}, root=root)
+            for stage in ("warmup", "opd", "evaluate"):
+                run_stage(stage, cfg)
+            evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+            record = {"seed": seed, "budget": budget, "warmup_steps": warmup_steps, "opd_steps": opd_steps,
+                      "arms": evaluation["arms"], **_provenance()}
+            ABLATION_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            with ABLATION_RESULTS.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"seed {seed} w{warmup_steps}/o{opd_steps}: " + ", ".join(
+                f"{a} {evaluation['arms'][a]['avg@8']}" for a in ABLATION_ARMS), flush=True)
+
+
+def ablation_report() -> str:
+    import numpy as np
+
+    if not ABLATION_RESULTS.exists():
+        return ""
+    records = [json.loads(line) for line in ABLATION_RESULTS.read_text().splitlines() if line.strip()]
+    lines = ["| warmup + OPD steps (s2d) | N | s2d avg@8 | no_warmup | no_opd | s2d − no_warmup per seed | "
+             "s2d − no_opd per seed |", "|---|---|---|---|---|---|---|"]
+    for key in sorted({(r["warmup_steps"], r["opd_steps"], r["budget"]) for r in records}):
+        rs = sorted((r for r in records if (r["warmup_steps"], r["opd_steps"], r["budget"]) == key), key=lambda r: r["seed"])
+        val = {a: [r["arms"][a]["avg@8"] for r in rs] for a in ABLATION_ARMS}
+        lines.append(f"| {key[0]} + {key[1]} | {key[2]} | {np.mean(val['s2d']):.3f} | {np.mean(val['no_warmup']):.3f} | "
+                     f"{np.mean(val['no_opd']):.3f} | "
+                     + ", ".join(f"{a - b:+.3f}" for a, b in zip(val["s2d"], val["no_warmup"])) + " | "
+                     + ", ".join(f"{a - b:+.3f}" for a, b in zip(val["s2d"], val["no_opd"])) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- report
 
 def bootstrap_ci(diffs: list[float], n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
@@ -219,9 +274,17 @@ def main() -> None:
     r.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256, 512])
     r.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "s2d-bench-label-efficiency")
     sub.add_parser("report")
+    a = sub.add_parser("ablation")
+    a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    a.add_argument("--budget", type=int, default=64)
+    a.add_argument("--bridge-steps", nargs="+", default=["10,15", "20,30"],
+                   help="warmup,opd step pairs (the default profile uses 100,150)")
+    a.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "s2d-bench-label-efficiency")
     args = p.parse_args()
     if args.cmd == "run":
         run(args.seeds, args.budgets, args.workdir)
+    elif args.cmd == "ablation":
+        ablation(args.seeds, args.budget, [tuple(map(int, x.split(","))) for x in args.bridge_steps], args.workdir)
     else:
         records = load_records()
         print(report(records))

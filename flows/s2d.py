@@ -74,21 +74,15 @@ def prefect_api_preflight(timeout_s: float = 5.0) -> None:
     """Fail in seconds, naming the URL, when PREFECT_API_URL points at a server that does not answer
     (instead of Prefect's retries failing the first task after the imports and client timeouts).
     Without PREFECT_API_URL Prefect starts a temporary local server, so there is nothing to check."""
-    import urllib.error
-    import urllib.request
-
     from s2d_pipeline.errors import S2DError
+    from s2d_pipeline.runtime import health_problem
 
     url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
     if not url:
         return
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=timeout_s) as response:
-            if response.status == 200:
-                return
-            problem = f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError) as exc:
-        problem = str(getattr(exc, "reason", exc))
+    problem = health_problem(url, timeout_s)
+    if problem is None:
+        return
     raise S2DError(
         f"Prefect API {url} is unreachable ({problem}). Start it (`prefect server start`, or "
         "`docker compose -f infra/docker-compose.yml up -d`), point PREFECT_API_URL at a running server, "

@@ -45,3 +45,15 @@ def tracking_uri(cfg: Config) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(cfg.path(uri[len(prefix):]))
     return uri
+
+
+def health_problem(base_url: str, timeout_s: float = 5.0) -> str | None:
+    """None when `<base_url>/health` answers 200, else what went wrong (for a service preflight)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + "/health", timeout=timeout_s) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))

@@ -205,19 +205,13 @@ def preflight(cfg: Config, timeout_s: float = 5.0) -> None:
     uri = tracking_uri(cfg)
     if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
-
     from s2d_pipeline.errors import S2DError
+    from s2d_pipeline.runtime import health_problem
 
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
-            if response.status == 200:
-                return
-            problem = f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError) as exc:
-        problem = str(getattr(exc, "reason", exc))
+    problem = health_problem(uri, timeout_s)
+    if problem is None:
+        return
     raise S2DError(
         f"MLflow tracking server {uri} is unreachable ({problem}). Start it (README: 'MLflow'), fix "
-        "key 'tracking.uri', or run without a server: tracking.uri: sqlite:///mlflow.db"
+        "key 'tracking.uri' (or S2D_TRACKING_URI), or run without a server: tracking.uri: sqlite:///mlflow.db"
     )

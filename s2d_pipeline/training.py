@@ -67,7 +67,7 @@ def vllm_args(cfg: Config) -> dict:
     return args
 
 
-def fit(trainer, cfg: Config, inputs: list[Path]) -> None:
+def fit(trainer, cfg: Config, inputs: list[Path], dataset) -> None:
     """`trainer.train()`, resumed from the run's latest complete checkpoint when one exists.
 
     A checkpoint is only reused by the same run: same params (tracking aside), same training rows
@@ -82,7 +82,7 @@ def fit(trainer, cfg: Config, inputs: list[Path]) -> None:
     fingerprint = hashlib.sha256(json.dumps({
         "params": cfg.model_dump(mode="json", exclude={"tracking", "root"}),
         "run": trainer.args.run_name,
-        "rows": trainer.train_dataset._fingerprint,
+        "rows": dataset._fingerprint,  # rows_dataset's content hash (trainers may re-map the dataset)
         "inputs": [_weights_stamp(p) for p in inputs],
     }, sort_keys=True).encode()).hexdigest()
     marker = out / "s2d_run.json"
@@ -99,9 +99,18 @@ def fit(trainer, cfg: Config, inputs: list[Path]) -> None:
 
 
 def latest_complete_checkpoint(out: Path) -> str | None:
-    """The newest `checkpoint-N` holding a trainer state and optimizer (a kill can cut one short)."""
-    done = [c for c in out.glob("checkpoint-*") if c.name.split("-")[-1].isdigit()
-            and (c / "trainer_state.json").exists() and (c / "optimizer.pt").exists()]
+    """The newest `checkpoint-N` that was fully written: Transformers writes `trainer_state.json` last,
+    so a kill mid-save leaves it missing or unparseable (then the previous checkpoint is used)."""
+    import json
+
+    def complete(c: Path) -> bool:
+        try:
+            json.loads((c / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return (c / "optimizer.pt").exists()
+
+    done = [c for c in out.glob("checkpoint-*") if c.name.split("-")[-1].isdigit() and complete(c)]
     return str(max(done, key=lambda c: int(c.name.split("-")[-1]))) if done else None
 
 
@@ -148,7 +157,7 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[_verifier_reward(task)], args=args,
                           train_dataset=dataset, processing_class=tokenizer)
-    fit(trainer, cfg, [model_dir])
+    fit(trainer, cfg, [model_dir], dataset)
     return trainer
 
 
@@ -224,7 +233,7 @@ def train_forward_kl(cfg: Config, student_dir: Path, teacher_dir: Path, rollouts
                          max_length=cfg.models.max_seq_len)
         trainer = SFTTrainer(model=student, args=args, data_collator=collator, train_dataset=dataset,
                              processing_class=tokenizer)
-    fit(trainer, cfg, [student_dir, teacher_dir])
+    fit(trainer, cfg, [student_dir, teacher_dir], dataset)
     return trainer
 
 
@@ -256,7 +265,7 @@ def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list[s
         trainer = DistillationTrainer(model=student, teacher_model=load_model(teacher_dir, cfg),
                                       args=DistillationConfig(**common), train_dataset=dataset,
                                       processing_class=tokenizer)
-    fit(trainer, cfg, [student_dir, teacher_dir])
+    fit(trainer, cfg, [student_dir, teacher_dir], dataset)
     return trainer
 
 
