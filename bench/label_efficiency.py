@@ -136,8 +136,11 @@ def ablation(seeds: list[int], budget: int, bridge_steps: list[tuple[int, int]],
             for stage in ("prepare", "validate", "allocate", "teacher_rl", "rollouts"):
                 (root / "artifacts" / stage).symlink_to((cell / "artifacts" / stage).resolve())
             cfg = load_config(REPO / "params.yaml", {"seed": seed, "budget": budget, "tracking": {"enabled": False},
-                                                      "arms": ABLATION_ARMS, "warmup": {"steps": warmup_steps},
-                                                      "opd": {"steps": opd_steps}}, root=root)
+                                                      "arms": ABLATION_ARMS,
+                                                      # LR warmup scaled with the run, else short runs never reach
+                                                      # the peak LR and the two-stage arm is handicapped twice
+                                                      "warmup": {"steps": warmup_steps, "warmup_steps": 2},
+                                                      "opd": {"steps": opd_steps, "warmup_steps": 2}}, root=root)
             for stage in ("warmup", "opd", "evaluate"):
                 run_stage(stage, cfg)
             evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
