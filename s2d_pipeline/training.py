@@ -140,7 +140,9 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
     from s2d_pipeline.models import load_model, load_tokenizer
 
     model, tokenizer = load_model(model_dir, cfg), load_tokenizer(model_dir, cfg)
-    dataset = rows_dataset([{"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows])
+    dataset = rows_dataset(epoch_rows(
+        [{"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows],
+        stage.steps * stage.prompts_per_step, f"{run_name}-{cfg.seed + seed_offset}"))
     args = GRPOConfig(
         **training_args(cfg, steps=stage.steps, learning_rate=stage.learning_rate,
                         warmup_steps=stage.warmup_steps,
@@ -153,12 +155,29 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
         temperature=stage.temperature,
         max_completion_length=stage.max_completion_length,
         loss_type=stage.loss_type,
+        shuffle_dataset=False,  # epoch_rows already shuffled, resumably
         **vllm_args(cfg),
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[_verifier_reward(task)], args=args,
                           train_dataset=dataset, processing_class=tokenizer)
     fit(trainer, cfg, [model_dir], dataset)
     return trainer
+
+
+def epoch_rows(rows: list[dict], draws: int, seed: str) -> list[dict]:
+    """`rows` in seeded per-epoch permutations, enough epochs for `draws` rows (plus one spare): the
+    whole run is one pass that trainers read in order (their own shuffling is off). TRL's samplers
+    reshuffle every pass from a generator a resumed run cannot replay, so a run killed in its third
+    epoch would resume on another order; one ordered pass resumes exactly (`skip_first_batches`)."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[dict] = []
+    for _ in range(-(-draws // max(len(rows), 1)) + 1):
+        epoch = list(rows)
+        rng.shuffle(epoch)
+        out += epoch
+    return out
 
 
 def rows_dataset(rows: list[dict]):
@@ -212,12 +231,14 @@ def train_forward_kl(cfg: Config, student_dir: Path, teacher_dir: Path, rollouts
 
     w = cfg.warmup
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
-    dataset = rows_dataset([{"prompt": r["prompt"], "completion": r["completion"]} for r in rollouts])
+    dataset = rows_dataset(epoch_rows([{"prompt": r["prompt"], "completion": r["completion"]} for r in rollouts],
+                                      steps * w.batch_size, f"{run_name}-{cfg.seed}"))
     collator = PromptCompletionCollator(tokenizer, cfg.models.max_seq_len)
     common = training_args(cfg, steps=steps, learning_rate=w.learning_rate,
                            warmup_steps=w.warmup_steps, batch_size=w.batch_size, run_name=run_name)
     common["remove_unused_columns"] = False
     common["include_num_input_tokens_seen"] = "non_padding"  # GRPO and OPD count their own tokens
+    common["train_sampling_strategy"] = "sequential"  # epoch_rows already shuffled, resumably
     if w.loss == "forward_kl":
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.gkd import GKDConfig, GKDTrainer
@@ -251,9 +272,10 @@ def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list[s
         beta=o.beta,
         temperature=o.temperature,
         max_completion_length=o.max_completion_length,
+        shuffle_dataset=False,  # epoch_rows already shuffled, resumably
         **vllm_args(cfg),
     )
-    dataset = rows_dataset([{"prompt": p} for p in prompts])
+    dataset = rows_dataset(epoch_rows([{"prompt": p} for p in prompts], steps * o.batch_size, f"{run_name}-{cfg.seed}"))
     if o.teacher_server_url:  # the teacher lives on its own GPUs behind `trl vllm-serve`
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.server_distillation import ServerDistillationConfig, ServerDistillationTrainer

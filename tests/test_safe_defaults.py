@@ -59,8 +59,11 @@ def test_no_secret_is_committed():
 def test_installed_versions_are_the_locked_ones():
     from importlib.metadata import version
 
-    locked = dict(line.split("==", 1) for line in (REPO / "requirements.lock").read_text().splitlines()
-                  if "==" in line and not line.startswith("#"))
+    def canonical(name: str) -> str:
+        return name.lower().replace("_", "-")
+
+    locked = {canonical(k): v for k, v in (line.split("==", 1) for line in
+              (REPO / "requirements.lock").read_text().splitlines() if "==" in line and not line.startswith("#"))}
     for pkg in ("torch", "transformers", "trl", "accelerate", "datasets", "mlflow", "prefect", "dvc",
                 "great-expectations", "pydantic"):
         assert version(pkg) == locked[pkg], pkg

@@ -79,7 +79,9 @@ def test_valid_data_passes_and_writes_report_and_metrics(good_run):
         entry = report["splits"][split]
         assert entry["file"] == f"data/{split}.jsonl"
         assert len(entry["sha256"]) == 64
-        assert all(rule["passed"] is True for rule in entry["rules"])
+        # Every rule passed; the prompt-length rule needs a tokenizer, which this data-only project lacks.
+        assert all(rule["passed"] is True or (rule["rule"] == V.RULE_PROMPT_FITS and rule["passed"] is None)
+                   for rule in entry["rules"])
     assert not validation_report(cfg).with_name("report.failed.json").exists()
 
 
@@ -95,7 +97,8 @@ def test_report_is_a_real_gx_suite_with_every_rule(tmp_path, splits):
         assert set(V.rule_names(split)) | {V.RULE_READABLE} == set(rules)
         # Every rule except the reader's is a GX expectation result.
         assert all(r["expectation"].startswith("expect_") for n, r in rules.items()
-                   if n != V.RULE_READABLE)
+                   if n != V.RULE_READABLE and r["passed"] is not None)
+        assert "no tokenizer" in rules[V.RULE_PROMPT_FITS]["skipped"]
     assert V.RULE_EVAL_LEAK in V.rule_names("labels")
     assert V.RULE_EVAL_LEAK not in V.rule_names("eval")
     assert V.RULE_ANSWER_PARSEABLE not in V.rule_names("prompts")
@@ -106,7 +109,7 @@ def test_report_is_a_real_gx_suite_with_every_rule(tmp_path, splits):
         (3, "lab-00002", "12a"), (8, "lab-00007", "x")]
     others = [r for s in report["splits"].values() for r in s["rules"]
               if r["rule"] != V.RULE_ANSWER_PARSEABLE or s is not report["splits"]["labels"]]
-    assert all(r["passed"] is True for r in others)
+    assert all(r["passed"] is True or r["rule"] == V.RULE_PROMPT_FITS for r in others)
     json.dumps(report)  # JSON-able
 
 
