@@ -21,9 +21,9 @@ PIPELINE_KEY_TAG = "s2d.pipeline_key"
 
 def git_commit(cfg: Config) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cfg.root, capture_output=True, text=True,
-                             timeout=10)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=cfg.root, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -41,6 +41,8 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def _eval_metrics(root: Path) -> dict:
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
     metrics.pop("wall_s")
+    provenance = metrics.pop("provenance")  # where and when it ran: the two projects differ there
+    assert provenance["params_hash"] and provenance["packages"]["trl"]
     return metrics
 
 
