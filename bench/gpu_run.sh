@@ -12,11 +12,12 @@ export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENI
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 # The smoke run writes ~46 GB of safetensors with an 8B teacher (raw + RL teacher + students).
 FREE_GB=$(df -BG --output=avail /tmp | tail -1 | tr -dc 0-9); echo "free disk in /tmp: ${FREE_GB} GB"
-TEACHER=qwen3-8b; [ "${FREE_GB:-0}" -lt 60 ] && TEACHER=qwen3-4b && echo "not enough disk for the 8B teacher: using $TEACHER"
+TEACHER=${SMOKE_TEACHER:-qwen3-8b}
+[ "$TEACHER" = qwen3-8b ] && [ "${FREE_GB:-0}" -lt 60 ] && TEACHER=qwen3-4b && echo "not enough disk for the 8B teacher: using $TEACHER"
 python3 -c "import torch, transformers, trl, datasets, pydantic, pyarrow; print(torch.__version__, transformers.__version__, trl.__version__, datasets.__version__, pyarrow.__version__)" || exit 1
 mkdir -p "$OUT"
 [ -z "${SKIP_THROUGHPUT:-}" ] && timeout ${THROUGHPUT_TIMEOUT:-150} python3 bench/throughput.py gpu > "$OUT/throughput_gpu.log" 2>&1; echo "throughput rc=$?"
 cp bench/results/throughput_gpu.json "$OUT/" 2>/dev/null
 tail -5 "$OUT/throughput_gpu.log"
-timeout ${SMOKE_TIMEOUT:-360} python3 bench/gpu_smoke.py --teacher "$TEACHER" --out "$OUT/gpu_smoke.json" > "$OUT/gpu_smoke.log" 2>&1; echo "smoke rc=$?"
-grep -v "it/s\]" "$OUT/gpu_smoke.log" | grep -v '^ ' | tail -40; df -h /tmp | tail -1
+timeout ${SMOKE_TIMEOUT:-360} python3 bench/gpu_smoke.py --teacher "$TEACHER" --out "$OUT/${SMOKE_NAME:-gpu_smoke}.json" > "$OUT/${SMOKE_NAME:-gpu_smoke}.log" 2>&1; echo "smoke rc=$?"
+grep -v "it/s\]" "$OUT/${SMOKE_NAME:-gpu_smoke}.log" | grep -v '^ ' | tail -40; df -h /tmp | tail -1
