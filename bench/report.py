@@ -137,7 +137,11 @@ def main() -> None:
               "## 4. GPU: real shapes (`python bench/throughput.py gpu`)", "",
               *throughput_gpu_section(_load("throughput_gpu.json")),
               "## 5. GPU smoke run of the whole pipeline (`python bench/gpu_smoke.py`, via `bash bench/gpu_run.sh`)", "",
-              *gpu_smoke_section(_load("gpu_smoke.json"))]
+              *gpu_smoke_section(_load("gpu_smoke.json")),
+              "Re-run on the final code (after the resumable data order and `Trainer.save_model`), with the "
+              "last minutes of the session's device time: Qwen3-4B teacher, cut by its 190 s limit during "
+              "`evaluate` (`SMOKE_TEACHER=qwen3-4b SMOKE_NAME=gpu_smoke_final bash bench/gpu_run.sh`):", "",
+              *gpu_smoke_section(_load("gpu_smoke_final.json"))]
     out.write_text("\n".join(parts))
     print(f"wrote {out}")
 

@@ -95,7 +95,22 @@ def fit(trainer, cfg: Config, inputs: list[Path], dataset) -> None:
     marker.write_text(json.dumps({"fingerprint": fingerprint, "run": trainer.args.run_name}))
     if resume:
         logging.getLogger(__name__).warning("%s: resuming from %s", trainer.args.run_name, resume)
+    trainer.add_callback(_NoFinalCheckpoint())
     quiet(trainer).train(resume_from_checkpoint=resume)
+
+
+def _NoFinalCheckpoint():  # noqa: N802 - a class built on demand (transformers is imported lazily)
+    """Transformers also checkpoints the last step; the stage saves the model right after and deletes
+    the checkpoints, so that write (optimizer state included: ~100 GB for an 8B model) is skipped."""
+    from transformers import TrainerCallback
+
+    class NoFinalCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+            return control
+
+    return NoFinalCheckpoint()
 
 
 def latest_complete_checkpoint(out: Path) -> str | None:
