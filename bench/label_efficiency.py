@@ -198,8 +198,9 @@ def report(records: list[dict]) -> str:
     seeds = sorted({r["seed"] for r in records})
     lines = [f"Seeds {seeds}; eval {records[0]['evaluate']['eval_problems']} problems; sampled = {sampled} at "
              f"temperature 1; commit {records[0]['commit']}; machine: {records[0]['machine']}. "
-             f"Wall time per (seed, budget) cell: {np.mean([r['wall_s'] for r in records]):.0f} s mean "
-             f"(plus prepare {np.mean([r['stage_s']['prepare'] for r in records]):.0f} s once per seed).", ""]
+             f"Wall time per (seed, budget) cell: {np.median([r['wall_s'] for r in records]):.0f} s median, "
+             f"{max(r['wall_s'] for r in records):.0f} s max (plus prepare "
+             f"{np.median([r['stage_s']['prepare'] for r in records]):.0f} s once per seed).", ""]
     for metric in (sampled, "greedy"):
         lines += [f"**{metric}, mean ± std over seeds**", "",
                   "| arm | " + " | ".join(f"N={b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]

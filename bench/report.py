@@ -57,8 +57,10 @@ def overhead_section(r: dict | None) -> list[str]:
 def throughput_cpu_section(r: dict | None) -> list[str]:
     if r is None:
         return ["Not run yet: `python bench/throughput.py cpu`.", ""]
-    lines = [f"Machine: {_machine(r['machine'])}. {r['steps']} steps per run, {r['repeats']} runs per side, "
-             "interleaved; wall time from model load to the end of `train()`.", "",
+    lines = [f"Machine: {_machine(r['machine'])}. Steps per run as in params.yaml ({r['steps']}), s2d checkpointing "
+             f"every {r['checkpoint_steps']} steps (its real cost, counted); {r['repeats']} runs per side after one "
+             "untimed run each, interleaved; wall time from model load to the end of `train()`; tokens = prompt + "
+             "completion tokens the trainer processed.", "",
              "| stage (trainer) | s2d tokens/s (median) | TRL direct tokens/s (median) | ratio (goal ≥ 0.95) |",
              "|---|---|---|---|"]
     names = {"grpo": "teacher RL (GRPOTrainer)", "warmup": "warmup (GKDTrainer, forward KL)",

@@ -129,7 +129,7 @@ def gpu(out: Path, batch: int = 8, seq: int = 2048, gen_batches=(64, 256, 512), 
 
 # ---------------------------------------------------------------- cpu: s2d vs TRL called directly
 
-def _cpu_project(root: Path, steps: int):
+def _cpu_project(root: Path, steps: int | None):
     """Tiny-profile project with random-init base models and generated data (no pretraining: speed
     does not depend on what the weights know)."""
     from s2d_pipeline.config import load_config
@@ -140,7 +140,8 @@ def _cpu_project(root: Path, steps: int):
     from s2d_pipeline.tasks.arithmetic import VOCAB
 
     overrides = {"tracking": {"enabled": False}, "runtime": {"torch_threads": None},
-                 **{stage: {"steps": steps, "warmup_steps": 0} for stage in ("teacher_rl", "warmup", "opd")}}
+                 **{stage: {"warmup_steps": 0, **({"steps": steps} if steps else {})}
+                    for stage in ("teacher_rl", "warmup", "opd")}}
     (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
     cfg = load_config(root / "params.yaml", overrides, root=root, check_paths=False)
     task = get_task(cfg.task)
@@ -206,17 +207,21 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
                                train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tok)
 
 
-def cpu(out: Path, steps: int = 30, repeats: int = 3) -> dict:
-    """Tokens/s of GRPO, forward-KL warmup and OPD through s2d vs TRL directly; A B A B interleaved."""
+def cpu(out: Path, steps: int | None = None, repeats: int = 3) -> dict:
+    """Tokens/s of GRPO, forward-KL warmup and OPD through s2d vs TRL directly; A B A B interleaved.
+    `steps=None`: each stage's steps from params.yaml (150 / 100 / 150), i.e. the default run, with
+    s2d's checkpointing as configured (every `runtime.checkpoint_steps`) counted as s2d's cost."""
     import statistics
 
     from s2d_pipeline import runtime, training
     from s2d_pipeline.data import load_split
     from s2d_pipeline.layout import base_model_dir, checkpoint_dir
 
-    result: dict = {"machine": machine(), "steps": steps, "repeats": repeats, "stages": {}}
     with tempfile.TemporaryDirectory(prefix="s2d-throughput-") as tmp:
         cfg, task = _cpu_project(Path(tmp), steps)
+        result: dict = {"machine": machine(), "repeats": repeats, "stages": {},
+                        "steps": {"grpo": cfg.teacher_rl.steps, "warmup": cfg.warmup.steps, "opd": cfg.opd.steps},
+                        "checkpoint_steps": cfg.runtime.checkpoint_steps}
         runtime.setup(cfg)
         rows = [{"prompt": r["prompt"], "answer": r["answer"]} for r in load_split(cfg, task, "labels")[:64]]
         prompts = [task.format_prompt(r["prompt"]) for r in load_split(cfg, task, "prompts")]
