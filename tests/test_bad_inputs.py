@@ -209,7 +209,7 @@ def test_bad_input_is_refused_clearly_and_nothing_is_lost(name, good_project, tm
 
     code = main(args)
     err = capsys.readouterr().err
-    print(f"[{name}] exit {code}: {err.strip()}")  # the corpus as a user sees it: `pytest -rP` lists these
+    print(f"[{name}] exit {code}: " + " / ".join(line.strip() for line in err.strip().splitlines()))  # the corpus as a user sees it: `pytest -rP` lists these
     assert code != 0, f"{name}: accepted"
     assert err.startswith(f"s2d {args[0]}: error: "), err
     for text in expected:
