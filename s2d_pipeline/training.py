@@ -86,13 +86,16 @@ def fit(trainer, cfg: Config, inputs: list[Path], dataset) -> None:
         "inputs": [_weights_stamp(p) for p in inputs],
     }, sort_keys=True).encode()).hexdigest()
     marker = out / "s2d_run.json"
-    resume = None
-    if marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
-        resume = latest_complete_checkpoint(out)
-    elif out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"fingerprint": fingerprint, "run": trainer.args.run_name}))
+    same_run = marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+    resume = latest_complete_checkpoint(out) if same_run else None
+    # Every rank decides from the same files before rank 0 changes them (no-ops in one process).
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        if not same_run and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"fingerprint": fingerprint, "run": trainer.args.run_name}))
+    trainer.accelerator.wait_for_everyone()
     if resume:
         logging.getLogger(__name__).warning("%s: resuming from %s", trainer.args.run_name, resume)
     trainer.add_callback(_NoFinalCheckpoint())
