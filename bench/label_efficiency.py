@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import REPO, machine  # noqa: E402
+
 RESULTS = REPO / "bench" / "results" / "label_efficiency.jsonl"
 SEED_STAGES = ("prepare", "validate")
 BUDGET_STAGES = ("allocate", "teacher_rl", "rollouts", "warmup", "opd", "student_rl", "evaluate")
@@ -95,23 +95,9 @@ def run(seeds: list[int], budgets: list[int], workdir: Path) -> None:
 
 
 def _provenance() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return {"commit": commit, "machine": machine()}
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, Python {platform.python_version()}, torch {torch.__version__}"
+    m = machine()
+    return {"commit": m["commit"],
+            "machine": f"{m['cpu']}, {m['gpu'] or 'no GPU'}, Python {m['python']}, torch {m['torch']}"}
 
 
 ABLATION_RESULTS = REPO / "bench" / "results" / "ablation_bridge_steps.jsonl"

@@ -83,7 +83,9 @@ def run_tags(cfg: Config) -> dict[str, str]:
 def pipeline_key(cfg: Config) -> str:
     if os.environ.get("S2D_PIPELINE_RUN_ID"):
         return os.environ["S2D_PIPELINE_RUN_ID"]
-    tags = run_tags(cfg)
+    # Not the dirty flag: `dvc repro` rewrites a committed dvc.lock after each stage, which would
+    # split one pipeline's stages across parent runs.
+    tags = {k: v for k, v in run_tags(cfg).items() if k != "s2d.git_dirty"}
     return hashlib.sha256(repr(sorted(tags.items())).encode()).hexdigest()[:16]
 
 

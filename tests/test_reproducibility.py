@@ -51,3 +51,23 @@ def test_every_run_records_what_reproduces_it(reruns):
     assert set(record["data_sha256"]) == {"labels", "prompts", "eval"}
     assert {"python", "torch", "transformers", "trl", "datasets"} <= set(record["packages"])
     assert record["seed"] == 0
+
+
+def test_pipeline_key_survives_a_dirty_tree(tmp_path):
+    """`dvc repro` rewrites a committed dvc.lock after every stage: the record notes the dirty tree,
+    but the stages must still find the same MLflow parent run."""
+    import subprocess
+
+    from s2d_pipeline.tracking import pipeline_key, run_tags
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "."], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=tmp_path, check=True)
+    cfg = load_config(tmp_path / "params.yaml", root=tmp_path)
+    clean_key, clean_tags = pipeline_key(cfg), run_tags(cfg)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    assert run_tags(cfg)["s2d.git_dirty"] == "True" != clean_tags["s2d.git_dirty"]
+    assert pipeline_key(cfg) == clean_key
