@@ -29,10 +29,20 @@ def qwen3_config(name: str, vocab_size: int = QWEN3_VOCAB, **extra):
     from transformers import Qwen3Config
 
     hidden, inter, layers, heads, kv, tied = QWEN3[name]
-    return Qwen3Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=inter,
-                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
-                       head_dim=hidden // heads if name == "tiny" else 128, tie_word_embeddings=tied, max_position_embeddings=40960,
-                       rope_theta=1_000_000.0, rms_norm_eps=1e-6, **extra)
+    return Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=hidden // heads if name == "tiny" else 128,
+        tie_word_embeddings=tied,
+        max_position_embeddings=40960,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        **extra,
+    )
 
 
 def random_qwen3(name: str, device: str = "cuda", dtype: str = "bfloat16", vocab_size: int = QWEN3_VOCAB, **extra):
@@ -51,12 +61,19 @@ def machine() -> dict:
 
     cpu = platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    info = {"cpu": f"{os.cpu_count()} cores, {cpu}", "python": platform.python_version(),
-            "torch": torch.__version__, "gpu": None}
+    info = {
+        "cpu": f"{os.cpu_count()} cores, {cpu}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": None,
+    }
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info["gpu"] = f"{p.name}, {p.total_memory / 2**30:.0f} GiB"
@@ -67,8 +84,12 @@ def machine() -> dict:
             info[pkg] = version(pkg)
         except Exception:  # noqa: BLE001 - not installed
             info[pkg] = None
-    info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                    text=True).stdout.strip() or None
+    info["commit"] = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        or None
+    )
     return info
 
 

@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import QWEN3_VOCAB, REPO, machine, random_qwen3  # noqa: E402
+from bench.common import QWEN3_VOCAB, REPO, machine, random_qwen3
 
 
 def big_vocab_tokenizer(vocab_size: int):
@@ -45,10 +45,20 @@ def build_models(workdir: Path, teacher: str, student: str, device: str, vocab_s
     out = {}
     for role, name in (("teacher", teacher), ("student", student)):
         t0 = time.perf_counter()
-        model = random_qwen3(name, device=device, vocab_size=vocab_size, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+        model = random_qwen3(
+            name,
+            device=device,
+            vocab_size=vocab_size,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=None,
+        )
         save_model(model, tok, workdir / "models" / role)
-        out[role] = {"architecture": name, "parameters": sum(p.numel() for p in model.parameters()),
-                     "build_and_save_s": round(time.perf_counter() - t0, 1)}
+        out[role] = {
+            "architecture": name,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "build_and_save_s": round(time.perf_counter() - t0, 1),
+        }
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -97,13 +107,18 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             metrics = run_stage(stage, cfg)
-        except Exception as exc:  # noqa: BLE001 - record and stop: later stages need this one
-            result["stages"][stage] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+        except Exception as exc:
+            result["stages"][stage] = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()[-3000:],
+            }
             save()
             raise
-        result["stages"][stage] = {"wall_s": round(time.perf_counter() - t0, 1),
-                                   "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_gpu else None,
-                                   "metrics": metrics}
+        result["stages"][stage] = {
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_gpu else None,
+            "metrics": metrics,
+        }
         save()
         print(stage, json.dumps({k: v for k, v in result["stages"][stage].items() if k != "metrics"}), flush=True)
     print(json.dumps(result, indent=1, default=str))

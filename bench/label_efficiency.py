@@ -23,21 +23,29 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import REPO, machine  # noqa: E402
+from bench.common import REPO, machine
 
 RESULTS = REPO / "bench" / "results" / "label_efficiency.jsonl"
 SEED_STAGES = ("prepare", "validate")
 BUDGET_STAGES = ("allocate", "teacher_rl", "rollouts", "warmup", "opd", "student_rl", "evaluate")
 # (left arm, right arm): the paired differences reported, left minus right.
-PAIRS = [("s2d", "grpo_direct"), ("s2d", "opd_direct"), ("s2d", "raw_bridge"), ("grpo_direct", "raw_bridge"),
-         ("s2d", "no_warmup"), ("s2d", "no_opd"), ("s2d_stage3", "s2d_stage3_replay")]
+PAIRS = [
+    ("s2d", "grpo_direct"),
+    ("s2d", "opd_direct"),
+    ("s2d", "raw_bridge"),
+    ("grpo_direct", "raw_bridge"),
+    ("s2d", "no_warmup"),
+    ("s2d", "no_opd"),
+    ("s2d_stage3", "s2d_stage3_replay"),
+]
 
 
 def _config(root: Path, seed: int, budget: int):
     from s2d_pipeline.config import load_config
 
-    return load_config(REPO / "params.yaml", {"seed": seed, "budget": budget, "tracking": {"enabled": False}},
-                       root=root)
+    return load_config(
+        REPO / "params.yaml", {"seed": seed, "budget": budget, "tracking": {"enabled": False}}, root=root
+    )
 
 
 def _run_stages(root: Path, seed: int, budget: int, stages) -> dict:
@@ -81,23 +89,34 @@ def run(seeds: list[int], budgets: list[int], workdir: Path) -> None:
             times = _run_stages(root, seed, budget, BUDGET_STAGES)
             evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
             prepare = json.loads((seed_root / "metrics" / "prepare.json").read_text())
-            record = {"seed": seed, "budget": budget, "wall_s": round(time.perf_counter() - t0, 1),
-                      "stage_s": {**seed_times, **times}, "evaluate": evaluation,
-                      "base_models": {r: {"eval_greedy": prepare[r]["eval_greedy_accuracy"], "attempts": len(prepare[r]["attempts"])}
-                                      for r in ("teacher", "student")},
-                      **_provenance()}
+            record = {
+                "seed": seed,
+                "budget": budget,
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "stage_s": {**seed_times, **times},
+                "evaluate": evaluation,
+                "base_models": {
+                    r: {"eval_greedy": prepare[r]["eval_greedy_accuracy"], "attempts": len(prepare[r]["attempts"])}
+                    for r in ("teacher", "student")
+                },
+                **_provenance(),
+            }
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             with RESULTS.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            print(f"seed {seed} budget {budget}: s2d {evaluation['arms'].get('s2d', {}).get('avg@8')} "
-                  f"grpo_direct {evaluation['arms'].get('grpo_direct', {}).get('avg@8')} ({record['wall_s']} s)",
-                  flush=True)
+            print(
+                f"seed {seed} budget {budget}: s2d {evaluation['arms'].get('s2d', {}).get('avg@8')} "
+                f"grpo_direct {evaluation['arms'].get('grpo_direct', {}).get('avg@8')} ({record['wall_s']} s)",
+                flush=True,
+            )
 
 
 def _provenance() -> dict:
     m = machine()
-    return {"commit": m["commit"],
-            "machine": f"{m['cpu']}, {m['gpu'] or 'no GPU'}, Python {m['python']}, torch {m['torch']}"}
+    return {
+        "commit": m["commit"],
+        "machine": f"{m['cpu']}, {m['gpu'] or 'no GPU'}, Python {m['python']}, torch {m['torch']}",
+    }
 
 
 ABLATION_RESULTS = REPO / "bench" / "results" / "ablation_bridge_steps.jsonl"
@@ -121,22 +140,39 @@ def ablation(seeds: list[int], budget: int, bridge_steps: list[tuple[int, int]],
             (root / "data").symlink_to((workdir / f"seed{seed}" / "data").resolve())
             for stage in ("prepare", "validate", "allocate", "teacher_rl", "rollouts"):
                 (root / "artifacts" / stage).symlink_to((cell / "artifacts" / stage).resolve())
-            cfg = load_config(REPO / "params.yaml", {"seed": seed, "budget": budget, "tracking": {"enabled": False},
-                                                      "arms": ABLATION_ARMS,
-                                                      # LR warmup scaled with the run, else short runs never reach
-                                                      # the peak LR and the two-stage arm is handicapped twice
-                                                      "warmup": {"steps": warmup_steps, "warmup_steps": 2},
-                                                      "opd": {"steps": opd_steps, "warmup_steps": 2}}, root=root)
+            cfg = load_config(
+                REPO / "params.yaml",
+                {
+                    "seed": seed,
+                    "budget": budget,
+                    "tracking": {"enabled": False},
+                    "arms": ABLATION_ARMS,
+                    # LR warmup scaled with the run, else short runs never reach
+                    # the peak LR and the two-stage arm is handicapped twice
+                    "warmup": {"steps": warmup_steps, "warmup_steps": 2},
+                    "opd": {"steps": opd_steps, "warmup_steps": 2},
+                },
+                root=root,
+            )
             for stage in ("warmup", "opd", "evaluate"):
                 run_stage(stage, cfg)
             evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
-            record = {"seed": seed, "budget": budget, "warmup_steps": warmup_steps, "opd_steps": opd_steps,
-                      "arms": evaluation["arms"], **_provenance()}
+            record = {
+                "seed": seed,
+                "budget": budget,
+                "warmup_steps": warmup_steps,
+                "opd_steps": opd_steps,
+                "arms": evaluation["arms"],
+                **_provenance(),
+            }
             ABLATION_RESULTS.parent.mkdir(parents=True, exist_ok=True)
             with ABLATION_RESULTS.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            print(f"seed {seed} w{warmup_steps}/o{opd_steps}: " + ", ".join(
-                f"{a} {evaluation['arms'][a]['avg@8']}" for a in ABLATION_ARMS), flush=True)
+            print(
+                f"seed {seed} w{warmup_steps}/o{opd_steps}: "
+                + ", ".join(f"{a} {evaluation['arms'][a]['avg@8']}" for a in ABLATION_ARMS),
+                flush=True,
+            )
 
 
 def ablation_report() -> str:
@@ -145,19 +181,29 @@ def ablation_report() -> str:
     if not ABLATION_RESULTS.exists():
         return ""
     records = [json.loads(line) for line in ABLATION_RESULTS.read_text().splitlines() if line.strip()]
-    lines = ["| warmup + OPD steps (s2d) | N | s2d avg@8 | no_warmup | no_opd | s2d − no_warmup per seed | "
-             "s2d − no_opd per seed |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| warmup + OPD steps (s2d) | N | s2d avg@8 | no_warmup | no_opd | s2d − no_warmup per seed | "
+        "s2d − no_opd per seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key in sorted({(r["warmup_steps"], r["opd_steps"], r["budget"]) for r in records}):
-        rs = sorted((r for r in records if (r["warmup_steps"], r["opd_steps"], r["budget"]) == key), key=lambda r: r["seed"])
+        rs = sorted(
+            (r for r in records if (r["warmup_steps"], r["opd_steps"], r["budget"]) == key), key=lambda r: r["seed"]
+        )
         val = {a: [r["arms"][a]["avg@8"] for r in rs] for a in ABLATION_ARMS}
-        lines.append(f"| {key[0]} + {key[1]} | {key[2]} | {np.mean(val['s2d']):.3f} | {np.mean(val['no_warmup']):.3f} | "
-                     f"{np.mean(val['no_opd']):.3f} | "
-                     + ", ".join(f"{a - b:+.3f}" for a, b in zip(val["s2d"], val["no_warmup"])) + " | "
-                     + ", ".join(f"{a - b:+.3f}" for a, b in zip(val["s2d"], val["no_opd"])) + " |")
+        lines.append(
+            f"| {key[0]} + {key[1]} | {key[2]} | {np.mean(val['s2d']):.3f} | {np.mean(val['no_warmup']):.3f} | "
+            f"{np.mean(val['no_opd']):.3f} | "
+            + ", ".join(f"{a - b:+.3f}" for a, b in zip(val["s2d"], val["no_warmup"]))
+            + " | "
+            + ", ".join(f"{a - b:+.3f}" for a, b in zip(val["s2d"], val["no_opd"]))
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- report
+
 
 def bootstrap_ci(diffs: list[float], n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
     """95 % percentile bootstrap interval of the mean of paired differences."""
@@ -182,35 +228,54 @@ def report(records: list[dict]) -> str:
     arms = list(records[0]["evaluate"]["arms"])
     by = {(r["seed"], r["budget"]): r["evaluate"] for r in records}
     seeds = sorted({r["seed"] for r in records})
-    lines = [f"Seeds {seeds}; eval {records[0]['evaluate']['eval_problems']} problems; sampled = {sampled} at "
-             f"temperature 1; commit {records[0]['commit']}; machine: {records[0]['machine']}. "
-             f"Wall time per (seed, budget) cell: {np.median([r['wall_s'] for r in records]):.0f} s median, "
-             f"{max(r['wall_s'] for r in records):.0f} s max (plus prepare "
-             f"{np.median([r['stage_s']['prepare'] for r in records]):.0f} s once per seed).", ""]
+    lines = [
+        f"Seeds {seeds}; eval {records[0]['evaluate']['eval_problems']} problems; sampled = {sampled} at "
+        f"temperature 1; commit {records[0]['commit']}; machine: {records[0]['machine']}. "
+        f"Wall time per (seed, budget) cell: {np.median([r['wall_s'] for r in records]):.0f} s median, "
+        f"{max(r['wall_s'] for r in records):.0f} s max (plus prepare "
+        f"{np.median([r['stage_s']['prepare'] for r in records]):.0f} s once per seed).",
+        "",
+    ]
     for metric in (sampled, "greedy"):
-        lines += [f"**{metric}, mean ± std over seeds**", "",
-                  "| arm | " + " | ".join(f"N={b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        lines += [
+            f"**{metric}, mean ± std over seeds**",
+            "",
+            "| arm | " + " | ".join(f"N={b}" for b in budgets) + " |",
+            "|---|" + "---|" * len(budgets),
+        ]
         for name in arms + ["teacher_rl", "teacher_raw", "student_raw"]:
             cells = []
             for b in budgets:
                 vals = [_metric(by[(s, b)], name, metric) for s in seeds if (s, b) in by]
                 vals = [v for v in vals if v is not None]
-                cells.append(f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0:.3f}" if vals else "")
+                cells.append(
+                    f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0:.3f}" if vals else ""
+                )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += [f"**Paired differences by seed ({sampled})**: per-seed values, mean, 95 % bootstrap interval of "
-              "the mean (10,000 resamples of the seeds), wins", "",
-              "| difference | N | per seed | mean | 95 % CI | wins |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"**Paired differences by seed ({sampled})**: per-seed values, mean, 95 % bootstrap interval of "
+        "the mean (10,000 resamples of the seeds), wins",
+        "",
+        "| difference | N | per seed | mean | 95 % CI | wins |",
+        "|---|---|---|---|---|---|",
+    ]
     for a, b in PAIRS:
         for budget in budgets:
-            d = [_metric(by[(s, budget)], a, sampled) - _metric(by[(s, budget)], b, sampled)
-                 for s in seeds if (s, budget) in by and _metric(by[(s, budget)], a, sampled) is not None
-                 and _metric(by[(s, budget)], b, sampled) is not None]
+            d = [
+                _metric(by[(s, budget)], a, sampled) - _metric(by[(s, budget)], b, sampled)
+                for s in seeds
+                if (s, budget) in by
+                and _metric(by[(s, budget)], a, sampled) is not None
+                and _metric(by[(s, budget)], b, sampled) is not None
+            ]
             if not d:
                 continue
             lo, hi = bootstrap_ci(d)
-            lines.append(f"| {a} − {b} | {budget} | {', '.join(f'{x:+.3f}' for x in d)} | {np.mean(d):+.3f} | "
-                         f"[{lo:+.3f}, {hi:+.3f}] | {sum(x > 0 for x in d)}/{len(d)} |")
+            lines.append(
+                f"| {a} − {b} | {budget} | {', '.join(f'{x:+.3f}' for x in d)} | {np.mean(d):+.3f} | "
+                f"[{lo:+.3f}, {hi:+.3f}] | {sum(x > 0 for x in d)}/{len(d)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -244,8 +309,15 @@ def plot(records: list[dict], out: Path) -> None:
                 vals = [_metric(r["evaluate"], arm, metric) for r in records if r["budget"] == b]
                 means.append(np.mean(vals))
                 stds.append(np.std(vals))
-            ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=arm,
-                        linewidth=2.5 if arm in ("s2d", "grpo_direct") else 1)
+            ax.errorbar(
+                budgets,
+                means,
+                yerr=stds,
+                marker="o",
+                capsize=3,
+                label=arm,
+                linewidth=2.5 if arm in ("s2d", "grpo_direct") else 1,
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(budgets, [str(b) for b in budgets])
         ax.set_xlabel("label budget N")
@@ -257,8 +329,17 @@ def plot(records: list[dict], out: Path) -> None:
     ax = all_axes[2]
     sampled = f"avg@{k}"
     seeds = sorted({r["seed"] for r in records})
-    gains = {s: [next(_metric(r["evaluate"], "s2d", sampled) - _metric(r["evaluate"], "grpo_direct", sampled)
-                      for r in records if r["seed"] == s and r["budget"] == b) for b in budgets] for s in seeds}
+    gains = {
+        s: [
+            next(
+                _metric(r["evaluate"], "s2d", sampled) - _metric(r["evaluate"], "grpo_direct", sampled)
+                for r in records
+                if r["seed"] == s and r["budget"] == b
+            )
+            for b in budgets
+        ]
+        for s in seeds
+    }
     for s, g in gains.items():
         ax.plot(budgets, g, marker="o", linewidth=1, label=f"seed {s}")
     ax.plot(budgets, np.mean(list(gains.values()), axis=0), marker="s", linewidth=3, color="black", label="mean")
@@ -279,14 +360,22 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256, 512])
-    r.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "s2d-bench-label-efficiency")
+    r.add_argument(
+        "--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "s2d-bench-label-efficiency"
+    )
     sub.add_parser("report")
     a = sub.add_parser("ablation")
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a.add_argument("--budget", type=int, default=64)
-    a.add_argument("--bridge-steps", nargs="+", default=["10,15", "20,30"],
-                   help="warmup,opd step pairs (the default profile uses 100,150)")
-    a.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "s2d-bench-label-efficiency")
+    a.add_argument(
+        "--bridge-steps",
+        nargs="+",
+        default=["10,15", "20,30"],
+        help="warmup,opd step pairs (the default profile uses 100,150)",
+    )
+    a.add_argument(
+        "--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "s2d-bench-label-efficiency"
+    )
     args = p.parse_args()
     if args.cmd == "run":
         run(args.seeds, args.budgets, args.workdir)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import REPO, machine  # noqa: E402
+from bench.common import REPO, machine
 
 TRAINING = ("prepare", "teacher_rl", "rollouts", "warmup", "opd", "student_rl", "evaluate")
 
@@ -36,9 +36,15 @@ def _clone(dest: Path) -> Path:
 
 def _env(repo: Path, timings: Path) -> dict:
     venv_bin = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "PYTHONPATH": str(repo),
-            "S2D_TIMINGS": str(timings), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_HOME": str(repo / ".prefect"), "DO_NOT_TRACK": "1"}
+    return {
+        **os.environ,
+        "PATH": f"{venv_bin}:{os.environ['PATH']}",
+        "PYTHONPATH": str(repo),
+        "S2D_TIMINGS": str(timings),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_HOME": str(repo / ".prefect"),
+        "DO_NOT_TRACK": "1",
+    }
 
 
 def _timed(cmd: list[str], repo: Path, env: dict) -> float:
@@ -63,20 +69,27 @@ def breakdown(total_s: float, timings: list[dict], one_process: bool) -> dict:
         startup = sum(r["process_s"] - r["compute_s"] - r["tracking_s"] for r in timings)
     driver = total_s - processes
     overhead = total_s - training
-    return {"total_s": round(total_s, 1), "stage_compute_s": {k: round(v, 1) for k, v in compute.items()},
-            "training_and_eval_compute_s": round(training, 1), "validation_s": round(validation, 1),
-            "allocate_promote_s": round(other_stages, 1), "tracking_s": round(tracking, 1),
-            "process_start_imports_config_s": round(startup, 1), "driver_s": round(driver, 1),
-            "orchestration_overhead_s": round(overhead, 1),
-            "orchestration_overhead_pct": round(100 * overhead / total_s, 1)}
+    return {
+        "total_s": round(total_s, 1),
+        "stage_compute_s": {k: round(v, 1) for k, v in compute.items()},
+        "training_and_eval_compute_s": round(training, 1),
+        "validation_s": round(validation, 1),
+        "allocate_promote_s": round(other_stages, 1),
+        "tracking_s": round(tracking, 1),
+        "process_start_imports_config_s": round(startup, 1),
+        "driver_s": round(driver, 1),
+        "orchestration_overhead_s": round(overhead, 1),
+        "orchestration_overhead_pct": round(100 * overhead / total_s, 1),
+    }
 
 
 def main() -> None:
     out = REPO / "bench" / "results" / "overhead.json"
     result: dict = {"machine": machine()}
     python = sys.executable
-    result["import_torch_transformers_trl_datasets_s"] = round(_timed(
-        [python, "-c", "import torch, transformers, trl, datasets"], REPO, dict(os.environ)), 2)
+    result["import_torch_transformers_trl_datasets_s"] = round(
+        _timed([python, "-c", "import torch, transformers, trl, datasets"], REPO, dict(os.environ)), 2
+    )
     result["cli_help_s"] = round(_timed([python, "-m", "s2d_pipeline.cli", "--help"], REPO, dict(os.environ)), 2)
     with tempfile.TemporaryDirectory(prefix="s2d-overhead-") as tmp:
         tmp = Path(tmp)
@@ -86,9 +99,12 @@ def main() -> None:
         records = [json.loads(line) for line in timings.read_text().splitlines()]
         result["dvc_repro"] = breakdown(total, records, one_process=False)
         noop_timings = tmp / "noop.jsonl"
-        result["dvc_repro_noop_s"] = round(_timed([str(Path(python).parent / "dvc"), "repro"], repo,
-                                                  _env(repo, noop_timings)), 2)
-        result["dvc_repro_noop_stages_run"] = len(noop_timings.read_text().splitlines()) if noop_timings.exists() else 0
+        result["dvc_repro_noop_s"] = round(
+            _timed([str(Path(python).parent / "dvc"), "repro"], repo, _env(repo, noop_timings)), 2
+        )
+        result["dvc_repro_noop_stages_run"] = (
+            len(noop_timings.read_text().splitlines()) if noop_timings.exists() else 0
+        )
         print(json.dumps(result, indent=1), flush=True)
 
         repo = _clone(tmp / "flow")

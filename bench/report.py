@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import label_efficiency  # noqa: E402
-from bench.common import REPO  # noqa: E402
+from bench import label_efficiency
+from bench.common import REPO
 
 RESULTS = REPO / "bench" / "results"
 
@@ -26,45 +26,66 @@ def _load(name: str):
 
 
 def _machine(m: dict) -> str:
-    return (f"{m.get('gpu') or 'no GPU'}; CPU {m['cpu']}; Python {m['python']}, torch {m['torch']}, "
-            f"transformers {m.get('transformers')}, trl {m.get('trl')}; commit {m.get('commit')}")
+    return (
+        f"{m.get('gpu') or 'no GPU'}; CPU {m['cpu']}; Python {m['python']}, torch {m['torch']}, "
+        f"transformers {m.get('transformers')}, trl {m.get('trl')}; commit {m.get('commit')}"
+    )
 
 
 def overhead_section(r: dict | None) -> list[str]:
     if r is None:
         return ["Not run yet: `python bench/overhead.py`.", ""]
-    lines = [f"Machine: {_machine(r['machine'])}.", "",
-             "| | `dvc repro` (fresh clone) | Prefect flow (`python -m flows.s2d`) |", "|---|---|---|"]
+    lines = [
+        f"Machine: {_machine(r['machine'])}.",
+        "",
+        "| | `dvc repro` (fresh clone) | Prefect flow (`python -m flows.s2d`) |",
+        "|---|---|---|",
+    ]
     d, f = r["dvc_repro"], r.get("prefect_flow") or {}
-    rows = [("total wall time", "total_s"), ("training + evaluation compute (incl. their torch imports)",
-                                             "training_and_eval_compute_s"),
-            ("validation (GX)", "validation_s"), ("allocate + promote", "allocate_promote_s"),
-            ("tracking (MLflow run setup, metric logging)", "tracking_s"),
-            ("process start, CLI imports, config load", "process_start_imports_config_s"),
-            ("driver itself (DVC hashing/locking/spawning; Prefect server + task bookkeeping)", "driver_s"),
-            ("**orchestration overhead** (total − training/eval compute)", "orchestration_overhead_s")]
+    rows = [
+        ("total wall time", "total_s"),
+        ("training + evaluation compute (incl. their torch imports)", "training_and_eval_compute_s"),
+        ("validation (GX)", "validation_s"),
+        ("allocate + promote", "allocate_promote_s"),
+        ("tracking (MLflow run setup, metric logging)", "tracking_s"),
+        ("process start, CLI imports, config load", "process_start_imports_config_s"),
+        ("driver itself (DVC hashing/locking/spawning; Prefect server + task bookkeeping)", "driver_s"),
+        ("**orchestration overhead** (total − training/eval compute)", "orchestration_overhead_s"),
+    ]
     for label, key in rows:
         lines.append(f"| {label} | {d.get(key, '')} s | {f.get(key, '')} s |")
-    lines.append(f"| **overhead share** (goal ≤ 10 %) | {d['orchestration_overhead_pct']} % | "
-                 f"{f.get('orchestration_overhead_pct', '')} % |")
-    lines += ["", f"No-op `dvc repro` (nothing changed): **{r['dvc_repro_noop_s']} s** (goal ≤ 10 s), "
-              f"stages run: {r['dvc_repro_noop_stages_run']}. `s2d --help`: {r['cli_help_s']} s. Importing torch + "
-              f"transformers + trl + datasets costs {r['import_torch_transformers_trl_datasets_s']} s in every "
-              "process that trains or generates (counted inside compute above).", ""]
+    lines.append(
+        f"| **overhead share** (goal ≤ 10 %) | {d['orchestration_overhead_pct']} % | "
+        f"{f.get('orchestration_overhead_pct', '')} % |"
+    )
+    lines += [
+        "",
+        f"No-op `dvc repro` (nothing changed): **{r['dvc_repro_noop_s']} s** (goal ≤ 10 s), "
+        f"stages run: {r['dvc_repro_noop_stages_run']}. `s2d --help`: {r['cli_help_s']} s. Importing torch + "
+        f"transformers + trl + datasets costs {r['import_torch_transformers_trl_datasets_s']} s in every "
+        "process that trains or generates (counted inside compute above).",
+        "",
+    ]
     return lines
 
 
 def throughput_cpu_section(r: dict | None) -> list[str]:
     if r is None:
         return ["Not run yet: `python bench/throughput.py cpu`.", ""]
-    lines = [f"Machine: {_machine(r['machine'])}. Steps per run as in params.yaml ({r['steps']}), s2d checkpointing "
-             f"every {r['checkpoint_steps']} steps (its real cost, counted); {r['repeats']} runs per side after one "
-             "untimed run each, interleaved; wall time from model load to the end of `train()`; tokens = prompt + "
-             "completion tokens the trainer processed.", "",
-             "| stage (trainer) | s2d tokens/s (median) | TRL direct tokens/s (median) | ratio (goal ≥ 0.95) |",
-             "|---|---|---|---|"]
-    names = {"grpo": "teacher RL (GRPOTrainer)", "warmup": "warmup (GKDTrainer, forward KL)",
-             "opd": "OPD (DistillationTrainer)"}
+    lines = [
+        f"Machine: {_machine(r['machine'])}. Steps per run as in params.yaml ({r['steps']}), s2d checkpointing "
+        f"every {r['checkpoint_steps']} steps (its real cost, counted); {r['repeats']} runs per side after one "
+        "untimed run each, interleaved; wall time from model load to the end of `train()`; tokens = prompt + "
+        "completion tokens the trainer processed.",
+        "",
+        "| stage (trainer) | s2d tokens/s (median) | TRL direct tokens/s (median) | ratio (goal ≥ 0.95) |",
+        "|---|---|---|---|",
+    ]
+    names = {
+        "grpo": "teacher RL (GRPOTrainer)",
+        "warmup": "warmup (GKDTrainer, forward KL)",
+        "opd": "OPD (DistillationTrainer)",
+    }
     for kind, v in r["stages"].items():
         med = v["median_tokens_per_s"]
         lines.append(f"| {names[kind]} | {med['s2d']:.0f} | {med['trl']:.0f} | {v['ratio_s2d_over_trl']:.3f} |")
@@ -75,17 +96,23 @@ def throughput_gpu_section(r: dict | None) -> list[str]:
     if r is None:
         return ["No GPU run yet: `python bench/throughput.py gpu` on a GPU machine.", ""]
     t, fwd = r["train_step_qwen3_1.7b"], r["forward_qwen3_8b"]
-    lines = [f"Machine: {_machine(r['machine'])}. Random-init Qwen3 shapes, bf16, sdpa, "
-             f"{r['shape']['batch']} × {r['shape']['seq']} tokens.", "",
-             "| measurement | result | reference (H100 80GB, issue 5) |", "|---|---|---|",
-             f"| Qwen3-1.7B train step (fwd + bwd, grad. checkpointing, fused AdamW) | {t['tokens_per_s']:,} tokens/s, "
-             f"{t['tflops']} TFLOP/s (6N), MFU {t['mfu']}, peak {t['peak_gib']} GiB | 22.6k tokens/s, 234 TFLOP/s |",
-             f"| Qwen3-8B teacher forward | {fwd['tokens_per_s']:,} tokens/s ({fwd['tflops']} TFLOP/s, 2N), "
-             f"peak {fwd['peak_gib']} GiB | 28.5k tokens/s |"]
+    lines = [
+        f"Machine: {_machine(r['machine'])}. Random-init Qwen3 shapes, bf16, sdpa, "
+        f"{r['shape']['batch']} × {r['shape']['seq']} tokens.",
+        "",
+        "| measurement | result | reference (H100 80GB, issue 5) |",
+        "|---|---|---|",
+        f"| Qwen3-1.7B train step (fwd + bwd, grad. checkpointing, fused AdamW) | {t['tokens_per_s']:,} tokens/s, "
+        f"{t['tflops']} TFLOP/s (6N), MFU {t['mfu']}, peak {t['peak_gib']} GiB | 22.6k tokens/s, 234 TFLOP/s |",
+        f"| Qwen3-8B teacher forward | {fwd['tokens_per_s']:,} tokens/s ({fwd['tflops']} TFLOP/s, 2N), "
+        f"peak {fwd['peak_gib']} GiB | 28.5k tokens/s |",
+    ]
     for g in r["generate_qwen3_1.7b"]:
         ref = "1.75k new tokens/s" if g["batch"] == 64 else ""
-        lines.append(f"| Qwen3-1.7B HF `generate`, batch {g['batch']} (128 prompt + {g['new_tokens']} new tokens, "
-                     f"sampled) | {g['new_tokens_per_s']:,} new tokens/s, peak {g['peak_gib']} GiB | {ref} |")
+        lines.append(
+            f"| Qwen3-1.7B HF `generate`, batch {g['batch']} (128 prompt + {g['new_tokens']} new tokens, "
+            f"sampled) | {g['new_tokens_per_s']:,} new tokens/s, peak {g['peak_gib']} GiB | {ref} |"
+        )
     lines += [f"| vLLM rollouts | {r['vllm']} | |", ""]
     return lines
 
@@ -94,11 +121,15 @@ def gpu_smoke_section(r: dict | None) -> list[str]:
     if r is None:
         return ["No GPU run yet: `bash bench/gpu_run.sh` on a GPU machine.", ""]
     models = r["models"]
-    lines = [f"Machine: {_machine(r['machine'])}. Teacher {models['teacher']['architecture']} "
-             f"({models['teacher']['parameters'] / 1e9:.2f} B parameters), student {models['student']['architecture']} "
-             f"({models['student']['parameters'] / 1e9:.2f} B), random init, `profiles/gpu-smoke.yaml` "
-             "(2 steps per training stage, completions of 128 tokens, bf16, gradient checkpointing).", "",
-             "| stage | wall | peak GPU memory | training tokens/s | note |", "|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {_machine(r['machine'])}. Teacher {models['teacher']['architecture']} "
+        f"({models['teacher']['parameters'] / 1e9:.2f} B parameters), student {models['student']['architecture']} "
+        f"({models['student']['parameters'] / 1e9:.2f} B), random init, `profiles/gpu-smoke.yaml` "
+        "(2 steps per training stage, completions of 128 tokens, bf16, gradient checkpointing).",
+        "",
+        "| stage | wall | peak GPU memory | training tokens/s | note |",
+        "|---|---|---|---|---|",
+    ]
     for stage, v in r["stages"].items():
         if "skipped" in v:
             lines.append(f"| {stage} | — | — | — | skipped: {v['skipped']} |")
@@ -108,16 +139,21 @@ def gpu_smoke_section(r: dict | None) -> list[str]:
             continue
         tps = [m.get("train_tokens_per_s") for m in (v.get("metrics") or {}).values() if isinstance(m, dict)]
         tps = [x for x in tps if x]
-        lines.append(f"| {stage} | {v['wall_s']} s | {v['peak_gpu_gib']} GiB | "
-                     f"{', '.join(f'{x:.0f}' for x in tps)} | |")
+        lines.append(
+            f"| {stage} | {v['wall_s']} s | {v['peak_gpu_gib']} GiB | {', '.join(f'{x:.0f}' for x in tps)} | |"
+        )
     return lines + [""]
 
 
 def main() -> None:
     out = REPO / "bench" / "RESULTS.md"
-    parts = ["# Benchmark results", "",
-             "Produced by `python bench/report.py` from `bench/results/`; each section names the command "
-             "that made its numbers and the machine it ran on.", ""]
+    parts = [
+        "# Benchmark results",
+        "",
+        "Produced by `python bench/report.py` from `bench/results/`; each section names the command "
+        "that made its numbers and the machine it ran on.",
+        "",
+    ]
     findings = REPO / "bench" / "findings.md"
     if findings.exists():
         parts += [findings.read_text().strip(), ""]
@@ -127,23 +163,35 @@ def main() -> None:
         parts += [label_efficiency.report(records), "![accuracy against label budget](label_efficiency.png)", ""]
         ablations = label_efficiency.ablation_report()
         if ablations:
-            parts += ["**Ablations with fewer distillation steps** (`python bench/label_efficiency.py ablation`: "
-                      "warmup → OPD → evaluate rerun on the N=64 cells above, same RL teacher and rollouts; "
-                      "each ablation gets the removed stage's steps; avg@8)", "", ablations]
+            parts += [
+                "**Ablations with fewer distillation steps** (`python bench/label_efficiency.py ablation`: "
+                "warmup → OPD → evaluate rerun on the N=64 cells above, same RL teacher and rollouts; "
+                "each ablation gets the removed stage's steps; avg@8)",
+                "",
+                ablations,
+            ]
         label_efficiency.plot(records, REPO / "bench" / "label_efficiency.png")
     else:
         parts += ["Not run yet.", ""]
-    parts += ["## 2. Pipeline overhead (`python bench/overhead.py`)", "", *overhead_section(_load("overhead.json")),
-              "## 3. Training throughput, CPU (`python bench/throughput.py cpu`)", "",
-              *throughput_cpu_section(_load("throughput_cpu.json")),
-              "## 4. GPU: real shapes (`python bench/throughput.py gpu`)", "",
-              *throughput_gpu_section(_load("throughput_gpu.json")),
-              "## 5. GPU smoke run of the whole pipeline (`python bench/gpu_smoke.py`, via `bash bench/gpu_run.sh`)", "",
-              *gpu_smoke_section(_load("gpu_smoke.json")),
-              "Re-run on the final code (after the resumable data order and `Trainer.save_model`), with the "
-              "last minutes of the session's device time: Qwen3-4B teacher, cut by its 190 s limit during "
-              "`evaluate` (`SMOKE_TEACHER=qwen3-4b SMOKE_NAME=gpu_smoke_final bash bench/gpu_run.sh`):", "",
-              *gpu_smoke_section(_load("gpu_smoke_final.json"))]
+    parts += [
+        "## 2. Pipeline overhead (`python bench/overhead.py`)",
+        "",
+        *overhead_section(_load("overhead.json")),
+        "## 3. Training throughput, CPU (`python bench/throughput.py cpu`)",
+        "",
+        *throughput_cpu_section(_load("throughput_cpu.json")),
+        "## 4. GPU: real shapes (`python bench/throughput.py gpu`)",
+        "",
+        *throughput_gpu_section(_load("throughput_gpu.json")),
+        "## 5. GPU smoke run of the whole pipeline (`python bench/gpu_smoke.py`, via `bash bench/gpu_run.sh`)",
+        "",
+        *gpu_smoke_section(_load("gpu_smoke.json")),
+        "Re-run on the final code (after the resumable data order and `Trainer.save_model`), with the "
+        "last minutes of the session's device time: Qwen3-4B teacher, cut by its 190 s limit during "
+        "`evaluate` (`SMOKE_TEACHER=qwen3-4b SMOKE_NAME=gpu_smoke_final bash bench/gpu_run.sh`):",
+        "",
+        *gpu_smoke_section(_load("gpu_smoke_final.json")),
+    ]
     out.write_text("\n".join(parts))
     print(f"wrote {out}")
 

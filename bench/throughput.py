@@ -27,12 +27,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import REPO, machine, peak_tflops, random_qwen3  # noqa: E402
+from bench.common import REPO, machine, peak_tflops, random_qwen3
 
 RESULTS = REPO / "bench" / "results"
 
 
 # ---------------------------------------------------------------- gpu
+
 
 def _timed(fn, warmup: int, reps: int) -> float:
     import torch
@@ -75,10 +76,14 @@ def gpu(out: Path, batch: int = 8, seq: int = 2048, gen_batches=(64, 256, 512), 
 
     dt = _timed(step, warmup=2, reps=5)
     tps = batch * seq / dt
-    result["train_step_qwen3_1.7b"] = {"parameters": n, "step_s": round(dt, 3), "tokens_per_s": round(tps),
-                                       "tflops": round(6 * n * tps / 1e12, 1),
-                                       "mfu": round(6 * n * tps / 1e12 / peak, 3) if peak else None,
-                                       "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)}
+    result["train_step_qwen3_1.7b"] = {
+        "parameters": n,
+        "step_s": round(dt, 3),
+        "tokens_per_s": round(tps),
+        "tflops": round(6 * n * tps / 1e12, 1),
+        "mfu": round(6 * n * tps / 1e12 / peak, 3) if peak else None,
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+    }
     save()
     del opt
     model.gradient_checkpointing_disable()
@@ -93,14 +98,30 @@ def gpu(out: Path, batch: int = 8, seq: int = 2048, gen_batches=(64, 256, 512), 
 
         def gen():
             with torch.no_grad():
-                model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                               min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                               pad_token_id=0, eos_token_id=None)
+                model.generate(
+                    input_ids=prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=0,
+                    top_p=1.0,
+                    pad_token_id=0,
+                    eos_token_id=None,
+                )
 
         dt = _timed(gen, warmup=1, reps=2)
-        result["generate_qwen3_1.7b"].append({"batch": b, "prompt_tokens": 128, "new_tokens": new_tokens,
-                                              "s": round(dt, 2), "new_tokens_per_s": round(b * new_tokens / dt),
-                                              "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)})
+        result["generate_qwen3_1.7b"].append(
+            {
+                "batch": b,
+                "prompt_tokens": 128,
+                "new_tokens": new_tokens,
+                "s": round(dt, 2),
+                "new_tokens_per_s": round(b * new_tokens / dt),
+                "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+            }
+        )
         save()
     del model
     torch.cuda.empty_cache()
@@ -117,9 +138,13 @@ def gpu(out: Path, batch: int = 8, seq: int = 2048, gen_batches=(64, 256, 512), 
 
     dt = _timed(fwd, warmup=2, reps=5)
     tps = batch * seq / dt
-    result["forward_qwen3_8b"] = {"parameters": n, "s": round(dt, 3), "tokens_per_s": round(tps),
-                                  "tflops": round(2 * n * tps / 1e12, 1),
-                                  "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)}
+    result["forward_qwen3_8b"] = {
+        "parameters": n,
+        "s": round(dt, 3),
+        "tokens_per_s": round(tps),
+        "tflops": round(2 * n * tps / 1e12, 1),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+    }
     del teacher
     torch.cuda.empty_cache()
     result["vllm"] = "not installed on this machine" if info.get("vllm") is None else "installed; not measured yet"
@@ -128,6 +153,7 @@ def gpu(out: Path, batch: int = 8, seq: int = 2048, gen_batches=(64, 256, 512), 
 
 
 # ---------------------------------------------------------------- cpu: s2d vs TRL called directly
+
 
 def _cpu_project(root: Path, steps: int | None):
     """Tiny-profile project with random-init base models and generated data (no pretraining: speed
@@ -139,9 +165,14 @@ def _cpu_project(root: Path, steps: int | None):
     from s2d_pipeline.tasks import get_task
     from s2d_pipeline.tasks.arithmetic import VOCAB
 
-    overrides = {"tracking": {"enabled": False}, "runtime": {"torch_threads": None},
-                 **{stage: {"warmup_steps": 0, **({"steps": steps} if steps else {})}
-                    for stage in ("teacher_rl", "warmup", "opd")}}
+    overrides = {
+        "tracking": {"enabled": False},
+        "runtime": {"torch_threads": None},
+        **{
+            stage: {"warmup_steps": 0, **({"steps": steps} if steps else {})}
+            for stage in ("teacher_rl", "warmup", "opd")
+        },
+    }
     (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
     cfg = load_config(root / "params.yaml", overrides, root=root, check_paths=False)
     task = get_task(cfg.task)
@@ -149,8 +180,9 @@ def _cpu_project(root: Path, steps: int | None):
         write_jsonl(data_file(cfg, split), rows)
     tok = build_char_tokenizer(VOCAB)
     for role in ("teacher", "student"):
-        save_model(build_tiny_model(getattr(cfg.models, role), tok, cfg.models.max_seq_len, 0), tok,
-                   base_model_dir(cfg, role))
+        save_model(
+            build_tiny_model(getattr(cfg.models, role), tok, cfg.models.max_seq_len, 0), tok, base_model_dir(cfg, role)
+        )
     return cfg, task
 
 
@@ -164,9 +196,20 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
     student_dir, teacher_dir = base_model_dir(cfg, "student"), base_model_dir(cfg, "teacher")
     # The settings s2d's tiny profile gives the trainer (TRL's configs default to gradient checkpointing,
     # which s2d turns off on CPU): the comparison is of the code around the trainer, not of settings.
-    common = dict(output_dir=str(out), learning_rate=1e-4, warmup_steps=0, lr_scheduler_type="cosine", seed=0,
-                  use_cpu=True, bf16=False, gradient_checkpointing=cfg.runtime.gradient_checkpointing,
-                  save_strategy="no", report_to="none", logging_steps=5, disable_tqdm=True)
+    common = dict(
+        output_dir=str(out),
+        learning_rate=1e-4,
+        warmup_steps=0,
+        lr_scheduler_type="cosine",
+        seed=0,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=cfg.runtime.gradient_checkpointing,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=5,
+        disable_tqdm=True,
+    )
     tok = AutoTokenizer.from_pretrained(str(student_dir))
     tok.padding_side = "left"
     if kind == "grpo":
@@ -174,14 +217,25 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
 
         g = cfg.teacher_rl
         model = AutoModelForCausalLM.from_pretrained(str(teacher_dir))
-        args = GRPOConfig(**common, max_steps=g.steps, per_device_train_batch_size=g.prompts_per_step * g.num_generations,
-                          num_generations=g.num_generations, beta=g.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high,
-                          temperature=g.temperature, max_completion_length=g.max_completion_length, loss_type=g.loss_type)
+        args = GRPOConfig(
+            **common,
+            max_steps=g.steps,
+            per_device_train_batch_size=g.prompts_per_step * g.num_generations,
+            num_generations=g.num_generations,
+            beta=g.beta,
+            epsilon=g.epsilon,
+            epsilon_high=g.epsilon_high,
+            temperature=g.temperature,
+            max_completion_length=g.max_completion_length,
+            loss_type=g.loss_type,
+        )
 
         def reward(prompts, completions, answer, **_):
             return task.rewards(completions, answer)
 
-        data = Dataset.from_list([{"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows])
+        data = Dataset.from_list(
+            [{"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows]
+        )
         return GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
     if kind == "warmup":
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -190,21 +244,44 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
         from s2d_pipeline.training import PromptCompletionCollator  # the batch format is not the measure
 
         w = cfg.warmup
-        args = GKDConfig(**common, max_steps=w.steps, per_device_train_batch_size=w.batch_size, lmbda=0.0, beta=0.0,
-                         seq_kd=False, temperature=1.0, max_length=cfg.models.max_seq_len, remove_unused_columns=False,
-                         include_num_input_tokens_seen="non_padding")
-        return GKDTrainer(model=AutoModelForCausalLM.from_pretrained(str(student_dir)),
-                          teacher_model=AutoModelForCausalLM.from_pretrained(str(teacher_dir)), args=args,
-                          data_collator=PromptCompletionCollator(tok, cfg.models.max_seq_len),
-                          train_dataset=Dataset.from_list(rollouts), processing_class=tok)
+        args = GKDConfig(
+            **common,
+            max_steps=w.steps,
+            per_device_train_batch_size=w.batch_size,
+            lmbda=0.0,
+            beta=0.0,
+            seq_kd=False,
+            temperature=1.0,
+            max_length=cfg.models.max_seq_len,
+            remove_unused_columns=False,
+            include_num_input_tokens_seen="non_padding",
+        )
+        return GKDTrainer(
+            model=AutoModelForCausalLM.from_pretrained(str(student_dir)),
+            teacher_model=AutoModelForCausalLM.from_pretrained(str(teacher_dir)),
+            args=args,
+            data_collator=PromptCompletionCollator(tok, cfg.models.max_seq_len),
+            train_dataset=Dataset.from_list(rollouts),
+            processing_class=tok,
+        )
     from trl import DistillationConfig, DistillationTrainer
 
     o = cfg.opd
-    args = DistillationConfig(**common, max_steps=o.steps, per_device_train_batch_size=o.batch_size, beta=o.beta,
-                              temperature=o.temperature, max_completion_length=o.max_completion_length)
-    return DistillationTrainer(model=AutoModelForCausalLM.from_pretrained(str(student_dir)),
-                               teacher_model=AutoModelForCausalLM.from_pretrained(str(teacher_dir)), args=args,
-                               train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tok)
+    args = DistillationConfig(
+        **common,
+        max_steps=o.steps,
+        per_device_train_batch_size=o.batch_size,
+        beta=o.beta,
+        temperature=o.temperature,
+        max_completion_length=o.max_completion_length,
+    )
+    return DistillationTrainer(
+        model=AutoModelForCausalLM.from_pretrained(str(student_dir)),
+        teacher_model=AutoModelForCausalLM.from_pretrained(str(teacher_dir)),
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+        processing_class=tok,
+    )
 
 
 def cpu(out: Path, steps: int | None = None, repeats: int = 3) -> dict:
@@ -219,9 +296,13 @@ def cpu(out: Path, steps: int | None = None, repeats: int = 3) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="s2d-throughput-") as tmp:
         cfg, task = _cpu_project(Path(tmp), steps)
-        result: dict = {"machine": machine(), "repeats": repeats, "stages": {},
-                        "steps": {"grpo": cfg.teacher_rl.steps, "warmup": cfg.warmup.steps, "opd": cfg.opd.steps},
-                        "checkpoint_steps": cfg.runtime.checkpoint_steps}
+        result: dict = {
+            "machine": machine(),
+            "repeats": repeats,
+            "stages": {},
+            "steps": {"grpo": cfg.teacher_rl.steps, "warmup": cfg.warmup.steps, "opd": cfg.opd.steps},
+            "checkpoint_steps": cfg.runtime.checkpoint_steps,
+        }
         runtime.setup(cfg)
         rows = [{"prompt": r["prompt"], "answer": r["answer"]} for r in load_split(cfg, task, "labels")[:64]]
         prompts = [task.format_prompt(r["prompt"]) for r in load_split(cfg, task, "prompts")]
@@ -235,7 +316,9 @@ def cpu(out: Path, steps: int | None = None, repeats: int = 3) -> dict:
             if kind == "grpo":
                 return training.train_grpo(cfg, task, teacher, rows, cfg.teacher_rl, run_name="bench/grpo")
             if kind == "warmup":
-                return training.train_forward_kl(cfg, student, teacher, rollouts, cfg.warmup.steps, run_name="bench/warmup")
+                return training.train_forward_kl(
+                    cfg, student, teacher, rollouts, cfg.warmup.steps, run_name="bench/warmup"
+                )
             return training.train_opd(cfg, student, teacher, prompts, cfg.opd.steps, run_name="bench/opd")
 
         def via_trl(kind):
@@ -254,13 +337,21 @@ def cpu(out: Path, steps: int | None = None, repeats: int = 3) -> dict:
                     trainer = fn(kind)
                     wall = time.perf_counter() - t0
                     tokens = trainer.state.num_input_tokens_seen
-                    runs[name].append({"wall_s": round(wall, 2), "tokens": int(tokens),
-                                       "tokens_per_s": round(tokens / wall, 1)})
+                    runs[name].append(
+                        {"wall_s": round(wall, 2), "tokens": int(tokens), "tokens_per_s": round(tokens / wall, 1)}
+                    )
             med = {n: statistics.median(r["tokens_per_s"] for r in v) for n, v in runs.items()}
-            result["stages"][kind] = {"runs": runs, "median_tokens_per_s": med,
-                                      "ratio_s2d_over_trl": round(med["s2d"] / med["trl"], 3)}
-            print(kind, result["stages"][kind]["median_tokens_per_s"], result["stages"][kind]["ratio_s2d_over_trl"],
-                  flush=True)
+            result["stages"][kind] = {
+                "runs": runs,
+                "median_tokens_per_s": med,
+                "ratio_s2d_over_trl": round(med["s2d"] / med["trl"], 3),
+            }
+            print(
+                kind,
+                result["stages"][kind]["median_tokens_per_s"],
+                result["stages"][kind]["ratio_s2d_over_trl"],
+                flush=True,
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     return result

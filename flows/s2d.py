@@ -64,8 +64,10 @@ def s2d(params: str = "params.yaml", overrides: dict | None = None) -> dict:
         logger.info("stage %s done", name)
     evaluation = results.get("evaluate", {})
     if evaluation:
-        rows = [{"model": name, **{k: v for k, v in m.items() if not isinstance(v, dict)}}
-                for name, m in {**evaluation["arms"], **evaluation["teachers"]}.items()]
+        rows = [
+            {"model": name, **{k: v for k, v in m.items() if not isinstance(v, dict)}}
+            for name, m in {**evaluation["arms"], **evaluation["teachers"]}.items()
+        ]
         create_table_artifact(rows, key="s2d-comparison", description="eval accuracy per arm and teacher")
     return evaluation
 

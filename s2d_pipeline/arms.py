@@ -31,8 +31,7 @@ class ArmSpec:
 SPECS: dict[str, ArmSpec] = {
     "s2d": ArmSpec(teacher="s2d", warmup=True, opd=True),
     "s2d_stage3": ArmSpec(teacher="s2d_stage3", warmup=True, opd=True, stage3="new"),
-    "s2d_stage3_replay": ArmSpec(teacher="s2d_stage3", warmup=True, opd=True, stage3="replay",
-                                 bridge="s2d_stage3"),
+    "s2d_stage3_replay": ArmSpec(teacher="s2d_stage3", warmup=True, opd=True, stage3="replay", bridge="s2d_stage3"),
     "grpo_direct": ArmSpec(teacher=None, warmup=False, opd=False),
     "opd_direct": ArmSpec(teacher="raw", warmup=False, opd=True),
     "raw_bridge": ArmSpec(teacher="raw", warmup=True, opd=True),

@@ -23,8 +23,21 @@ import time
 from s2d_pipeline.errors import S2DError
 
 # Stage name -> module under s2d_pipeline.stages (imported only when run).
-STAGES = {name: name for name in ("prepare", "validate", "allocate", "teacher_rl", "rollouts", "warmup",
-                                   "opd", "student_rl", "evaluate", "promote")}
+STAGES = {
+    name: name
+    for name in (
+        "prepare",
+        "validate",
+        "allocate",
+        "teacher_rl",
+        "rollouts",
+        "warmup",
+        "opd",
+        "student_rl",
+        "evaluate",
+        "promote",
+    )
+}
 PIPELINE = list(STAGES)  # dependency order
 # Stages that train: with `runtime.accelerate_config` set they run under `accelerate launch`.
 DISTRIBUTED_STAGES = ("teacher_rl", "warmup", "opd", "student_rl")
@@ -35,8 +48,15 @@ LAUNCHED_ENV = "S2D_LAUNCHED"  # set in the launched processes, so they run the 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="s2d", description=__doc__.split("\n")[0])
     p.add_argument("--params", default=None, help="params file (default: $S2D_PARAMS or params.yaml)")
-    p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a param, e.g. -S budget=32 -S teacher_rl.steps=10")
+    p.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, e.g. -S budget=32 -S teacher_rl.steps=10",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("stage", choices=[*STAGES, "run"], help="stage to run ('run' = all, in order)")
     return p
@@ -57,8 +77,9 @@ def run_stage(name: str, cfg) -> dict:
         if run is not None:
             log_flat_metrics(metrics)
     if os.environ.get(TIMINGS_ENV):  # bench/overhead.py: where a stage's wall time goes
-        _record_timing(name, compute_s=computed - started,
-                       tracking_s=(started - entered) + (time.perf_counter() - computed))
+        _record_timing(
+            name, compute_s=computed - started, tracking_s=(started - entered) + (time.perf_counter() - computed)
+        )
     return metrics
 
 
@@ -67,14 +88,28 @@ def _record_timing(name: str, **seconds: float) -> None:
 
     since_start = time.time() - psutil.Process().create_time()
     with open(os.environ[TIMINGS_ENV], "a") as f:
-        f.write(json.dumps({"stage": name, "pid": os.getpid(), "process_s": round(since_start, 3),
-                            **{k: round(v, 3) for k, v in seconds.items()}}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "stage": name,
+                    "pid": os.getpid(),
+                    "process_s": round(since_start, 3),
+                    **{k: round(v, 3) for k, v in seconds.items()},
+                }
+            )
+            + "\n"
+        )
 
 
 def launch_command(name: str, cfg, params_file: str) -> list[str]:
     """`accelerate launch` of `s2d <stage>` with the run's resolved params."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(cfg.path(cfg.runtime.accelerate_config))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(cfg.path(cfg.runtime.accelerate_config)),
+    ]
     if cfg.runtime.num_processes:
         cmd += ["--num_processes", str(cfg.runtime.num_processes)]
     return cmd + ["-m", "s2d_pipeline.cli", "--params", params_file, name]
@@ -92,29 +127,32 @@ def run_distributed(name: str, cfg) -> dict:
     from s2d_pipeline.layout import metrics_file
 
     if not cfg.path(cfg.runtime.accelerate_config).is_file():
-        raise S2DError(f"key 'runtime.accelerate_config': {cfg.runtime.accelerate_config} not found "
-                       "(see infra/accelerate/)")
+        raise S2DError(
+            f"key 'runtime.accelerate_config': {cfg.runtime.accelerate_config} not found (see infra/accelerate/)"
+        )
     resolved = cfg.model_dump(mode="json", exclude={"root"})
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"s2d-{name}-", delete=False) as f:
         yaml.safe_dump(resolved, f)
     try:
-        done = subprocess.run(launch_command(name, cfg, f.name), cwd=cfg.root,
-                              env={**os.environ, LAUNCHED_ENV: "1"})
+        done = subprocess.run(launch_command(name, cfg, f.name), cwd=cfg.root, env={**os.environ, LAUNCHED_ENV: "1"})
     finally:
         os.unlink(f.name)
     if done.returncode != 0:
-        raise S2DError(f"{name}: the distributed run exited with status {done.returncode} (its log is above); "
-                       "a rerun resumes from the last checkpoint")
+        raise S2DError(
+            f"{name}: the distributed run exited with status {done.returncode} (its log is above); "
+            "a rerun resumes from the last checkpoint"
+        )
     return read_json(metrics_file(cfg, name))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     try:
         from s2d_pipeline.config import load_config, parse_overrides
-
         from s2d_pipeline.tracking import preflight
 
         cfg = load_config(args.params, parse_overrides(args.overrides))

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from s2d_pipeline.errors import ConfigError
 
 DEFAULT_PARAMS = "params.yaml"
-ARMS = ("s2d", "s2d_stage3", "s2d_stage3_replay", "grpo_direct", "opd_direct", "raw_bridge",
-        "no_warmup", "no_opd")
-Arm = Literal["s2d", "s2d_stage3", "s2d_stage3_replay", "grpo_direct", "opd_direct",
-              "raw_bridge", "no_warmup", "no_opd"]
+ARMS = ("s2d", "s2d_stage3", "s2d_stage3_replay", "grpo_direct", "opd_direct", "raw_bridge", "no_warmup", "no_opd")
+Arm = Literal[
+    "s2d", "s2d_stage3", "s2d_stage3_replay", "grpo_direct", "opd_direct", "raw_bridge", "no_warmup", "no_opd"
+]
 
 
 class Section(BaseModel):
@@ -47,9 +47,7 @@ class TaskConfig(Section):
     # arithmetic: operand digits; the answer is the sum's digits least-significant first.
     digits: int = Field(3, ge=1, le=9)
     # math: prompt template; {problem} is replaced by the question.
-    prompt_template: str = (
-        "Solve the problem. Put the final answer in \\boxed{{}}.\n\nProblem: {problem}\n\nSolution:"
-    )
+    prompt_template: str = "Solve the problem. Put the final answer in \\boxed{{}}.\n\nProblem: {problem}\n\nSolution:"
 
 
 class RowBounds(Section):
@@ -57,7 +55,7 @@ class RowBounds(Section):
     max: int = Field(1_000_000, ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "RowBounds":
+    def _ordered(self) -> RowBounds:
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
         return self
@@ -80,7 +78,7 @@ class DataConfig(Section):
 
 class ModelSpec(Section):
     # A local directory or an id already in the local Hugging Face cache (never downloaded).
-    path: Optional[str] = None
+    path: str | None = None
     # Used when models.source == "build" (tiny from-scratch Qwen2-style models).
     hidden_size: int = Field(64, ge=8)
     num_layers: int = Field(2, ge=1)
@@ -88,11 +86,9 @@ class ModelSpec(Section):
     intermediate_size: int = Field(256, ge=8)
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "ModelSpec":
+    def _heads_divide(self) -> ModelSpec:
         if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
-            )
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         return self
 
 
@@ -151,7 +147,7 @@ class RolloutsConfig(Section):
     samples_per_prompt: int = Field(1, ge=1)
     temperature: float = Field(1.0, gt=0.0)
     max_completion_length: int = Field(4, ge=1)
-    max_prompts: Optional[int] = Field(None, ge=1)
+    max_prompts: int | None = Field(None, ge=1)
     batch_size: int = Field(256, ge=1)
 
 
@@ -175,7 +171,7 @@ class OPDConfig(Section):
     # A teacher served by `trl vllm-serve --model <teacher>` (its own GPUs) instead of one loaded next
     # to the student: TRL's experimental ServerDistillationTrainer, which scores with the teacher's
     # top-k log-probabilities only (a sparse approximation of the full-vocabulary KL).
-    teacher_server_url: Optional[str] = None
+    teacher_server_url: str | None = None
 
 
 class StudentRLConfig(GRPOStageConfig):
@@ -189,7 +185,7 @@ class EvaluateConfig(Section):
     k: int = Field(8, ge=1)
     temperature: float = Field(1.0, gt=0.0)
     max_completion_length: int = Field(4, ge=1)
-    max_problems: Optional[int] = Field(None, ge=1)
+    max_problems: int | None = Field(None, ge=1)
     # Prompts (from the unlabeled pool) on which C2's teacher-student KL is measured.
     kl_prompts: int = Field(256, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -200,16 +196,16 @@ class RuntimeConfig(Section):
     bf16: bool = False
     gradient_checkpointing: bool = False
     use_vllm: bool = False
-    torch_threads: Optional[int] = Field(None, ge=1)
-    checkpoint_steps: Optional[int] = Field(None, ge=1)  # save a resumable checkpoint every N steps
+    torch_threads: int | None = Field(None, ge=1)
+    checkpoint_steps: int | None = Field(None, ge=1)  # save a resumable checkpoint every N steps
     # Multi-GPU: training stages relaunch themselves under `accelerate launch --config_file <this>`
     # (infra/accelerate/*.yaml: DeepSpeed ZeRO-3 or FSDP); null = one process.
-    accelerate_config: Optional[str] = None
-    num_processes: Optional[int] = Field(None, ge=1)  # overrides the accelerate config's count
+    accelerate_config: str | None = None
+    num_processes: int | None = Field(None, ge=1)  # overrides the accelerate config's count
     # vLLM generation (GRPO, OPD through TRL; rollouts directly): "colocate" shares the training GPUs,
     # "server" talks to `trl vllm-serve` at vllm_server_url.
     vllm_mode: Literal["colocate", "server"] = "colocate"
-    vllm_server_url: Optional[str] = None
+    vllm_server_url: str | None = None
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     vllm_tensor_parallel_size: int = Field(1, ge=1)
 

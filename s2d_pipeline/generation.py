@@ -6,7 +6,7 @@ profiles can switch generation-heavy stages to vLLM through TRL's options.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def device_of(model):
@@ -58,8 +58,16 @@ def generate(
     return out
 
 
-def generate_vllm(model_dir, prompts: Sequence[str], cfg, *, max_new_tokens: int, temperature: float,
-                  num_return_sequences: int, seed: int) -> list[list[str]]:
+def generate_vllm(
+    model_dir,
+    prompts: Sequence[str],
+    cfg,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    num_return_sequences: int,
+    seed: int,
+) -> list[list[str]]:
     """Sampled completions from vLLM (`runtime.use_vllm`): the rollouts stage's fast path on GPUs.
     The engine is torn down afterwards so the HF model that scores the samples gets the memory back."""
     import gc
@@ -69,14 +77,22 @@ def generate_vllm(model_dir, prompts: Sequence[str], cfg, *, max_new_tokens: int
     except ImportError as exc:
         from s2d_pipeline.errors import ConfigError
 
-        raise ConfigError("key 'runtime.use_vllm' is true but vllm is not installed "
-                          "(pip install -e '.[gpu]' on a GPU machine)") from exc
+        raise ConfigError(
+            "key 'runtime.use_vllm' is true but vllm is not installed (pip install -e '.[gpu]' on a GPU machine)"
+        ) from exc
     r = cfg.runtime
-    llm = LLM(model=str(model_dir), dtype=cfg.models.dtype if cfg.models.dtype != "float32" else "float32",
-              tensor_parallel_size=r.vllm_tensor_parallel_size, gpu_memory_utilization=r.vllm_gpu_memory_utilization,
-              trust_remote_code=cfg.models.trust_remote_code, seed=seed, max_model_len=cfg.models.max_seq_len)
-    params = SamplingParams(n=num_return_sequences, temperature=temperature, top_p=1.0, top_k=-1,
-                            max_tokens=max_new_tokens, seed=seed)
+    llm = LLM(
+        model=str(model_dir),
+        dtype=cfg.models.dtype if cfg.models.dtype != "float32" else "float32",
+        tensor_parallel_size=r.vllm_tensor_parallel_size,
+        gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+        trust_remote_code=cfg.models.trust_remote_code,
+        seed=seed,
+        max_model_len=cfg.models.max_seq_len,
+    )
+    params = SamplingParams(
+        n=num_return_sequences, temperature=temperature, top_p=1.0, top_k=-1, max_tokens=max_new_tokens, seed=seed
+    )
     outputs = llm.generate(list(prompts), params)
     samples = [[c.text for c in out.outputs] for out in outputs]
     del llm
@@ -94,12 +110,13 @@ def accuracy(task, model, tokenizer, rows: Sequence[dict], *, max_new_tokens: in
     """Greedy accuracy of `model` on canonical rows with answers, scored by the task verifier."""
     prompts = [task.format_prompt(r["prompt"]) for r in rows]
     completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    hits = [task.verify(c[0], r["answer"]) for c, r in zip(completions, rows)]
+    hits = [task.verify(c[0], r["answer"]) for c, r in zip(completions, rows, strict=True)]
     return sum(hits) / max(len(hits), 1)
 
 
-def completion_token_stats(student, teacher, tokenizer, prompts: Sequence[str], completions: Sequence[str],
-                           batch_size: int = 256) -> dict:
+def completion_token_stats(
+    student, teacher, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 256
+) -> dict:
     """Teacher log-probability of each completion, and mean per-token KL(student || teacher) over
     completion tokens (the C2 diagnostic). With `student=None` only the teacher is scored."""
     import torch
@@ -111,7 +128,7 @@ def completion_token_stats(student, teacher, tokenizer, prompts: Sequence[str], 
             ps, cs = prompts[start : start + batch_size], completions[start : start + batch_size]
             p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in ps]
             c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs]
-            seqs = [a + b for a, b in zip(p_ids, c_ids)]
+            seqs = [a + b for a, b in zip(p_ids, c_ids, strict=True)]
             width = max(len(s) for s in seqs)
             pad = tokenizer.pad_token_id
             ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])  # left pad

@@ -59,8 +59,7 @@ def build_ledger(label_ids: list[str], arms: list[str], budget: int, stage3_frac
             stages = {TEACHER_RL: {"ids": teacher_share}, STUDENT_RL: {"ids": stage3_share}}
         elif arm == "s2d_stage3_replay":
             # Matched control: the same number of Stage-3 updates on labels already spent.
-            stages = {TEACHER_RL: {"ids": teacher_share},
-                      STUDENT_RL: {"ids": teacher_share, "replay_of": TEACHER_RL}}
+            stages = {TEACHER_RL: {"ids": teacher_share}, STUDENT_RL: {"ids": teacher_share, "replay_of": TEACHER_RL}}
         elif arm == GRPO_DIRECT:
             stages = {GRPO_DIRECT: {"ids": spent}}
         elif arm in ("opd_direct", "raw_bridge"):
@@ -68,8 +67,13 @@ def build_ledger(label_ids: list[str], arms: list[str], budget: int, stage3_frac
         else:
             raise BudgetError(f"key 'arms': unknown arm '{arm}'")
         plans[arm] = {"stages": stages}
-    ledger = {"budget": budget, "seed": seed, "stage3_holdout": alloc.stage3_holdout,
-              "labels_available": len(label_ids), "arms": plans}
+    ledger = {
+        "budget": budget,
+        "seed": seed,
+        "stage3_holdout": alloc.stage3_holdout,
+        "labels_available": len(label_ids),
+        "arms": plans,
+    }
     for arm, plan in plans.items():
         plan["spent"] = len(_new_ids(arm, plan))
     check_ledger(ledger, set(label_ids))
@@ -85,8 +89,7 @@ def _new_ids(arm: str, plan: dict) -> set[str]:
         for label_id in entry["ids"]:
             if label_id in seen:
                 raise BudgetError(
-                    f"ledger: arm '{arm}' spends label '{label_id}' twice "
-                    f"(stages '{seen[label_id]}' and '{stage}')"
+                    f"ledger: arm '{arm}' spends label '{label_id}' twice (stages '{seen[label_id]}' and '{stage}')"
                 )
             seen[label_id] = stage
     return set(seen)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 
 
-def build_char_tokenizer(symbols: list[str]) -> "PreTrainedTokenizerFast":
+def build_char_tokenizer(symbols: list[str]) -> PreTrainedTokenizerFast:
     """A character-level tokenizer over `symbols` (one token per character), built offline."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -36,7 +36,7 @@ def build_char_tokenizer(symbols: list[str]) -> "PreTrainedTokenizerFast":
     return tok
 
 
-def build_tiny_model(spec: "ModelSpec", tokenizer, max_seq_len: int, seed: int) -> "PreTrainedModel":
+def build_tiny_model(spec: ModelSpec, tokenizer, max_seq_len: int, seed: int) -> PreTrainedModel:
     """A randomly initialised Qwen2-style causal LM of the given size."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -63,13 +63,13 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def torch_dtype(cfg: "Config"):
+def torch_dtype(cfg: Config):
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[cfg.models.dtype]
 
 
-def load_model(path: str | Path, cfg: "Config", *, for_inference: bool = False):
+def load_model(path: str | Path, cfg: Config, *, for_inference: bool = False):
     """Load a causal LM from a local directory (safetensors only, no remote code unless enabled).
 
     Trainers place (or shard) the models they are given, so training callers get the model on the
@@ -91,7 +91,7 @@ def load_model(path: str | Path, cfg: "Config", *, for_inference: bool = False):
     return model
 
 
-def load_tokenizer(path: str | Path, cfg: "Config"):
+def load_tokenizer(path: str | Path, cfg: Config):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(
@@ -108,7 +108,7 @@ def save_model(model, tokenizer, directory: Path) -> None:
     tokenizer.save_pretrained(str(directory))
 
 
-def check_vocab_compatible(teacher_dir: Path, student_dir: Path, cfg: "Config") -> None:
+def check_vocab_compatible(teacher_dir: Path, student_dir: Path, cfg: Config) -> None:
     """Distillation compares full next-token distributions: teacher and student must share a
     vocabulary. Checked from the tokenizers and configs alone, before any training starts."""
     t_tok, s_tok = load_tokenizer(teacher_dir, cfg), load_tokenizer(student_dir, cfg)

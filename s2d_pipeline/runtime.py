@@ -43,7 +43,7 @@ def tracking_uri(cfg: Config) -> str:
     uri = os.environ.get("S2D_TRACKING_URI") or cfg.tracking.uri  # a worker's shared server wins
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(cfg.path(uri[len(prefix):]))
+        return prefix + str(cfg.path(uri[len(prefix) :]))
     return uri
 
 

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
 
 from s2d_pipeline.config import Config
 
@@ -21,8 +21,9 @@ PIPELINE_KEY_TAG = "s2d.pipeline_key"
 
 def git_commit(cfg: Config) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=cfg.root, capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=cfg.root, capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -35,8 +36,22 @@ def data_hashes(cfg: Config) -> dict[str, str]:
     return {split: sha256_file(data_file(cfg, split))[:16] for split in SPLITS if data_file(cfg, split).exists()}
 
 
-RECORDED_PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "tokenizers", "safetensors",
-                     "math-verify", "great-expectations", "mlflow", "prefect", "dvc", "vllm", "deepspeed")
+RECORDED_PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "safetensors",
+    "math-verify",
+    "great-expectations",
+    "mlflow",
+    "prefect",
+    "dvc",
+    "vllm",
+    "deepspeed",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -56,15 +71,27 @@ def package_versions() -> dict[str, str]:
 def provenance(cfg: Config) -> dict:
     """What reproduces a run: commit (and whether the tree was dirty), params hash, seed, data hashes
     and package versions. Kept in `metrics/evaluate.json` and as tags on every MLflow run."""
-    return {"git_commit": git_commit(cfg), "git_dirty": git_dirty(cfg), "params_hash": cfg.params_hash(),
-            "seed": cfg.seed, "budget": cfg.budget, "profile": cfg.profile, "data_sha256": data_hashes(cfg),
-            "packages": package_versions()}
+    return {
+        "git_commit": git_commit(cfg),
+        "git_dirty": git_dirty(cfg),
+        "params_hash": cfg.params_hash(),
+        "seed": cfg.seed,
+        "budget": cfg.budget,
+        "profile": cfg.profile,
+        "data_sha256": data_hashes(cfg),
+        "packages": package_versions(),
+    }
 
 
 def git_dirty(cfg: Config) -> bool | None:
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cfg.root,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cfg.root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return bool(out.stdout.strip()) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -72,9 +99,14 @@ def git_dirty(cfg: Config) -> bool | None:
 
 def run_tags(cfg: Config) -> dict[str, str]:
     record = provenance(cfg)
-    tags = {"s2d.git_commit": record["git_commit"], "s2d.git_dirty": str(record["git_dirty"]),
-            "s2d.params_hash": record["params_hash"], "s2d.budget": str(cfg.budget), "s2d.seed": str(cfg.seed),
-            "s2d.profile": cfg.profile}
+    tags = {
+        "s2d.git_commit": record["git_commit"],
+        "s2d.git_dirty": str(record["git_dirty"]),
+        "s2d.params_hash": record["params_hash"],
+        "s2d.budget": str(cfg.budget),
+        "s2d.seed": str(cfg.seed),
+        "s2d.profile": cfg.profile,
+    }
     tags.update({f"s2d.data_sha.{k}": v for k, v in record["data_sha256"].items()})
     tags.update({f"s2d.pkg.{k}": v for k, v in record["packages"].items()})
     return tags
@@ -104,13 +136,15 @@ def parent_run_id(cfg: Config) -> str:
     """The pipeline's parent run (created on first use, tagged for reproducibility)."""
     mlflow, experiment_id = open_store(cfg)
     key = pipeline_key(cfg)
-    found = mlflow.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'",
-                               max_results=1, output_format="list")
+    found = mlflow.search_runs(
+        [experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'", max_results=1, output_format="list"
+    )
     if found:
         return found[0].info.run_id
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name=f"pipeline-{key[:8]}",
-                            tags={PIPELINE_KEY_TAG: key, **run_tags(cfg)})
+    run = client.create_run(
+        experiment_id, run_name=f"pipeline-{key[:8]}", tags={PIPELINE_KEY_TAG: key, **run_tags(cfg)}
+    )
     client.log_param(run.info.run_id, "params_hash", cfg.params_hash())
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -128,8 +162,12 @@ def stage_run(cfg: Config, stage: str, arm: str | None = None, metrics: dict | N
     mlflow, _ = open_store(cfg)
     parent = parent_run_id(cfg)
     name = f"{stage}/{arm}" if arm else stage
-    with mlflow.start_run(run_name=name, parent_run_id=parent, nested=True,
-                          tags={"s2d.stage": stage, "s2d.arm": arm or "", **run_tags(cfg)}) as run:
+    with mlflow.start_run(
+        run_name=name,
+        parent_run_id=parent,
+        nested=True,
+        tags={"s2d.stage": stage, "s2d.arm": arm or "", **run_tags(cfg)},
+    ) as run:
         yield run
 
 
@@ -165,8 +203,7 @@ def arm_run(cfg: Config, stage: str, arm: str) -> Iterator:
         with stage_run(cfg, stage, arm) as run:
             yield run
         return
-    with mlflow.start_run(run_name=f"{stage}/{arm}", nested=True,
-                          tags={"s2d.stage": stage, "s2d.arm": arm}) as run:
+    with mlflow.start_run(run_name=f"{stage}/{arm}", nested=True, tags={"s2d.stage": stage, "s2d.arm": arm}) as run:
         yield run
 
 
@@ -181,13 +218,19 @@ def register_student(cfg: Config, model_dir, arm: str, gate_metric: str, gate_va
     name = cfg.tracking.registered_model
     info = mlflow.transformers.log_model(
         transformers_model={"model": load_model(model_dir, cfg), "tokenizer": load_tokenizer(model_dir, cfg)},
-        name="student", task="text-generation", registered_model_name=name,
+        name="student",
+        task="text-generation",
+        registered_model_name=name,
         pip_requirements=_pinned_requirements(),
     )
     version = str(info.registered_model_version)
     client = MlflowClient()
-    tags = {"s2d.arm": arm, "s2d.eval.gate_metric_name": gate_metric, "s2d.eval.gate_metric": str(gate_value),
-            **run_tags(cfg)}
+    tags = {
+        "s2d.arm": arm,
+        "s2d.eval.gate_metric_name": gate_metric,
+        "s2d.eval.gate_metric": str(gate_value),
+        **run_tags(cfg),
+    }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, "challenger", version)

@@ -16,14 +16,22 @@ transformers and TRL cost seconds.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from s2d_pipeline.config import Config
 
 
-def training_args(cfg: Config, *, steps: int, learning_rate: float, warmup_steps: int,
-                  batch_size: int, run_name: str, seed_offset: int = 0) -> dict:
+def training_args(
+    cfg: Config,
+    *,
+    steps: int,
+    learning_rate: float,
+    warmup_steps: int,
+    batch_size: int,
+    run_name: str,
+    seed_offset: int = 0,
+) -> dict:
     """TrainingArguments shared by every trainer (TRL configs extend TrainingArguments). Checkpoints
     (model, optimizer, scheduler and RNG states) go to `checkpoint_dir(cfg, run_name)`."""
     from s2d_pipeline.layout import checkpoint_dir
@@ -60,8 +68,12 @@ def vllm_args(cfg: Config) -> dict:
     r = cfg.runtime
     if not r.use_vllm:
         return {"use_vllm": False}
-    args = {"use_vllm": True, "vllm_mode": r.vllm_mode, "vllm_gpu_memory_utilization": r.vllm_gpu_memory_utilization,
-            "vllm_tensor_parallel_size": r.vllm_tensor_parallel_size}
+    args = {
+        "use_vllm": True,
+        "vllm_mode": r.vllm_mode,
+        "vllm_gpu_memory_utilization": r.vllm_gpu_memory_utilization,
+        "vllm_tensor_parallel_size": r.vllm_tensor_parallel_size,
+    }
     if r.vllm_mode == "server" and r.vllm_server_url:
         args["vllm_server_base_url"] = r.vllm_server_url
     return args
@@ -79,12 +91,17 @@ def fit(trainer, cfg: Config, inputs: list[Path], dataset) -> None:
     import shutil
 
     out = Path(trainer.args.output_dir)
-    fingerprint = hashlib.sha256(json.dumps({
-        "params": cfg.model_dump(mode="json", exclude={"tracking", "root"}),
-        "run": trainer.args.run_name,
-        "rows": dataset._fingerprint,  # rows_dataset's content hash (trainers may re-map the dataset)
-        "inputs": [_weights_stamp(p) for p in inputs],
-    }, sort_keys=True).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "params": cfg.model_dump(mode="json", exclude={"tracking", "root"}),
+                "run": trainer.args.run_name,
+                "rows": dataset._fingerprint,  # rows_dataset's content hash (trainers may re-map the dataset)
+                "inputs": [_weights_stamp(p) for p in inputs],
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
     marker = out / "s2d_run.json"
     same_run = marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
     resume = latest_complete_checkpoint(out) if same_run else None
@@ -158,14 +175,23 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
     from s2d_pipeline.models import load_model, load_tokenizer
 
     model, tokenizer = load_model(model_dir, cfg), load_tokenizer(model_dir, cfg)
-    dataset = rows_dataset(epoch_rows(
-        [{"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows],
-        stage.steps * stage.prompts_per_step, f"{run_name}-{cfg.seed + seed_offset}"))
+    dataset = rows_dataset(
+        epoch_rows(
+            [{"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows],
+            stage.steps * stage.prompts_per_step,
+            f"{run_name}-{cfg.seed + seed_offset}",
+        )
+    )
     args = GRPOConfig(
-        **training_args(cfg, steps=stage.steps, learning_rate=stage.learning_rate,
-                        warmup_steps=stage.warmup_steps,
-                        batch_size=stage.prompts_per_step * stage.num_generations,
-                        run_name=run_name, seed_offset=seed_offset),
+        **training_args(
+            cfg,
+            steps=stage.steps,
+            learning_rate=stage.learning_rate,
+            warmup_steps=stage.warmup_steps,
+            batch_size=stage.prompts_per_step * stage.num_generations,
+            run_name=run_name,
+            seed_offset=seed_offset,
+        ),
         num_generations=stage.num_generations,
         beta=stage.beta,
         epsilon=stage.epsilon,
@@ -176,8 +202,13 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
         shuffle_dataset=False,  # epoch_rows already shuffled, resumably
         **vllm_args(cfg),
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=[_verifier_reward(task)], args=args,
-                          train_dataset=dataset, processing_class=tokenizer)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[_verifier_reward(task)],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     fit(trainer, cfg, [model_dir], dataset)
     return trainer
 
@@ -242,18 +273,30 @@ class PromptCompletionCollator:
         return {"input_ids": input_ids, "attention_mask": attention, "labels": label_t}
 
 
-def train_forward_kl(cfg: Config, student_dir: Path, teacher_dir: Path, rollouts: list[dict], steps: int,
-                     run_name: str):
+def train_forward_kl(
+    cfg: Config, student_dir: Path, teacher_dir: Path, rollouts: list[dict], steps: int, run_name: str
+):
     """Stage 2a on teacher rollouts: full-distribution forward KL (GKD, lmbda=0, beta=0) or SFT."""
     from s2d_pipeline.models import load_model, load_tokenizer
 
     w = cfg.warmup
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
-    dataset = rows_dataset(epoch_rows([{"prompt": r["prompt"], "completion": r["completion"]} for r in rollouts],
-                                      steps * w.batch_size, f"{run_name}-{cfg.seed}"))
+    dataset = rows_dataset(
+        epoch_rows(
+            [{"prompt": r["prompt"], "completion": r["completion"]} for r in rollouts],
+            steps * w.batch_size,
+            f"{run_name}-{cfg.seed}",
+        )
+    )
     collator = PromptCompletionCollator(tokenizer, cfg.models.max_seq_len)
-    common = training_args(cfg, steps=steps, learning_rate=w.learning_rate,
-                           warmup_steps=w.warmup_steps, batch_size=w.batch_size, run_name=run_name)
+    common = training_args(
+        cfg,
+        steps=steps,
+        learning_rate=w.learning_rate,
+        warmup_steps=w.warmup_steps,
+        batch_size=w.batch_size,
+        run_name=run_name,
+    )
     common["remove_unused_columns"] = False
     common["include_num_input_tokens_seen"] = "non_padding"  # GRPO and OPD count their own tokens
     common["train_sampling_strategy"] = "sequential"  # epoch_rows already shuffled, resumably
@@ -261,17 +304,24 @@ def train_forward_kl(cfg: Config, student_dir: Path, teacher_dir: Path, rollouts
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-        args = GKDConfig(**common, lmbda=0.0, beta=0.0, seq_kd=False, temperature=1.0,
-                         max_length=cfg.models.max_seq_len)
-        trainer = GKDTrainer(model=student, teacher_model=load_model(teacher_dir, cfg), args=args,
-                             data_collator=collator, train_dataset=dataset, processing_class=tokenizer)
+        args = GKDConfig(
+            **common, lmbda=0.0, beta=0.0, seq_kd=False, temperature=1.0, max_length=cfg.models.max_seq_len
+        )
+        trainer = GKDTrainer(
+            model=student,
+            teacher_model=load_model(teacher_dir, cfg),
+            args=args,
+            data_collator=collator,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
     else:
         from trl import SFTConfig, SFTTrainer
 
-        args = SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True},
-                         max_length=cfg.models.max_seq_len)
-        trainer = SFTTrainer(model=student, args=args, data_collator=collator, train_dataset=dataset,
-                             processing_class=tokenizer)
+        args = SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True}, max_length=cfg.models.max_seq_len)
+        trainer = SFTTrainer(
+            model=student, args=args, data_collator=collator, train_dataset=dataset, processing_class=tokenizer
+        )
     fit(trainer, cfg, [student_dir, teacher_dir], dataset)
     return trainer
 
@@ -285,26 +335,41 @@ def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list[s
     o = cfg.opd
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
     common = dict(
-        **training_args(cfg, steps=steps, learning_rate=o.learning_rate,
-                        warmup_steps=o.warmup_steps, batch_size=o.batch_size, run_name=run_name),
+        **training_args(
+            cfg,
+            steps=steps,
+            learning_rate=o.learning_rate,
+            warmup_steps=o.warmup_steps,
+            batch_size=o.batch_size,
+            run_name=run_name,
+        ),
         beta=o.beta,
         temperature=o.temperature,
         max_completion_length=o.max_completion_length,
         shuffle_dataset=False,  # epoch_rows already shuffled, resumably
         **vllm_args(cfg),
     )
-    dataset = rows_dataset(epoch_rows([{"prompt": p} for p in prompts], steps * o.batch_size, f"{run_name}-{cfg.seed}"))
+    dataset = rows_dataset(
+        epoch_rows([{"prompt": p} for p in prompts], steps * o.batch_size, f"{run_name}-{cfg.seed}")
+    )
     if o.teacher_server_url:  # the teacher lives on its own GPUs behind `trl vllm-serve`
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.server_distillation import ServerDistillationConfig, ServerDistillationTrainer
 
         trainer = ServerDistillationTrainer(
-            model=student, args=ServerDistillationConfig(**common, teacher_model_server_url=o.teacher_server_url),
-            train_dataset=dataset, processing_class=tokenizer)
+            model=student,
+            args=ServerDistillationConfig(**common, teacher_model_server_url=o.teacher_server_url),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
     else:
-        trainer = DistillationTrainer(model=student, teacher_model=load_model(teacher_dir, cfg),
-                                      args=DistillationConfig(**common), train_dataset=dataset,
-                                      processing_class=tokenizer)
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=load_model(teacher_dir, cfg),
+            args=DistillationConfig(**common),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
     fit(trainer, cfg, [student_dir, teacher_dir], dataset)
     return trainer
 
@@ -331,16 +396,22 @@ def summarise_rl_history(history: list[dict]) -> dict:
     if not rewards:
         return summarise_throughput(history)
     k = max(1, len(rewards) // 5)
-    return {"reward_first": round(sum(rewards[:k]) / k, 4), "reward_last": round(sum(rewards[-k:]) / k, 4),
-            "reward_std_mean": round(sum(h.get("reward_std", 0.0) for h in history) / len(history), 4),
-            **summarise_throughput(history)}
+    return {
+        "reward_first": round(sum(rewards[:k]) / k, 4),
+        "reward_last": round(sum(rewards[-k:]) / k, 4),
+        "reward_std_mean": round(sum(h.get("reward_std", 0.0) for h in history) / len(history), 4),
+        **summarise_throughput(history),
+    }
 
 
 def summarise_loss_history(history: list[dict]) -> dict:
     """First and last logged training loss (distillation stages), and training throughput."""
     losses = [h["loss"] for h in history if "loss" in h]
-    return {"loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-            **summarise_throughput(history)}
+    return {
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        **summarise_throughput(history),
+    }
 
 
 def summarise_throughput(history: list[dict]) -> dict:
@@ -350,5 +421,8 @@ def summarise_throughput(history: list[dict]) -> dict:
     runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
     if not tokens or not runtime:
         return {}
-    return {"train_tokens": int(tokens), "train_runtime_s": round(runtime, 2),
-            "train_tokens_per_s": round(tokens / runtime, 1)}
+    return {
+        "train_tokens": int(tokens),
+        "train_runtime_s": round(runtime, 2),
+        "train_tokens_per_s": round(tokens / runtime, 1),
+    }

@@ -86,29 +86,57 @@ def _rules(split: str, bounds: tuple[int, int], prompt_token_limit: int) -> list
     rules = [
         _Rule(RULE_REQUIRED, "ExpectColumnValuesToBeNull", _H_MISSING, None, _H_MISSING),
         _Rule(RULE_EXTRA, "ExpectColumnValuesToBeNull", _H_EXTRA, None, _H_EXTRA),
-        _Rule(RULE_ROW_COUNT, "ExpectTableRowCountToBeBetween", None, None, None,
-              (("min_value", bounds[0]), ("max_value", bounds[1]))),
+        _Rule(
+            RULE_ROW_COUNT,
+            "ExpectTableRowCountToBeBetween",
+            None,
+            None,
+            None,
+            (("min_value", bounds[0]), ("max_value", bounds[1])),
+        ),
         _Rule(RULE_ID_NOT_NULL, "ExpectColumnValuesToNotBeNull", "id", "id", "id"),
         _Rule(RULE_ID_UNIQUE, "ExpectColumnValuesToBeUnique", _H_ID_KEY, "id", "id"),
         _Rule(RULE_PROMPT_NOT_NULL, "ExpectColumnValuesToNotBeNull", "prompt", "prompt", "prompt"),
-        _Rule(RULE_PROMPT_TEXT, "ExpectColumnValuesToBeInSet", _H_PROMPT_TEXT, "prompt", "prompt",
-              (("value_set", [True]),)),
+        _Rule(
+            RULE_PROMPT_TEXT,
+            "ExpectColumnValuesToBeInSet",
+            _H_PROMPT_TEXT,
+            "prompt",
+            "prompt",
+            (("value_set", [True]),),
+        ),
         _Rule(RULE_DUP_PROMPT, "ExpectColumnValuesToBeUnique", _H_PROMPT_NORM, "prompt", "prompt"),
-        _Rule(RULE_PROMPT_FITS, "ExpectColumnValuesToBeBetween", _H_PROMPT_TOKENS, "prompt", _H_PROMPT_TOKENS,
-              (("max_value", prompt_token_limit),)),
+        _Rule(
+            RULE_PROMPT_FITS,
+            "ExpectColumnValuesToBeBetween",
+            _H_PROMPT_TOKENS,
+            "prompt",
+            _H_PROMPT_TOKENS,
+            (("max_value", prompt_token_limit),),
+        ),
     ]
     if "answer" in REQUIRED_COLUMNS[split]:
         rules += [
-            _Rule(RULE_ANSWER_NOT_NULL, "ExpectColumnValuesToNotBeNull", "answer", "answer",
-                  "answer"),
-            _Rule(RULE_ANSWER_NOT_EMPTY, "ExpectColumnValuesToBeInSet", _H_ANSWER_NOT_EMPTY,
-                  "answer", "answer", (("value_set", [True]),)),
-            _Rule(RULE_ANSWER_PARSEABLE, "ExpectColumnValuesToBeInSet", _H_ANSWER_PARSEABLE,
-                  "answer", "answer", (("value_set", [True]),)),
+            _Rule(RULE_ANSWER_NOT_NULL, "ExpectColumnValuesToNotBeNull", "answer", "answer", "answer"),
+            _Rule(
+                RULE_ANSWER_NOT_EMPTY,
+                "ExpectColumnValuesToBeInSet",
+                _H_ANSWER_NOT_EMPTY,
+                "answer",
+                "answer",
+                (("value_set", [True]),),
+            ),
+            _Rule(
+                RULE_ANSWER_PARSEABLE,
+                "ExpectColumnValuesToBeInSet",
+                _H_ANSWER_PARSEABLE,
+                "answer",
+                "answer",
+                (("value_set", [True]),),
+            ),
         ]
     if split != "eval":
-        rules.append(_Rule(RULE_EVAL_LEAK, "ExpectColumnValuesToBeNull", _H_LEAK, "prompt",
-                           "prompt"))
+        rules.append(_Rule(RULE_EVAL_LEAK, "ExpectColumnValuesToBeNull", _H_LEAK, "prompt", "prompt"))
     return rules
 
 
@@ -150,17 +178,19 @@ def validate_splits(cfg: Config, task: Task) -> dict:
             # Same relative file name as the other messages (the reader names the full path).
             message = str(rows)
             if message.startswith(str(path)):
-                message = entry["file"] + message[len(str(path)):]
+                message = entry["file"] + message[len(str(path)) :]
             entry["error"] = message
-            entry["rules"].append({
-                "rule": RULE_READABLE, "passed": False, "unexpected_count": 1,
-                "failures": [{"line": _line_from_message(str(rows), path), "id": None,
-                              "value": message}],
-            })
+            entry["rules"].append(
+                {
+                    "rule": RULE_READABLE,
+                    "passed": False,
+                    "unexpected_count": 1,
+                    "failures": [{"line": _line_from_message(str(rows), path), "id": None, "value": message}],
+                }
+            )
             continue
         entry["rows"] = len(rows)
-        entry["rules"].append({"rule": RULE_READABLE, "passed": True, "unexpected_count": 0,
-                               "failures": []})
+        entry["rules"].append({"rule": RULE_READABLE, "passed": True, "unexpected_count": 0, "failures": []})
         readable[split] = rows
 
     if readable:
@@ -169,15 +199,12 @@ def validate_splits(cfg: Config, task: Task) -> dict:
             report["splits"][split]["rules"].extend(rule_entries)
 
     report["passed"] = all(
-        rule["passed"] is not False
-        for entry in report["splits"].values()
-        for rule in entry["rules"]
+        rule["passed"] is not False for entry in report["splits"].values() for rule in entry["rules"]
     )
     return report
 
 
-def format_failures(report: dict, limit: int = MAX_MESSAGE_LINES,
-                    full_report: str | Path | None = None) -> str:
+def format_failures(report: dict, limit: int = MAX_MESSAGE_LINES, full_report: str | Path | None = None) -> str:
     """One line per failing (split, rule, row): `file:line (id=...): rule '...' failed: ...`."""
     lines: list[str] = []
     total = 0
@@ -266,17 +293,29 @@ def _parseable(task: Task, answer: Any) -> bool | None:
         return None  # null / empty answers are reported by their own rules, not twice
     try:
         return task.parse_answer(answer) is not None
-    except Exception:  # a task parser choking on odd input means "not parseable", not a crash
+    except Exception:  # noqa: BLE001 - a task parser choking on odd input means "not parseable", not a crash
         return False
 
 
-def _helper_columns(split: str, rows: list[dict], task: Task, eval_index: dict[str, Any] | None,
-                    count_tokens) -> dict[str, list]:
+def _helper_columns(
+    split: str, rows: list[dict], task: Task, eval_index: dict[str, Any] | None, count_tokens
+) -> dict[str, list]:
     required = REQUIRED_COLUMNS[split]
     allowed = set(required) | set(OPTIONAL_COLUMNS) | set(INTERNAL_COLUMNS)
-    cols: dict[str, list] = {h: [] for h in (_H_MISSING, _H_EXTRA, _H_ID_KEY, _H_PROMPT_TEXT,
-                                             _H_PROMPT_NORM, _H_ANSWER_NOT_EMPTY,
-                                             _H_ANSWER_PARSEABLE, _H_LEAK, _H_PROMPT_TOKENS)}
+    cols: dict[str, list] = {
+        h: []
+        for h in (
+            _H_MISSING,
+            _H_EXTRA,
+            _H_ID_KEY,
+            _H_PROMPT_TEXT,
+            _H_PROMPT_NORM,
+            _H_ANSWER_NOT_EMPTY,
+            _H_ANSWER_PARSEABLE,
+            _H_LEAK,
+            _H_PROMPT_TOKENS,
+        )
+    }
     # GX map expectations skip nulls, so each helper is None where another rule owns the problem.
     for row in rows:
         missing = [c for c in required if c not in row]
@@ -289,12 +328,14 @@ def _helper_columns(split: str, rows: list[dict], task: Task, eval_index: dict[s
         cols[_H_PROMPT_TEXT].append(None if is_missing(prompt) else norm is not None)
         cols[_H_PROMPT_NORM].append(norm)
         cols[_H_ANSWER_NOT_EMPTY].append(
-            None if is_missing(answer) else not (isinstance(answer, str) and not answer.strip()))
+            None if is_missing(answer) else not (isinstance(answer, str) and not answer.strip())
+        )
         cols[_H_ANSWER_PARSEABLE].append(_parseable(task, answer))
         leaked = eval_index.get(norm) if (eval_index is not None and norm is not None) else None
         cols[_H_LEAK].append(None if leaked is None else json.dumps(leaked, default=str))
-    texts = [task.format_prompt(r["prompt"]) if isinstance(r.get("prompt"), str) and count_tokens else None
-             for r in rows]
+    texts = [
+        task.format_prompt(r["prompt"]) if isinstance(r.get("prompt"), str) and count_tokens else None for r in rows
+    ]
     counts = count_tokens([t for t in texts if t is not None]) if count_tokens else []
     it = iter(counts)
     cols[_H_PROMPT_TOKENS] = [None if t is None else next(it) for t in texts]
@@ -316,8 +357,9 @@ def _frame(split: str, rows: list[dict], task: Task, eval_index: dict[str, Any] 
     return frame, present
 
 
-def _run_gx(cfg: Config, task: Task, readable: dict[str, list[dict]],
-            eval_index: dict[str, Any] | None) -> dict[str, list[dict]]:
+def _run_gx(
+    cfg: Config, task: Task, readable: dict[str, list[dict]], eval_index: dict[str, Any] | None
+) -> dict[str, list[dict]]:
     """Build and run one GX suite per readable split, all in one fresh ephemeral context."""
     # Offline machines: no telemetry attempts (must be set before GX is imported).
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -353,8 +395,7 @@ def _run_gx(cfg: Config, task: Task, readable: dict[str, list[dict]],
             kwargs = dict(rule.kwargs)
             if rule.column is not None:
                 kwargs["column"] = rule.column
-            expectation = getattr(gx.expectations, rule.expectation)(
-                **kwargs, meta={"rule": rule.name})
+            expectation = getattr(gx.expectations, rule.expectation)(**kwargs, meta={"rule": rule.name})
             suite.add_expectation(expectation)
             active.append(rule)
         suite = context.suites.add(suite)
@@ -362,13 +403,13 @@ def _run_gx(cfg: Config, task: Task, readable: dict[str, list[dict]],
         asset = datasource.add_dataframe_asset(split)
         batch_definition = asset.add_batch_definition_whole_dataframe(split)
         definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"s2d-{split}", data=batch_definition, suite=suite))
+            gx.ValidationDefinition(name=f"s2d-{split}", data=batch_definition, suite=suite)
+        )
         # Report failing rows by line and id; without an id column, by line only.
         index_cols = ["_line", "id"] if "id" in frame.columns else ["_line"]
         result = definition.run(
             batch_parameters={"dataframe": frame},
-            result_format={"result_format": "COMPLETE",
-                           "unexpected_index_column_names": index_cols},
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": index_cols},
         )
 
         by_rule = {}
@@ -377,15 +418,21 @@ def _run_gx(cfg: Config, task: Task, readable: dict[str, list[dict]],
             info = res.exception_info or {}
             if info.get("raised_exception"):
                 # A GX error is a bug in this module, not a data problem: fail loudly.
-                raise RuntimeError(f"GX could not evaluate rule '{name}' on {split}: "
-                                   f"{info.get('exception_message')}")
+                raise RuntimeError(f"GX could not evaluate rule '{name}' on {split}: {info.get('exception_message')}")
             by_rule[name] = res
 
         entries: list[dict] = []
         for rule in rules:
             if rule.name in skipped:
-                entries.append({"rule": rule.name, "passed": None, "skipped": skipped[rule.name],
-                                "unexpected_count": 0, "failures": []})
+                entries.append(
+                    {
+                        "rule": rule.name,
+                        "passed": None,
+                        "skipped": skipped[rule.name],
+                        "unexpected_count": 0,
+                        "failures": [],
+                    }
+                )
                 continue
             res = by_rule[rule.name]
             entries.append(_rule_entry(rule, res, by_line, frame, bounds))
@@ -395,9 +442,14 @@ def _run_gx(cfg: Config, task: Task, readable: dict[str, list[dict]],
 
 def prompt_token_limit(cfg: Config) -> int:
     """Longest prompt (in tokens) that leaves room for the longest completion any stage samples."""
-    longest = max(cfg.teacher_rl.max_completion_length, cfg.student_rl.max_completion_length,
-                  cfg.grpo_direct.max_completion_length, cfg.rollouts.max_completion_length,
-                  cfg.opd.max_completion_length, cfg.evaluate.max_completion_length)
+    longest = max(
+        cfg.teacher_rl.max_completion_length,
+        cfg.student_rl.max_completion_length,
+        cfg.grpo_direct.max_completion_length,
+        cfg.rollouts.max_completion_length,
+        cfg.opd.max_completion_length,
+        cfg.evaluate.max_completion_length,
+    )
     return cfg.models.max_seq_len - longest
 
 
@@ -423,16 +475,28 @@ def _prompt_token_counter(cfg: Config):
 
 def _rule_entry(rule: _Rule, res: Any, by_line: dict[int, dict], frame: Any, bounds: Any) -> dict:
     result = res.result or {}
-    entry: dict = {"rule": rule.name, "expectation": res.expectation_config.type,
-                   "passed": bool(res.success), "field": _field_label(rule)}
+    entry: dict = {
+        "rule": rule.name,
+        "expectation": res.expectation_config.type,
+        "passed": bool(res.success),
+        "field": _field_label(rule),
+    }
     if rule.column is None:  # table-level: the row count
         observed = result.get("observed_value")
         entry["observed"] = _jsonable(observed)
         entry["unexpected_count"] = 0 if res.success else 1
-        entry["failures"] = [] if res.success else [{
-            "line": None, "id": None, "value": _jsonable(observed),
-            "expected": f"between {bounds.min} and {bounds.max}",
-        }]
+        entry["failures"] = (
+            []
+            if res.success
+            else [
+                {
+                    "line": None,
+                    "id": None,
+                    "value": _jsonable(observed),
+                    "expected": f"between {bounds.min} and {bounds.max}",
+                }
+            ]
+        )
         return entry
 
     index_list = result.get("unexpected_index_list") or []
@@ -442,15 +506,16 @@ def _rule_entry(rule: _Rule, res: Any, by_line: dict[int, dict], frame: Any, bou
     norm_lines = _norm_groups(frame) if rule.name == RULE_DUP_PROMPT else None
     for line in lines[:MAX_FAILURES_PER_RULE]:
         row = by_line[line]
-        failure: dict = {"line": line, "id": _jsonable(row.get("id")),
-                         "value": _failure_value(rule, row, frame, line)}
+        failure: dict = {"line": line, "id": _jsonable(row.get("id")), "value": _failure_value(rule, row, frame, line)}
         if rule.name == RULE_EVAL_LEAK:
             eval_id = json.loads(_helper_at(frame, _H_LEAK, line))
             failure["eval_id"] = eval_id
             failure["detail"] = f"same prompt as eval id={eval_id}"
         elif rule.name == RULE_PROMPT_FITS:
-            failure["detail"] = (f"at most {dict(rule.kwargs)['max_value']}: models.max_seq_len minus the longest "
-                                 "max_completion_length of any stage")
+            failure["detail"] = (
+                f"at most {dict(rule.kwargs)['max_value']}: models.max_seq_len minus the longest "
+                "max_completion_length of any stage"
+            )
         elif norm_lines is not None:
             others = [x for x in norm_lines[_helper_at(frame, _H_PROMPT_NORM, line)] if x != line]
             failure["detail"] = "same prompt as line(s) " + ", ".join(map(str, others))
@@ -481,7 +546,7 @@ def _failure_value(rule: _Rule, row: dict, frame: Any, line: int) -> Any:
 
 def _norm_groups(frame: Any) -> dict[str, list[int]]:
     groups: dict[str, list[int]] = {}
-    for line, norm in zip(frame["_line"], frame[_H_PROMPT_NORM]):
+    for line, norm in zip(frame["_line"], frame[_H_PROMPT_NORM], strict=True):
         if norm is not None:
             groups.setdefault(norm, []).append(int(line))
     return groups

@@ -1,4 +1,5 @@
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from s2d_pipeline.tasks.arithmetic import ArithmeticTask
 

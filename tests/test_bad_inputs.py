@@ -29,6 +29,7 @@ def _write_lines(project: Path, split: str, lines: list[str]) -> None:
 
 def edit_row(split: str, line: int, **changes):
     """Change (or with value ..., delete) fields of the row on 1-based `line`."""
+
     def apply(project: Path):
         lines = _lines(project, split)
         row = json.loads(lines[line - 1])
@@ -39,6 +40,7 @@ def edit_row(split: str, line: int, **changes):
                 row[key] = value
         lines[line - 1] = json.dumps(row)
         _write_lines(project, split, lines)
+
     return apply
 
 
@@ -47,6 +49,7 @@ def replace_line(split: str, line: int, text: str):
         lines = _lines(project, split)
         lines[line - 1] = text
         _write_lines(project, split, lines)
+
     return apply
 
 
@@ -54,16 +57,19 @@ def raw_bytes(split: str, data: bytes):
     def apply(project: Path):
         path = project / "data" / f"{split}.jsonl"
         path.write_bytes(path.read_bytes() + data)
+
     return apply
 
 
 def copy_row(split: str, src: int, dst: int, **changes):
     """Overwrite row `dst` with row `src` (+ changes): duplicates and leaks."""
+
     def apply(project: Path):
         lines = _lines(project, split)
         row = {**json.loads(lines[src - 1]), **changes}
         lines[dst - 1] = json.dumps(row)
         _write_lines(project, split, lines)
+
     return apply
 
 
@@ -75,11 +81,13 @@ def leak_eval_into_labels(project: Path):
 def truncate(split: str, keep: int):
     def apply(project: Path):
         _write_lines(project, split, _lines(project, split)[:keep])
+
     return apply
 
 
 def params(**changes):
     """Edit params.yaml (dotted keys)."""
+
     def apply(project: Path):
         raw = yaml.safe_load((project / "params.yaml").read_text())
         for dotted, value in changes.items():
@@ -89,18 +97,26 @@ def params(**changes):
                 node = node.setdefault(key, {})
             node[leaf] = value
         (project / "params.yaml").write_text(yaml.safe_dump(raw))
+
     return apply
 
 
 def raw_params(text: str):
     def apply(project: Path):
         (project / "params.yaml").write_text(text)
+
     return apply
 
 
 def models_by_path(teacher: str, student: str):
-    return params(**{"models.source": "path", "models.teacher": {"path": teacher},
-                     "models.student": {"path": student}, "data.generate": False})
+    return params(
+        **{
+            "models.source": "path",
+            "models.teacher": {"path": teacher},
+            "models.student": {"path": student},
+            "data.generate": False,
+        }
+    )
 
 
 def vocab_mismatch(project: Path):
@@ -120,64 +136,125 @@ def nothing(project: Path):
 
 CASES = {
     # --- data files (s2d validate): file:line (id=...) and the rule
-    "invalid JSONL": (["validate"], replace_line("labels", 3, '{"id": "lab-x", "prompt": '),
-                      ["data/labels.jsonl:3", "JSON"]),
-    "wrong encoding": (["validate"], raw_bytes("labels", '{"id": "x", "prompt": "caf\u00e9"}\n'.encode("latin-1")),
-                       ["data/labels.jsonl:41", "UTF-8"]),
-    "missing column": (["validate"], edit_row("labels", 4, answer=...),
-                       ["data/labels.jsonl:4", "rule 'required columns present'", "answer"]),
-    "extra column": (["validate"], edit_row("prompts", 2, label="7"),
-                     ["data/prompts.jsonl:2", "rule 'no unexpected columns'", "label"]),
-    "duplicate id": (["validate"], edit_row("labels", 6, id="lab-00000"),
-                     ["data/labels.jsonl:6", "rule 'id is unique'"]),
-    "empty answer": (["validate"], edit_row("labels", 7, answer="  "),
-                     ["data/labels.jsonl:7", "rule 'answer is not empty'"]),
-    "NaN answer": (["validate"], replace_line("labels", 8, '{"id": "lab-nan", "prompt": "1+2=", "answer": NaN}'),
-                   ["data/labels.jsonl:8", "NaN"]),
-    "null answer": (["validate"], edit_row("eval", 2, answer=None),
-                    ["data/eval.jsonl:2", "rule 'answer is not null'"]),
-    "unparseable answer": (["validate"], edit_row("labels", 9, answer="12a"),
-                           ["data/labels.jsonl:9", "rule 'answer parseable by the task verifier'", "12a"]),
-    "prompt longer than the context": (["validate"], edit_row("labels", 10, prompt="1+" * 20 + "1="),
-                                       ["data/labels.jsonl:10", "rule 'prompt fits the model context'",
-                                        "models.max_seq_len"]),
-    "empty prompt": (["validate"], edit_row("prompts", 3, prompt=""),
-                     ["data/prompts.jsonl:3", "rule 'prompt is non-empty text'"]),
-    "eval leaked into labels": (["validate"], leak_eval_into_labels,
-                                ["data/labels.jsonl:5", "rule 'no eval prompt in this split'", "same prompt as eval"]),
-    "duplicate prompt": (["validate"], copy_row("labels", 1, 2, id="lab-dup"),
-                         ["data/labels.jsonl:2", "rule 'no duplicate prompts"]),
-    "too few rows": (["validate"], truncate("eval", 3),
-                     ["data/eval.jsonl", "rule 'row count within bounds'"]),
-    "labels file missing": (["validate"], lambda p: (p / "data" / "labels.jsonl").unlink(),
-                            ["labels.jsonl", "not found"]),
+    "invalid JSONL": (
+        ["validate"],
+        replace_line("labels", 3, '{"id": "lab-x", "prompt": '),
+        ["data/labels.jsonl:3", "JSON"],
+    ),
+    "wrong encoding": (
+        ["validate"],
+        raw_bytes("labels", '{"id": "x", "prompt": "caf\u00e9"}\n'.encode("latin-1")),
+        ["data/labels.jsonl:41", "UTF-8"],
+    ),
+    "missing column": (
+        ["validate"],
+        edit_row("labels", 4, answer=...),
+        ["data/labels.jsonl:4", "rule 'required columns present'", "answer"],
+    ),
+    "extra column": (
+        ["validate"],
+        edit_row("prompts", 2, label="7"),
+        ["data/prompts.jsonl:2", "rule 'no unexpected columns'", "label"],
+    ),
+    "duplicate id": (
+        ["validate"],
+        edit_row("labels", 6, id="lab-00000"),
+        ["data/labels.jsonl:6", "rule 'id is unique'"],
+    ),
+    "empty answer": (
+        ["validate"],
+        edit_row("labels", 7, answer="  "),
+        ["data/labels.jsonl:7", "rule 'answer is not empty'"],
+    ),
+    "NaN answer": (
+        ["validate"],
+        replace_line("labels", 8, '{"id": "lab-nan", "prompt": "1+2=", "answer": NaN}'),
+        ["data/labels.jsonl:8", "NaN"],
+    ),
+    "null answer": (
+        ["validate"],
+        edit_row("eval", 2, answer=None),
+        ["data/eval.jsonl:2", "rule 'answer is not null'"],
+    ),
+    "unparseable answer": (
+        ["validate"],
+        edit_row("labels", 9, answer="12a"),
+        ["data/labels.jsonl:9", "rule 'answer parseable by the task verifier'", "12a"],
+    ),
+    "prompt longer than the context": (
+        ["validate"],
+        edit_row("labels", 10, prompt="1+" * 20 + "1="),
+        ["data/labels.jsonl:10", "rule 'prompt fits the model context'", "models.max_seq_len"],
+    ),
+    "empty prompt": (
+        ["validate"],
+        edit_row("prompts", 3, prompt=""),
+        ["data/prompts.jsonl:3", "rule 'prompt is non-empty text'"],
+    ),
+    "eval leaked into labels": (
+        ["validate"],
+        leak_eval_into_labels,
+        ["data/labels.jsonl:5", "rule 'no eval prompt in this split'", "same prompt as eval"],
+    ),
+    "duplicate prompt": (
+        ["validate"],
+        copy_row("labels", 1, 2, id="lab-dup"),
+        ["data/labels.jsonl:2", "rule 'no duplicate prompts"],
+    ),
+    "too few rows": (["validate"], truncate("eval", 3), ["data/eval.jsonl", "rule 'row count within bounds'"]),
+    "labels file missing": (
+        ["validate"],
+        lambda p: (p / "data" / "labels.jsonl").unlink(),
+        ["labels.jsonl", "not found"],
+    ),
     # --- label budget (s2d allocate): the key and the rule
-    "budget above the labels available": (["allocate", "-S", "budget=100000"], nothing,
-                                          ["key 'budget'", "only 40 verified labels"]),
+    "budget above the labels available": (
+        ["allocate", "-S", "budget=100000"],
+        nothing,
+        ["key 'budget'", "only 40 verified labels"],
+    ),
     "zero budget": (["allocate", "-S", "budget=0"], nothing, ["key 'budget'", "must be positive"]),
     "negative budget": (["allocate"], params(budget=-5), ["key 'budget'", "must be positive"]),
     # --- params: the key and what is wrong with it
-    "unknown param": (["allocate"], params(**{"teacher_rl.learnig_rate": 0.1}),
-                      ["unknown key 'teacher_rl.learnig_rate'"]),
+    "unknown param": (
+        ["allocate"],
+        params(**{"teacher_rl.learnig_rate": 0.1}),
+        ["unknown key 'teacher_rl.learnig_rate'"],
+    ),
     "mistyped param (-S)": (["allocate", "-S", "budgt=3"], nothing, ["unknown key 'budgt'"]),
     "wrong type": (["allocate"], params(**{"teacher_rl.steps": "ten"}), ["teacher_rl.steps", "ten"]),
     "params not YAML": (["allocate"], raw_params("budget: [1, 2\n"), ["params.yaml", "not valid YAML"]),
     # --- models
-    "missing model path": (["prepare"], models_by_path("models/nope-teacher", "artifacts/prepare/student"),
-                           ["models.teacher.path", "models/nope-teacher", "never downloads"]),
-    "teacher/student vocabulary mismatch": (["prepare"], vocab_mismatch,
-                                            ["tokenizers differ", "only in teacher: ['-']", "same model family"]),
-    "trust_remote_code not a bool": (["allocate"], params(**{"models.trust_remote_code": "yes please"}),
-                                     ["models.trust_remote_code"]),
+    "missing model path": (
+        ["prepare"],
+        models_by_path("models/nope-teacher", "artifacts/prepare/student"),
+        ["models.teacher.path", "models/nope-teacher", "never downloads"],
+    ),
+    "teacher/student vocabulary mismatch": (
+        ["prepare"],
+        vocab_mismatch,
+        ["tokenizers differ", "only in teacher: ['-']", "same model family"],
+    ),
+    "trust_remote_code not a bool": (
+        ["allocate"],
+        params(**{"models.trust_remote_code": "yes please"}),
+        ["models.trust_remote_code"],
+    ),
     # --- outputs
-    "unwritable output directory": (["allocate", "-S", "artifacts_dir=params.yaml/out"], nothing,
-                                    ["cannot create output directory", "params.yaml/out"]),
+    "unwritable output directory": (
+        ["allocate", "-S", "artifacts_dir=params.yaml/out"],
+        nothing,
+        ["cannot create output directory", "params.yaml/out"],
+    ),
 }
 
 
 def _snapshot(project: Path) -> dict[str, str]:
-    return {str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(project.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(project.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +286,9 @@ def test_bad_input_is_refused_clearly_and_nothing_is_lost(name, good_project, tm
 
     code = main(args)
     err = capsys.readouterr().err
-    print(f"[{name}] exit {code}: " + " / ".join(line.strip() for line in err.strip().splitlines()))  # the corpus as a user sees it: `pytest -rP` lists these
+    print(
+        f"[{name}] exit {code}: " + " / ".join(line.strip() for line in err.strip().splitlines())
+    )  # the corpus as a user sees it: `pytest -rP` lists these
     assert code != 0, f"{name}: accepted"
     assert err.startswith(f"s2d {args[0]}: error: "), err
     for text in expected:

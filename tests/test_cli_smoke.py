@@ -17,8 +17,9 @@ def _write_micro_params(project):
 
 
 def _s2d(project, *args):
-    return subprocess.run([sys.executable, "-m", "s2d_pipeline.cli", *args], cwd=project,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "s2d_pipeline.cli", *args], cwd=project, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_whole_pipeline_through_cli(project):
@@ -59,9 +60,11 @@ def test_whole_pipeline_through_cli(project):
 
 
 def test_cli_starts_without_heavy_imports():
-    code = ("import sys; from s2d_pipeline import cli, config; "
-            "print(sorted(m for m in ('torch','transformers','great_expectations','mlflow','prefect','trl') "
-            "if m in sys.modules))")
+    code = (
+        "import sys; from s2d_pipeline import cli, config; "
+        "print(sorted(m for m in ('torch','transformers','great_expectations','mlflow','prefect','trl') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -25,8 +25,9 @@ def test_gpu_smoke_profile_refuses_missing_models(tmp_path):
         load_config(REPO / "profiles" / "gpu-smoke.yaml", root=tmp_path)
 
 
-@pytest.mark.parametrize("profile", sorted(p for p in (REPO / "profiles").glob("*.yaml") if p.stem != "gpu-smoke"),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "profile", sorted(p for p in (REPO / "profiles").glob("*.yaml") if p.stem != "gpu-smoke"), ids=lambda p: p.stem
+)
 def test_real_profiles_validate_and_refuse_missing_models(profile, tmp_path):
     cfg = load_config(profile, root=tmp_path, check_paths=False)
     assert cfg.models.source == "path" and not cfg.data.generate
@@ -48,8 +49,7 @@ def test_wrong_type_is_named(tmp_path):
 
 def test_nested_wrong_type_and_range(tmp_path):
     with pytest.raises(ConfigError) as err:
-        config_from_dict({"prepare": {"noise_rate": 1.5}, "models": {"student": {"num_heads": "two"}}},
-                         root=tmp_path)
+        config_from_dict({"prepare": {"noise_rate": 1.5}, "models": {"student": {"num_heads": "two"}}}, root=tmp_path)
     assert "prepare.noise_rate" in str(err.value) and "models.student.num_heads" in str(err.value)
 
 
@@ -60,7 +60,10 @@ def test_heads_must_divide_width(tmp_path):
 
 def test_overrides_parse_like_dvc_set():
     assert parse_overrides(["budget=32", "teacher_rl.learning_rate=1e-3", "arms=[s2d]"]) == {
-        "budget": 32, "teacher_rl": {"learning_rate": 1e-3}, "arms": ["s2d"]}
+        "budget": 32,
+        "teacher_rl": {"learning_rate": 1e-3},
+        "arms": ["s2d"],
+    }
     with pytest.raises(ConfigError):
         parse_overrides(["budget"])
 
@@ -78,9 +81,12 @@ def test_local_model_directory_satisfies_path_profile(tmp_path):
         (tmp_path / role / "config.json").write_text("{}")
     for split in ("labels", "prompts", "eval"):
         (tmp_path / f"{split}.jsonl").write_text("")
-    cfg = config_from_dict({
-        "task": {"name": "math"},
-        "data": {"generate": False, "labels": "labels.jsonl", "prompts": "prompts.jsonl", "eval": "eval.jsonl"},
-        "models": {"source": "path", "teacher": {"path": "teacher"}, "student": {"path": "student"}},
-    }, root=tmp_path)
+    cfg = config_from_dict(
+        {
+            "task": {"name": "math"},
+            "data": {"generate": False, "labels": "labels.jsonl", "prompts": "prompts.jsonl", "eval": "eval.jsonl"},
+            "models": {"source": "path", "teacher": {"path": "teacher"}, "student": {"path": "student"}},
+        },
+        root=tmp_path,
+    )
     assert cfg.path(cfg.models.teacher.path) == tmp_path / "teacher"

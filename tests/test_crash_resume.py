@@ -20,8 +20,9 @@ from s2d_pipeline.config import deep_merge
 from tests.conftest import STAGE_MICRO
 
 # Long enough that the kill lands mid-run; a checkpoint every 4 steps.
-RESUME = deep_merge(STAGE_MICRO, {"teacher_rl": {"steps": 40}, "runtime": {"checkpoint_steps": 4},
-                                  "arms": ["s2d", "grpo_direct"]})
+RESUME = deep_merge(
+    STAGE_MICRO, {"teacher_rl": {"steps": 40}, "runtime": {"checkpoint_steps": 4}, "arms": ["s2d", "grpo_direct"]}
+)
 RUN_DEPENDENT = {"wall_s", "train_runtime_s", "train_tokens_per_s"}
 
 
@@ -38,13 +39,20 @@ def _project(root: Path, pipeline_root: Path) -> Path:
 
 def _teacher_rl(project: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "s2d_pipeline.cli", "teacher_rl"], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "s2d_pipeline.cli", "teacher_rl"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _allocate(project: Path) -> None:
-    subprocess.run([sys.executable, "-m", "s2d_pipeline.cli", "allocate"], cwd=project, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "s2d_pipeline.cli", "allocate"], cwd=project, check=True, capture_output=True
+    )
 
 
 def _weights(model_dir: Path):
@@ -95,8 +103,9 @@ def test_sigkill_mid_training_resumes_to_the_same_result(pipeline, uninterrupted
     # Same end point as the uninterrupted run: metrics (reward curve summary, tokens) and weights.
     resumed_metrics = json.loads((project / "metrics" / "teacher_rl.json").read_text())["s2d"]
     clean_metrics = json.loads((uninterrupted / "metrics" / "teacher_rl.json").read_text())["s2d"]
-    assert {k: v for k, v in resumed_metrics.items() if k not in RUN_DEPENDENT} == \
-        {k: v for k, v in clean_metrics.items() if k not in RUN_DEPENDENT}
+    assert {k: v for k, v in resumed_metrics.items() if k not in RUN_DEPENDENT} == {
+        k: v for k, v in clean_metrics.items() if k not in RUN_DEPENDENT
+    }
     a, b = _weights(final), _weights(uninterrupted / "artifacts" / "teacher_rl" / "s2d")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     # The finished run's checkpoints are gone, and no temporary directory is left behind.
@@ -118,8 +127,10 @@ def test_checkpoint_of_a_different_run_is_not_reused(pipeline, uninterrupted, tm
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     assert "resuming" not in out
-    assert json.loads((project / "metrics" / "teacher_rl.json").read_text())["s2d"]["reward_first"] == \
-        json.loads((uninterrupted / "metrics" / "teacher_rl.json").read_text())["s2d"]["reward_first"]
+    assert (
+        json.loads((project / "metrics" / "teacher_rl.json").read_text())["s2d"]["reward_first"]
+        == json.loads((uninterrupted / "metrics" / "teacher_rl.json").read_text())["s2d"]["reward_first"]
+    )
 
 
 def test_stale_temporary_output_of_a_killed_run_is_cleaned(tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
@@ -23,8 +22,9 @@ def compose() -> dict:
 
 
 def _env_example(name: str) -> set[str]:
-    return {line.split("=", 1)[0] for line in (INFRA / name).read_text().splitlines()
-            if line and not line.startswith("#")}
+    return {
+        line.split("=", 1)[0] for line in (INFRA / name).read_text().splitlines() if line and not line.startswith("#")
+    }
 
 
 def test_compose_services_and_variables(compose):
@@ -41,8 +41,11 @@ def test_compose_binds_localhost_and_takes_secrets_from_env(compose):
         for key, value in (service.get("environment") or {}).items():
             if "PASSWORD" in key or "SECRET" in key:
                 assert str(value).startswith("${"), (name, key)
-    assert "127.0.0.1" in [line.split("=", 1)[1] for line in (INFRA / ".env.example").read_text().splitlines()
-                           if line.startswith("BIND_ADDRESS=")]
+    assert "127.0.0.1" in [
+        line.split("=", 1)[1]
+        for line in (INFRA / ".env.example").read_text().splitlines()
+        if line.startswith("BIND_ADDRESS=")
+    ]
     ignored = (REPO / ".gitignore").read_text().splitlines()
     assert "/infra/.env" in ignored and "/infra/.env.k8s" in ignored
 
@@ -136,13 +139,27 @@ def test_training_stage_relaunches_under_accelerate(pipeline, tmp_path):
     shutil.copytree(cfg.root, root, ignore=shutil.ignore_patterns("checkpoints"))
     shutil.rmtree(root / "artifacts" / "warmup")
     (root / "metrics" / "warmup.json").unlink()
-    (root / "one-cpu.yaml").write_text(yaml.safe_dump({
-        "compute_environment": "LOCAL_MACHINE", "distributed_type": "NO", "num_processes": 1,
-        "use_cpu": True, "mixed_precision": "no", "num_machines": 1, "machine_rank": 0}))
+    (root / "one-cpu.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "compute_environment": "LOCAL_MACHINE",
+                "distributed_type": "NO",
+                "num_processes": 1,
+                "use_cpu": True,
+                "mixed_precision": "no",
+                "num_machines": 1,
+                "machine_rank": 0,
+            }
+        )
+    )
     overrides = deep_merge(STAGE_MICRO, {"runtime": {"accelerate_config": "one-cpu.yaml", "num_processes": 1}})
     launched = load_config(root / "params.yaml", overrides, root=root)
     cmd = launch_command("warmup", launched, "p.yaml")
-    assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"] and cmd[-3:] == ["--params", "p.yaml", "warmup"]
+    assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"] and cmd[-3:] == [
+        "--params",
+        "p.yaml",
+        "warmup",
+    ]
 
     metrics = run_stage("warmup", launched)
     assert metrics == json.loads((root / "metrics" / "warmup.json").read_text())

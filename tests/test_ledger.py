@@ -1,5 +1,6 @@
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from s2d_pipeline.config import ARMS
 from s2d_pipeline.errors import BudgetError

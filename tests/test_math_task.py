@@ -151,10 +151,7 @@ def test_verify_math_verdicts(task: MathTask, completion: str, answer: str, expe
 
 
 def test_math_rows_convert_and_verify(task: MathTask, tmp_path: Path) -> None:
-    rows = [
-        {"problem": p, "solution": s, **({"answer": a} if a else {}), "level": "Level 1"}
-        for p, s, a in MATH_ROWS
-    ]
+    rows = [{"problem": p, "solution": s, **({"answer": a} if a else {}), "level": "Level 1"} for p, s, a in MATH_ROWS]
     path = write_jsonl(tmp_path / "math_mini.jsonl", rows)
     canon = task.to_canonical(read_jsonl(path), path)
     assert [r["id"] for r in canon] == [f"math_mini-{i}" for i in range(1, len(rows) + 1)]
@@ -162,12 +159,21 @@ def test_math_rows_convert_and_verify(task: MathTask, tmp_path: Path) -> None:
     assert all(r["source"] == "math" for r in canon)
     assert canon[6]["answer"] == "\\frac{3}{4}"  # taken from the solution's box, nested braces intact
     assert canon[7]["answer"] == "(-\\infty,-1) \\cup [2,\\infty)"
-    for row, (_, solution, _) in zip(canon, MATH_ROWS):
+    for row, (_, solution, _) in zip(canon, MATH_ROWS, strict=True):
         assert task.parse_answer(row["answer"]) is not None, row
         # the reference solution itself is a correct completion
         assert task.verify(solution, row["answer"]), row
-    wrong = ["\\boxed{2}", "\\boxed{2}", "\\boxed{3}", "\\boxed{[-1,1]}", "\\boxed{(1,2)}",
-             "\\boxed{\\frac{4}{3}}", "\\boxed{0.7}", "\\boxed{(-\\infty,-1] \\cup [2,\\infty)}", "\\boxed{16}"]
+    wrong = [
+        "\\boxed{2}",
+        "\\boxed{2}",
+        "\\boxed{3}",
+        "\\boxed{[-1,1]}",
+        "\\boxed{(1,2)}",
+        "\\boxed{\\frac{4}{3}}",
+        "\\boxed{0.7}",
+        "\\boxed{(-\\infty,-1] \\cup [2,\\infty)}",
+        "\\boxed{16}",
+    ]
     for row, completion in zip(canon, wrong, strict=True):
         assert not task.verify(completion, row["answer"]), (completion, row["answer"])
 
@@ -200,8 +206,14 @@ def test_canonical_rows_pass_through(task: MathTask, tmp_path: Path) -> None:
 
 
 def test_verify_never_raises(task: MathTask) -> None:
-    for completion, answer in [(None, "1"), (123, "1"), ("\\boxed{1}", object()), ("\\boxed{\\frac{", "1"),
-                               ("\\boxed{}}}{{", "???"), ("\\boxed{" + "(" * 200 + "}", "1")]:
+    for completion, answer in [
+        (None, "1"),
+        (123, "1"),
+        ("\\boxed{1}", object()),
+        ("\\boxed{\\frac{", "1"),
+        ("\\boxed{}}}{{", "???"),
+        ("\\boxed{" + "(" * 200 + "}", "1"),
+    ]:
         assert task.verify(completion, answer) is False  # type: ignore[arg-type]
     assert task.rewards(["\\boxed{2}", "\\boxed{3}"], ["2", "2"]) == [1.0, 0.0]
 

@@ -29,8 +29,10 @@ def _run_all(root, seed: int) -> dict:
 
 @pytest.fixture(scope="module")
 def reruns(tmp_path_factory):
-    return {"same": _run_all(tmp_path_factory.mktemp("repro_same"), 0),
-            "other": _run_all(tmp_path_factory.mktemp("repro_other"), 1)}
+    return {
+        "same": _run_all(tmp_path_factory.mktemp("repro_same"), 0),
+        "other": _run_all(tmp_path_factory.mktemp("repro_other"), 1),
+    }
 
 
 def test_same_seed_gives_identical_metrics(pipeline, reruns):

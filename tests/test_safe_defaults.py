@@ -32,8 +32,8 @@ def test_models_are_written_and_read_as_safetensors_only(pipeline, tmp_path):
     # A directory holding only a pickle checkpoint is refused, not unpickled.
     pickled = tmp_path / "pickled"
     shutil.copytree(cfg.artifacts / "prepare" / "student", pickled)
-    from safetensors.torch import load_file
     import torch
+    from safetensors.torch import load_file
 
     torch.save(load_file(str(pickled / "model.safetensors")), pickled / "pytorch_model.bin")
     (pickled / "model.safetensors").unlink()
@@ -62,10 +62,26 @@ def test_installed_versions_are_the_locked_ones():
     def canonical(name: str) -> str:
         return name.lower().replace("_", "-")
 
-    locked = {canonical(k): v for k, v in (line.split("==", 1) for line in
-              (REPO / "requirements.lock").read_text().splitlines() if "==" in line and not line.startswith("#"))}
-    for pkg in ("torch", "transformers", "trl", "accelerate", "datasets", "mlflow", "prefect", "dvc",
-                "great-expectations", "pydantic"):
+    locked = {
+        canonical(k): v
+        for k, v in (
+            line.split("==", 1)
+            for line in (REPO / "requirements.lock").read_text().splitlines()
+            if "==" in line and not line.startswith("#")
+        )
+    }
+    for pkg in (
+        "torch",
+        "transformers",
+        "trl",
+        "accelerate",
+        "datasets",
+        "mlflow",
+        "prefect",
+        "dvc",
+        "great-expectations",
+        "pydantic",
+    ):
         assert version(pkg) == locked[pkg], pkg
     pyproject = (REPO / "pyproject.toml").read_text()
     for pkg in ("torch", "transformers", "trl", "accelerate", "datasets", "mlflow", "prefect", "dvc"):
@@ -83,8 +99,9 @@ def test_unreachable_prefect_api_is_reported_in_seconds_and_the_cli_does_not_nee
     dead = "http://127.0.0.1:9/api"
     env = {**os.environ, "PREFECT_API_URL": dead}
     t0 = time.perf_counter()
-    flow = subprocess.run([sys.executable, "-m", "flows.s2d"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    flow = subprocess.run(
+        [sys.executable, "-m", "flows.s2d"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert flow.returncode == 2, flow.stderr[-2000:]
     assert dead in flow.stderr and "dvc repro" in flow.stderr
     assert time.perf_counter() - t0 < 60
@@ -99,6 +116,12 @@ def test_unreachable_prefect_api_is_reported_in_seconds_and_the_cli_does_not_nee
     shutil.copytree(cfg.root, project)
     raw = yaml.safe_load((project / "params.yaml").read_text())
     (project / "params.yaml").write_text(yaml.safe_dump(deep_merge(raw, STAGE_MICRO)))
-    cli = subprocess.run([sys.executable, "-m", "s2d_pipeline.cli", "allocate"], cwd=project, env=env,
-                         capture_output=True, text=True, timeout=120)
+    cli = subprocess.run(
+        [sys.executable, "-m", "s2d_pipeline.cli", "allocate"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 0, cli.stderr[-2000:]

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.conftest import _params_equal
+
 
 def test_teacher_rl_moves_parameters_and_spends_only_its_labels(pipeline):
     from s2d_pipeline.layout import base_model_dir, rl_teacher_dir
@@ -36,7 +35,11 @@ def test_rollouts_have_the_declared_schema_and_touch_no_label(pipeline):
     assert len(rows) == 2 * len(pool)
     for row in rows:
         assert set(row) - {"_line"} == set(ROLLOUT_COLUMNS)
-        assert row["prompt_id"] in pool and row["num_tokens"] == len(row["completion"]) <= 2 and row["teacher_logprob"] <= 0
+        assert (
+            row["prompt_id"] in pool
+            and row["num_tokens"] == len(row["completion"]) <= 2
+            and row["teacher_logprob"] <= 0
+        )
     # No label is read: the stage still runs with the labels file gone.
     labels = data_file(cfg, "labels")
     saved = labels.read_bytes()
@@ -110,9 +113,12 @@ def test_opd_lowers_kl_on_a_fixed_batch(pipeline):
     prompts, completions = [r["prompt"] for r in batch], [r["completion"] for r in batch]
     teacher = load_model(teacher_dir(cfg, "s2d"), cfg)
     tok = load_tokenizer(base_model_dir(cfg, "student"), cfg)
-    before = completion_token_stats(load_model(base_model_dir(cfg, "student"), cfg), teacher, tok, prompts, completions)
-    after = completion_token_stats(load_model(student_dir(cfg, "no_warmup", "opd"), cfg), teacher, tok, prompts,
-                                   completions)
+    before = completion_token_stats(
+        load_model(base_model_dir(cfg, "student"), cfg), teacher, tok, prompts, completions
+    )
+    after = completion_token_stats(
+        load_model(student_dir(cfg, "no_warmup", "opd"), cfg), teacher, tok, prompts, completions
+    )
     assert after["tokens"] == before["tokens"] > 0
     assert after["kl"] < before["kl"]
 
@@ -135,5 +141,6 @@ def test_sft_warmup_variant_trains(pipeline, tmp_path):
     cfg = config_from_dict(raw, root=tmp_path, check_paths=False)
     out = warmup.run(cfg)
     assert out["s2d"]["loss"] == "sft" and out["s2d"]["loss_last"] is not None
-    assert not _params_equal(load_model(base_model_dir(cfg, "student"), cfg),
-                             load_model(student_dir(cfg, "s2d", "warmup"), cfg))
+    assert not _params_equal(
+        load_model(base_model_dir(cfg, "student"), cfg), load_model(student_dir(cfg, "s2d", "warmup"), cfg)
+    )

@@ -11,18 +11,18 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
+from s2d_pipeline import validation
 from s2d_pipeline.config import Config, config_from_dict, deep_merge
 from s2d_pipeline.errors import DataError
 from s2d_pipeline.io import write_jsonl
 from s2d_pipeline.layout import SPLITS, data_file, ledger_file, metrics_file, validation_report
 from s2d_pipeline.stages import validate
 from s2d_pipeline.tasks.arithmetic import ArithmeticTask
-from s2d_pipeline import validation as V
 
 BOUNDS = {
     "data": {
@@ -80,8 +80,10 @@ def test_valid_data_passes_and_writes_report_and_metrics(good_run):
         assert entry["file"] == f"data/{split}.jsonl"
         assert len(entry["sha256"]) == 64
         # Every rule passed; the prompt-length rule needs a tokenizer, which this data-only project lacks.
-        assert all(rule["passed"] is True or (rule["rule"] == V.RULE_PROMPT_FITS and rule["passed"] is None)
-                   for rule in entry["rules"])
+        assert all(
+            rule["passed"] is True or (rule["rule"] == validation.RULE_PROMPT_FITS and rule["passed"] is None)
+            for rule in entry["rules"]
+        )
     assert not validation_report(cfg).with_name("report.failed.json").exists()
 
 
@@ -90,26 +92,35 @@ def test_report_is_a_real_gx_suite_with_every_rule(tmp_path, splits):
     splits["labels"][2]["answer"] = "12a"  # line 3
     splits["labels"][7]["answer"] = "x"  # line 8
     write_splits(cfg, splits)
-    report = V.validate_splits(cfg, ArithmeticTask(3))
+    report = validation.validate_splits(cfg, ArithmeticTask(3))
     assert report["passed"] is False
     for split in SPLITS:
         rules = {r["rule"]: r for r in report["splits"][split]["rules"]}
-        assert set(V.rule_names(split)) | {V.RULE_READABLE} == set(rules)
+        assert set(validation.rule_names(split)) | {validation.RULE_READABLE} == set(rules)
         # Every rule except the reader's is a GX expectation result.
-        assert all(r["expectation"].startswith("expect_") for n, r in rules.items()
-                   if n != V.RULE_READABLE and r["passed"] is not None)
-        assert "no tokenizer" in rules[V.RULE_PROMPT_FITS]["skipped"]
-    assert V.RULE_EVAL_LEAK in V.rule_names("labels")
-    assert V.RULE_EVAL_LEAK not in V.rule_names("eval")
-    assert V.RULE_ANSWER_PARSEABLE not in V.rule_names("prompts")
-    parse = {r["rule"]: r for r in report["splits"]["labels"]["rules"]}[V.RULE_ANSWER_PARSEABLE]
+        assert all(
+            r["expectation"].startswith("expect_")
+            for n, r in rules.items()
+            if n != validation.RULE_READABLE and r["passed"] is not None
+        )
+        assert "no tokenizer" in rules[validation.RULE_PROMPT_FITS]["skipped"]
+    assert validation.RULE_EVAL_LEAK in validation.rule_names("labels")
+    assert validation.RULE_EVAL_LEAK not in validation.rule_names("eval")
+    assert validation.RULE_ANSWER_PARSEABLE not in validation.rule_names("prompts")
+    parse = {r["rule"]: r for r in report["splits"]["labels"]["rules"]}[validation.RULE_ANSWER_PARSEABLE]
     assert parse["passed"] is False
     assert parse["expectation"] == "expect_column_values_to_be_in_set"
     assert [(f["line"], f["id"], f["value"]) for f in parse["failures"]] == [
-        (3, "lab-00002", "12a"), (8, "lab-00007", "x")]
-    others = [r for s in report["splits"].values() for r in s["rules"]
-              if r["rule"] != V.RULE_ANSWER_PARSEABLE or s is not report["splits"]["labels"]]
-    assert all(r["passed"] is True or r["rule"] == V.RULE_PROMPT_FITS for r in others)
+        (3, "lab-00002", "12a"),
+        (8, "lab-00007", "x"),
+    ]
+    others = [
+        r
+        for s in report["splits"].values()
+        for r in s["rules"]
+        if r["rule"] != validation.RULE_ANSWER_PARSEABLE or s is not report["splits"]["labels"]
+    ]
+    assert all(r["passed"] is True or r["rule"] == validation.RULE_PROMPT_FITS for r in others)
     json.dumps(report)  # JSON-able
 
 
@@ -168,41 +179,152 @@ def _remove_file(cfg: Config, splits: dict) -> None:
 
 # (case, mutation, file name, line (None: file-level), id (None: none to name), rule text, params)
 CASES = [
-    ("duplicate id", rows(_set("labels", 3, "id", "lab-00002")), "labels.jsonl", 4, "lab-00002",
-     V.RULE_ID_UNIQUE, None),
-    ("null id", rows(_set("labels", 4, "id", None)), "labels.jsonl", 5, None,
-     V.RULE_ID_NOT_NULL, None),
-    ("empty prompt", rows(_set("labels", 5, "prompt", "")), "labels.jsonl", 6, "lab-00005",
-     V.RULE_PROMPT_TEXT, None),
-    ("whitespace prompt", rows(_set("prompts", 7, "prompt", " \t ")), "prompts.jsonl", 8,
-     "pro-00007", V.RULE_PROMPT_TEXT, None),
-    ("missing column", rows(_drop_column("eval", "answer")), "eval.jsonl", 1, "eval-00000",
-     V.RULE_REQUIRED, None),
-    ("unexpected column", rows(_set("labels", 2, "difficulty", "hard")), "labels.jsonl", 3,
-     "lab-00002", V.RULE_EXTRA, None),
-    ("empty answer", rows(_set("labels", 6, "answer", "  ")), "labels.jsonl", 7, "lab-00006",
-     V.RULE_ANSWER_NOT_EMPTY, None),
-    ("null answer", rows(_set("eval", 2, "answer", None)), "eval.jsonl", 3, "eval-00002",
-     V.RULE_ANSWER_NOT_NULL, None),
+    (
+        "duplicate id",
+        rows(_set("labels", 3, "id", "lab-00002")),
+        "labels.jsonl",
+        4,
+        "lab-00002",
+        validation.RULE_ID_UNIQUE,
+        None,
+    ),
+    ("null id", rows(_set("labels", 4, "id", None)), "labels.jsonl", 5, None, validation.RULE_ID_NOT_NULL, None),
+    (
+        "empty prompt",
+        rows(_set("labels", 5, "prompt", "")),
+        "labels.jsonl",
+        6,
+        "lab-00005",
+        validation.RULE_PROMPT_TEXT,
+        None,
+    ),
+    (
+        "whitespace prompt",
+        rows(_set("prompts", 7, "prompt", " \t ")),
+        "prompts.jsonl",
+        8,
+        "pro-00007",
+        validation.RULE_PROMPT_TEXT,
+        None,
+    ),
+    (
+        "missing column",
+        rows(_drop_column("eval", "answer")),
+        "eval.jsonl",
+        1,
+        "eval-00000",
+        validation.RULE_REQUIRED,
+        None,
+    ),
+    (
+        "unexpected column",
+        rows(_set("labels", 2, "difficulty", "hard")),
+        "labels.jsonl",
+        3,
+        "lab-00002",
+        validation.RULE_EXTRA,
+        None,
+    ),
+    (
+        "empty answer",
+        rows(_set("labels", 6, "answer", "  ")),
+        "labels.jsonl",
+        7,
+        "lab-00006",
+        validation.RULE_ANSWER_NOT_EMPTY,
+        None,
+    ),
+    (
+        "null answer",
+        rows(_set("eval", 2, "answer", None)),
+        "eval.jsonl",
+        3,
+        "eval-00002",
+        validation.RULE_ANSWER_NOT_NULL,
+        None,
+    ),
     # `NaN` is not JSON: the reader rejects the line before any rule sees it.
-    ("NaN answer", raw("labels", 4, b'{"id": "lab-00003", "prompt": "1+1=", "answer": NaN}'),
-     "labels.jsonl", 4, None, "valid JSONL", None),
-    ("unparseable answer", rows(_set("labels", 8, "answer", "12a")), "labels.jsonl", 9,
-     "lab-00008", V.RULE_ANSWER_PARSEABLE, None),
-    ("too few rows", rows(lambda s: s.__setitem__("labels", s["labels"][:3])), "labels.jsonl",
-     None, None, V.RULE_ROW_COUNT, None),
-    ("too many rows", rows(lambda s: None), "labels.jsonl", None, None, V.RULE_ROW_COUNT,
-     {"data": {"labels_rows": {"max": 39}}}),
-    ("duplicate prompt (case/whitespace)", rows(_dup_prompt), "labels.jsonl", 12, "lab-00011",
-     V.RULE_DUP_PROMPT, None),
-    ("eval prompt leaked into labels", rows(_leak("labels", 12, 4, "{} ")), "labels.jsonl", 13,
-     "lab-00012", V.RULE_EVAL_LEAK, None),
-    ("eval prompt leaked into prompts", rows(_leak("prompts", 20, 5, "\t{}")), "prompts.jsonl",
-     21, "pro-00020", V.RULE_EVAL_LEAK, None),
-    ("not valid JSONL", raw("labels", 3, b'{"id": "lab-00002", "prompt": '), "labels.jsonl", 3,
-     None, "valid JSONL", None),
-    ("invalid UTF-8", raw("prompts", 2, b'{"id": "pro-00001", "prompt": "1\xff\xfe+2="}'),
-     "prompts.jsonl", 2, None, "utf-8 encoding", None),
+    (
+        "NaN answer",
+        raw("labels", 4, b'{"id": "lab-00003", "prompt": "1+1=", "answer": NaN}'),
+        "labels.jsonl",
+        4,
+        None,
+        "valid JSONL",
+        None,
+    ),
+    (
+        "unparseable answer",
+        rows(_set("labels", 8, "answer", "12a")),
+        "labels.jsonl",
+        9,
+        "lab-00008",
+        validation.RULE_ANSWER_PARSEABLE,
+        None,
+    ),
+    (
+        "too few rows",
+        rows(lambda s: s.__setitem__("labels", s["labels"][:3])),
+        "labels.jsonl",
+        None,
+        None,
+        validation.RULE_ROW_COUNT,
+        None,
+    ),
+    (
+        "too many rows",
+        rows(lambda s: None),
+        "labels.jsonl",
+        None,
+        None,
+        validation.RULE_ROW_COUNT,
+        {"data": {"labels_rows": {"max": 39}}},
+    ),
+    (
+        "duplicate prompt (case/whitespace)",
+        rows(_dup_prompt),
+        "labels.jsonl",
+        12,
+        "lab-00011",
+        validation.RULE_DUP_PROMPT,
+        None,
+    ),
+    (
+        "eval prompt leaked into labels",
+        rows(_leak("labels", 12, 4, "{} ")),
+        "labels.jsonl",
+        13,
+        "lab-00012",
+        validation.RULE_EVAL_LEAK,
+        None,
+    ),
+    (
+        "eval prompt leaked into prompts",
+        rows(_leak("prompts", 20, 5, "\t{}")),
+        "prompts.jsonl",
+        21,
+        "pro-00020",
+        validation.RULE_EVAL_LEAK,
+        None,
+    ),
+    (
+        "not valid JSONL",
+        raw("labels", 3, b'{"id": "lab-00002", "prompt": '),
+        "labels.jsonl",
+        3,
+        None,
+        "valid JSONL",
+        None,
+    ),
+    (
+        "invalid UTF-8",
+        raw("prompts", 2, b'{"id": "pro-00001", "prompt": "1\xff\xfe+2="}'),
+        "prompts.jsonl",
+        2,
+        None,
+        "utf-8 encoding",
+        None,
+    ),
     ("missing file", _remove_file, "eval.jsonl", None, None, "file not found", None),
 ]
 
@@ -220,7 +342,8 @@ def _seed_previous_outputs(cfg: Config, good_root: Path) -> dict[Path, bytes]:
 
 
 @pytest.mark.parametrize(
-    "mutate, fname, line, row_id, rule, overrides", [c[1:] for c in CASES],
+    "mutate, fname, line, row_id, rule, overrides",
+    [c[1:] for c in CASES],
     ids=[c[0] for c in CASES],
 )
 def test_failing_rule_stops_with_file_line_id_rule_and_keeps_outputs(
@@ -251,13 +374,13 @@ def test_unreadable_split_does_not_hide_other_splits(tmp_path, splits):
     splits["prompts"][4]["id"] = None
     write_splits(cfg, splits)
     data_file(cfg, "labels").write_bytes(b'{"id": 1}\n[1, 2]\n')
-    report = V.validate_splits(cfg, ArithmeticTask(3))
+    report = validation.validate_splits(cfg, ArithmeticTask(3))
     labels = report["splits"]["labels"]
-    assert labels["rules"][0]["rule"] == V.RULE_READABLE
+    assert labels["rules"][0]["rule"] == validation.RULE_READABLE
     assert labels["rules"][0]["failures"][0]["line"] == 2
     prompts = {r["rule"]: r for r in report["splits"]["prompts"]["rules"]}
-    assert [f["line"] for f in prompts[V.RULE_ID_NOT_NULL]["failures"]] == [5]
-    message = V.format_failures(report)
+    assert [f["line"] for f in prompts[validation.RULE_ID_NOT_NULL]["failures"]] == [5]
+    message = validation.format_failures(report)
     assert "data/labels.jsonl:2: rule 'valid JSONL'" in message
     assert "data/prompts.jsonl:5: rule 'id is not null'" in message
 
@@ -266,11 +389,10 @@ def test_leak_names_the_matching_eval_id(tmp_path, splits):
     cfg = make_cfg(tmp_path)
     splits["prompts"][9]["prompt"] = "  " + splits["eval"][17]["prompt"]
     write_splits(cfg, splits)
-    report = V.validate_splits(cfg, ArithmeticTask(3))
-    leak = {r["rule"]: r for r in report["splits"]["prompts"]["rules"]}[V.RULE_EVAL_LEAK]
-    assert [(f["line"], f["id"], f["eval_id"]) for f in leak["failures"]] == [
-        (10, "pro-00009", "eval-00017")]
-    assert "eval id=eval-00017" in V.format_failures(report)
+    report = validation.validate_splits(cfg, ArithmeticTask(3))
+    leak = {r["rule"]: r for r in report["splits"]["prompts"]["rules"]}[validation.RULE_EVAL_LEAK]
+    assert [(f["line"], f["id"], f["eval_id"]) for f in leak["failures"]] == [(10, "pro-00009", "eval-00017")]
+    assert "eval id=eval-00017" in validation.format_failures(report)
 
 
 def test_missing_id_column_reports_by_line(tmp_path, splits):
@@ -279,24 +401,29 @@ def test_missing_id_column_reports_by_line(tmp_path, splits):
         row.pop("id")
     splits["prompts"][3]["prompt"] = ""
     write_splits(cfg, splits)
-    report = V.validate_splits(cfg, ArithmeticTask(3))
+    report = validation.validate_splits(cfg, ArithmeticTask(3))
     rules = {r["rule"]: r for r in report["splits"]["prompts"]["rules"]}
-    assert rules[V.RULE_REQUIRED]["unexpected_count"] == 60
-    assert rules[V.RULE_ID_UNIQUE]["passed"] is None  # skipped: no id column to check
-    assert [(f["line"], f["id"]) for f in rules[V.RULE_PROMPT_TEXT]["failures"]] == [(4, None)]
-    assert "data/prompts.jsonl:4: rule 'prompt is non-empty text'" in V.format_failures(report)
+    assert rules[validation.RULE_REQUIRED]["unexpected_count"] == 60
+    assert rules[validation.RULE_ID_UNIQUE]["passed"] is None  # skipped: no id column to check
+    assert [(f["line"], f["id"]) for f in rules[validation.RULE_PROMPT_TEXT]["failures"]] == [(4, None)]
+    assert "data/prompts.jsonl:4: rule 'prompt is non-empty text'" in validation.format_failures(report)
 
 
 def test_format_failures_caps_the_message():
     failures = [{"line": i, "id": f"x{i}", "value": "12a"} for i in range(1, 21)]
-    rule = {"rule": V.RULE_ANSWER_PARSEABLE, "passed": False, "unexpected_count": 80,
-            "field": "answer", "failures": failures}
-    report = {"passed": False, "splits": {s: {"file": f"data/{s}.jsonl", "rules": [rule]}
-                                          for s in SPLITS}}
-    lines = V.format_failures(report).splitlines()
+    rule = {
+        "rule": validation.RULE_ANSWER_PARSEABLE,
+        "passed": False,
+        "unexpected_count": 80,
+        "field": "answer",
+        "failures": failures,
+    }
+    report = {"passed": False, "splits": {s: {"file": f"data/{s}.jsonl", "rules": [rule]} for s in SPLITS}}
+    lines = validation.format_failures(report).splitlines()
     assert lines[0] == "data validation failed (240 problem(s)):"
-    assert lines[1] == ("  data/labels.jsonl:1 (id=x1): rule 'answer parseable by the task "
-                        "verifier' failed: answer='12a'")
+    assert lines[1] == (
+        "  data/labels.jsonl:1 (id=x1): rule 'answer parseable by the task verifier' failed: answer='12a'"
+    )
     assert len(lines) == 1 + 50 + 1
     assert "190 more" in lines[-1]
 

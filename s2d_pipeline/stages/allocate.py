@@ -28,8 +28,11 @@ def run(cfg: Config) -> dict:
     ledger["labels_file"] = str(cfg.data.labels)
     ledger["labels_sha256"] = sha256_file(labels_path)
     write_json(ledger_file(cfg), ledger)
-    metrics = {"budget": cfg.budget, "stage3_holdout": ledger["stage3_holdout"],
-               "spent": {arm: plan["spent"] for arm, plan in ledger["arms"].items()}}
+    metrics = {
+        "budget": cfg.budget,
+        "stage3_holdout": ledger["stage3_holdout"],
+        "spent": {arm: plan["spent"] for arm, plan in ledger["arms"].items()},
+    }
     write_json(metrics_file(cfg, "allocate"), metrics)
     return metrics
 
@@ -44,9 +47,7 @@ def read_ledger(cfg: Config, rows: list[dict] | None = None) -> dict:
     ledger = read_json(ledger_file(cfg))
     labels_path = data_file(cfg, "labels")
     if ledger.get("labels_sha256") != sha256_file(labels_path):
-        raise BudgetError(
-            f"{ledger_file(cfg)} was allocated from a different {labels_path}; rerun `s2d allocate`"
-        )
+        raise BudgetError(f"{ledger_file(cfg)} was allocated from a different {labels_path}; rerun `s2d allocate`")
     rows = _label_rows(cfg) if rows is None else rows
     check_ledger(ledger, {str(r["id"]) for r in rows})
     return ledger

@@ -20,8 +20,7 @@ from pathlib import Path
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
 from s2d_pipeline.io import atomic_path, sha256_file, write_json
-from s2d_pipeline.layout import (base_model_dir, metrics_file, rl_teacher_dir, stage_dir, student_dir,
-                                 teacher_dir)
+from s2d_pipeline.layout import base_model_dir, metrics_file, rl_teacher_dir, stage_dir, student_dir, teacher_dir
 from s2d_pipeline.tasks import get_task
 
 
@@ -32,9 +31,17 @@ def score(task, model, tokenizer, rows: list[dict], cfg: Config) -> dict:
     e = cfg.evaluate
     prompts = [task.format_prompt(r["prompt"]) for r in rows]
     greedy = generate(model, tokenizer, prompts, max_new_tokens=e.max_completion_length, batch_size=e.batch_size)
-    sampled = generate(model, tokenizer, prompts, max_new_tokens=e.max_completion_length, greedy=False,
-                       temperature=e.temperature, num_return_sequences=e.k, batch_size=e.batch_size,
-                       seed=cfg.seed)
+    sampled = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=e.max_completion_length,
+        greedy=False,
+        temperature=e.temperature,
+        num_return_sequences=e.k,
+        batch_size=e.batch_size,
+        seed=cfg.seed,
+    )
     return accuracy_metrics(task, [c[0] for c in greedy], sampled, rows)
 
 
@@ -44,9 +51,11 @@ def accuracy_metrics(task, greedy: list[str], sampled: list[list[str]], rows: li
     g = [task.verify(c, r["answer"]) for c, r in zip(greedy, rows, strict=True)]
     hits = [[task.verify(c, r["answer"]) for c in cs] for cs, r in zip(sampled, rows, strict=True)]
     n = max(len(rows), 1)
-    return {"greedy": round(sum(g) / n, 4),
-            f"avg@{k}": round(sum(sum(h) / len(h) for h in hits) / n, 4),
-            f"pass@{k}": round(sum(any(h) for h in hits) / n, 4)}
+    return {
+        "greedy": round(sum(g) / n, 4),
+        f"avg@{k}": round(sum(sum(h) / len(h) for h in hits) / n, 4),
+        f"pass@{k}": round(sum(any(h) for h in hits) / n, 4),
+    }
 
 
 def student_teacher_kl(cfg: Config, task, student, teacher, tokenizer, prompts: list[str]) -> float:
@@ -54,10 +63,22 @@ def student_teacher_kl(cfg: Config, task, student, teacher, tokenizer, prompts: 
     from s2d_pipeline.generation import completion_token_stats, generate
 
     e = cfg.evaluate
-    samples = generate(student, tokenizer, prompts, max_new_tokens=e.max_completion_length, greedy=False,
-                       temperature=1.0, batch_size=e.batch_size, seed=cfg.seed)
-    return round(completion_token_stats(student, teacher, tokenizer, prompts, [s[0] for s in samples],
-                                        batch_size=e.batch_size)["kl"], 5)
+    samples = generate(
+        student,
+        tokenizer,
+        prompts,
+        max_new_tokens=e.max_completion_length,
+        greedy=False,
+        temperature=1.0,
+        batch_size=e.batch_size,
+        seed=cfg.seed,
+    )
+    return round(
+        completion_token_stats(student, teacher, tokenizer, prompts, [s[0] for s in samples], batch_size=e.batch_size)[
+            "kl"
+        ],
+        5,
+    )
 
 
 def run(cfg: Config) -> dict:
@@ -69,7 +90,9 @@ def run(cfg: Config) -> dict:
     started = time.perf_counter()
     task = get_task(cfg.task)
     rows = load_split(cfg, task, "eval")[: cfg.evaluate.max_problems]
-    kl_prompts = [task.format_prompt(r["prompt"]) for r in load_split(cfg, task, "prompts")[-cfg.evaluate.kl_prompts:]]
+    kl_prompts = [
+        task.format_prompt(r["prompt"]) for r in load_split(cfg, task, "prompts")[-cfg.evaluate.kl_prompts :]
+    ]
     tokenizer = load_tokenizer(base_model_dir(cfg, "student"), cfg)
     cache: dict[Path, object] = {}
 
@@ -84,8 +107,11 @@ def run(cfg: Config) -> dict:
     for name, path in teachers.items():
         result["teachers"][name] = score(task, model(path), tokenizer, rows, cfg)
     raw = result["teachers"]["teacher_raw"]
-    result["C1"] = {k.split("/", 1)[1]: {m: round(v[m] - raw[m], 4) for m in v}
-                    for k, v in result["teachers"].items() if k != "teacher_raw"}
+    result["C1"] = {
+        k.split("/", 1)[1]: {m: round(v[m] - raw[m], 4) for m in v}
+        for k, v in result["teachers"].items()
+        if k != "teacher_raw"
+    }
 
     base_student = model(base_model_dir(cfg, "student"))
     result["student_raw"] = score(task, base_student, tokenizer, rows, cfg)
@@ -99,11 +125,13 @@ def run(cfg: Config) -> dict:
             bridge_arm, _ = arm_specs.bridge_final_step(arm)
             c2 = {"before_warmup": student_teacher_kl(cfg, task, base_student, t, tokenizer, kl_prompts)}
             if spec.warmup:
-                c2["after_warmup"] = student_teacher_kl(cfg, task, model(student_dir(cfg, bridge_arm, "warmup")),
-                                                        t, tokenizer, kl_prompts)
+                c2["after_warmup"] = student_teacher_kl(
+                    cfg, task, model(student_dir(cfg, bridge_arm, "warmup")), t, tokenizer, kl_prompts
+                )
             if spec.opd:
-                c2["after_opd"] = student_teacher_kl(cfg, task, model(student_dir(cfg, bridge_arm, "opd")),
-                                                     t, tokenizer, kl_prompts)
+                c2["after_opd"] = student_teacher_kl(
+                    cfg, task, model(student_dir(cfg, bridge_arm, "opd")), t, tokenizer, kl_prompts
+                )
             entry["C2_kl"] = c2
         result["arms"][arm] = entry
     from s2d_pipeline.tracking import provenance
@@ -130,24 +158,33 @@ def _track(cfg: Config, result: dict) -> None:
         with arm_run(cfg, "evaluate", name):
             log_flat_metrics(metrics)
             if name == CANDIDATE_ARM:
-                version = register_student(cfg, student_dir(cfg, *arm_specs.final_student_step(name)), name,
-                                           metric, metrics[metric])
-                result["registered"] = {"model": cfg.tracking.registered_model, "version": version,
-                                        "alias": "challenger"}
+                version = register_student(
+                    cfg, student_dir(cfg, *arm_specs.final_student_step(name)), name, metric, metrics[metric]
+                )
+                result["registered"] = {
+                    "model": cfg.tracking.registered_model,
+                    "version": version,
+                    "alias": "challenger",
+                }
     mlflow.log_artifacts(str(stage_dir(cfg, "evaluate")), artifact_path="comparison")
 
 
 def _write_comparison(cfg: Config, result: dict) -> None:
     k = result["k"]
     cols = ["greedy", f"avg@{k}", f"pass@{k}"]
-    lines = [f"# Comparison on eval ({result['eval_problems']} problems, budget {cfg.budget}, seed {cfg.seed})", "",
-             "| model | " + " | ".join(cols) + " | C2 KL before → after warmup → after OPD |",
-             "|---|" + "---|" * (len(cols) + 1)]
+    lines = [
+        f"# Comparison on eval ({result['eval_problems']} problems, budget {cfg.budget}, seed {cfg.seed})",
+        "",
+        "| model | " + " | ".join(cols) + " | C2 KL before → after warmup → after OPD |",
+        "|---|" + "---|" * (len(cols) + 1),
+    ]
     csv = ["model,greedy,avg_at_k,pass_at_k"]
     rows = [("student_raw", result["student_raw"])] + list(result["arms"].items()) + list(result["teachers"].items())
     for name, m in rows:
         c2 = m.get("C2_kl")
-        c2s = " → ".join(f"{c2[s]:.4f}" for s in ("before_warmup", "after_warmup", "after_opd") if s in c2) if c2 else ""
+        c2s = (
+            " → ".join(f"{c2[s]:.4f}" for s in ("before_warmup", "after_warmup", "after_opd") if s in c2) if c2 else ""
+        )
         lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + f" | {c2s} |")
         csv.append(name + "," + ",".join(str(m[c]) for c in cols))
     c1 = "; ".join(f"{t}: greedy {v['greedy']:+.3f}, avg@{k} {v[f'avg@{k}']:+.3f}" for t, v in result["C1"].items())

@@ -38,7 +38,11 @@ def run(cfg: Config) -> dict:
         with arm_run(cfg, "opd", arm), atomic_dir(student_dir(cfg, arm, "opd")) as tmp:
             trainer = train_opd(cfg, start, teacher_dir(cfg, spec.teacher), prompts, steps, run_name=f"opd/{arm}")
             history = save_trained(trainer, tmp)
-        metrics[arm] = {"teacher": spec.teacher, "steps": steps,
-                        **summarise_loss_history(history), "wall_s": round(time.perf_counter() - started, 2)}
+        metrics[arm] = {
+            "teacher": spec.teacher,
+            "steps": steps,
+            **summarise_loss_history(history),
+            "wall_s": round(time.perf_counter() - started, 2),
+        }
     write_json(metrics_file(cfg, "opd"), metrics)
     return metrics

@@ -76,11 +76,15 @@ def _build_base_models(cfg: Config, task, eval_rows: list[dict]) -> dict:
         for attempt in range(p.max_retries + 1):
             seed = cfg.seed * 1000 + role_index * 100 + attempt
             t0 = time.perf_counter()
-            model = _pretrain(cfg, task, tokenizer, spec, getattr(p, role), seed,
-                              {r["prompt"] for r in eval_rows})
+            model = _pretrain(cfg, task, tokenizer, spec, getattr(p, role), seed, {r["prompt"] for r in eval_rows})
             gate_acc = accuracy(task, model, tokenizer, gate_rows, max_new_tokens=task.answer_len)
-            attempts.append({"seed": seed, "gate_greedy_accuracy": round(gate_acc, 4),
-                             "pretrain_s": round(time.perf_counter() - t0, 2)})
+            attempts.append(
+                {
+                    "seed": seed,
+                    "gate_greedy_accuracy": round(gate_acc, 4),
+                    "pretrain_s": round(time.perf_counter() - t0, 2),
+                }
+            )
             log.info("%s attempt %d: gate greedy accuracy %.3f", role, attempt, gate_acc)
             if p.gate_min_accuracy <= gate_acc <= p.gate_max_accuracy:
                 break
@@ -93,8 +97,11 @@ def _build_base_models(cfg: Config, task, eval_rows: list[dict]) -> dict:
         eval_acc = accuracy(task, model, tokenizer, eval_rows, max_new_tokens=task.answer_len)
         with atomic_dir(base_model_dir(cfg, role)) as tmp:
             save_model(model, tokenizer, tmp)
-        out[role] = {"parameters": count_parameters(model), "attempts": attempts,
-                     "eval_greedy_accuracy": round(eval_acc, 4)}
+        out[role] = {
+            "parameters": count_parameters(model),
+            "attempts": attempts,
+            "eval_greedy_accuracy": round(eval_acc, 4),
+        }
     return out
 
 
@@ -143,8 +150,15 @@ def _pretrain(cfg: Config, task, tokenizer, spec, schedule, seed: int, exclude_p
         answer = np.where(noisy, carry_free, true_sum)
         ans_d = (answer[:, None] // 10 ** np.arange(digits + 1)) % 10  # least significant first
         ids = np.concatenate(
-            [digit_ids[a_d], np.full((len(k), 1), plus_id), digit_ids[b_d],
-             np.full((len(k), 1), eq_id), digit_ids[ans_d]], axis=1)
+            [
+                digit_ids[a_d],
+                np.full((len(k), 1), plus_id),
+                digit_ids[b_d],
+                np.full((len(k), 1), eq_id),
+                digit_ids[ans_d],
+            ],
+            axis=1,
+        )
         input_ids = torch.from_numpy(ids).long()
         labels = input_ids.clone()
         labels[:, :prompt_len] = -100  # learn the answer, not the (uniform random) operands

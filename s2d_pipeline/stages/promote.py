@@ -62,16 +62,27 @@ def run(cfg: Config) -> dict:
         champion = None
     if champion is not None and champion.version == challenger.version:
         champion = None  # re-running promote on the same version is a no-op, not a self-comparison
-    reasons = decide(candidate, baseline,
-                     float(champion.tags[GATE_METRIC_TAG]) if champion else None,
-                     champion is None or champion.tags.get(EVAL_SHA_TAG) == challenger.tags.get(EVAL_SHA_TAG))
+    reasons = decide(
+        candidate,
+        baseline,
+        float(champion.tags[GATE_METRIC_TAG]) if champion else None,
+        champion is None or champion.tags.get(EVAL_SHA_TAG) == challenger.tags.get(EVAL_SHA_TAG),
+    )
     promoted = not reasons
     if promoted:
         client.set_registered_model_alias(name, "champion", challenger.version)
-    client.set_model_version_tag(name, challenger.version, "s2d.promotion",
-                                 "promoted" if promoted else "; ".join(reasons))
-    out = {"model": name, "challenger_version": challenger.version, "metric": metric, "challenger": candidate,
-           "grpo_direct": baseline, "champion_version": champion.version if champion else None,
-           "promoted": promoted, "reasons": reasons}
+    client.set_model_version_tag(
+        name, challenger.version, "s2d.promotion", "promoted" if promoted else "; ".join(reasons)
+    )
+    out = {
+        "model": name,
+        "challenger_version": challenger.version,
+        "metric": metric,
+        "challenger": candidate,
+        "grpo_direct": baseline,
+        "champion_version": champion.version if champion else None,
+        "promoted": promoted,
+        "reasons": reasons,
+    }
     write_json(metrics_file(cfg, "promote"), out)
     return out

@@ -37,26 +37,50 @@ def run(cfg: Config) -> dict:
         path = teacher_dir(cfg, teacher)
         prompts = [task.format_prompt(row["prompt"]) for row in pool]
         if cfg.runtime.use_vllm:
-            samples = generate_vllm(path, prompts, cfg, max_new_tokens=r.max_completion_length,
-                                    temperature=r.temperature, num_return_sequences=r.samples_per_prompt,
-                                    seed=cfg.seed)
+            samples = generate_vllm(
+                path,
+                prompts,
+                cfg,
+                max_new_tokens=r.max_completion_length,
+                temperature=r.temperature,
+                num_return_sequences=r.samples_per_prompt,
+                seed=cfg.seed,
+            )
         model, tokenizer = load_model(path, cfg, for_inference=True), load_tokenizer(path, cfg)
         if not cfg.runtime.use_vllm:
-            samples = generate(model, tokenizer, prompts, max_new_tokens=r.max_completion_length, greedy=False,
-                               temperature=r.temperature, num_return_sequences=r.samples_per_prompt,
-                               batch_size=r.batch_size, seed=cfg.seed)
-        flat_prompts = [p for p, cs in zip(prompts, samples) for _ in cs]
+            samples = generate(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=r.max_completion_length,
+                greedy=False,
+                temperature=r.temperature,
+                num_return_sequences=r.samples_per_prompt,
+                batch_size=r.batch_size,
+                seed=cfg.seed,
+            )
+        flat_prompts = [p for p, cs in zip(prompts, samples, strict=True) for _ in cs]
         flat = [c for cs in samples for c in cs]
         stats = completion_token_stats(None, model, tokenizer, flat_prompts, flat, batch_size=r.batch_size)
         rows = []
-        for i, (row, cs) in enumerate(zip(pool, samples)):
+        for i, (row, cs) in enumerate(zip(pool, samples, strict=True)):
             for j, completion in enumerate(cs):
                 k = i * r.samples_per_prompt + j
-                rows.append({"prompt_id": row["id"], "prompt": prompts[i], "completion": completion,
-                             "num_tokens": len(tokenizer(completion, add_special_tokens=False)["input_ids"]),
-                             "teacher_logprob": round(stats["teacher_logprob"][k], 5), "teacher": teacher})
+                rows.append(
+                    {
+                        "prompt_id": row["id"],
+                        "prompt": prompts[i],
+                        "completion": completion,
+                        "num_tokens": len(tokenizer(completion, add_special_tokens=False)["input_ids"]),
+                        "teacher_logprob": round(stats["teacher_logprob"][k], 5),
+                        "teacher": teacher,
+                    }
+                )
         write_jsonl(rollouts_file(cfg, teacher), rows)
-        metrics[teacher] = {"rows": len(rows), "wall_s": round(time.perf_counter() - started, 2),
-                            "mean_teacher_logprob": round(sum(stats["teacher_logprob"]) / max(len(rows), 1), 4)}
+        metrics[teacher] = {
+            "rows": len(rows),
+            "wall_s": round(time.perf_counter() - started, 2),
+            "mean_teacher_logprob": round(sum(stats["teacher_logprob"]) / max(len(rows), 1), 4),
+        }
     write_json(metrics_file(cfg, "rollouts"), metrics)
     return metrics

@@ -38,7 +38,11 @@ def run(cfg: Config) -> dict:
     for arm in student_rl_arms(cfg.arms):
         started = time.perf_counter()
         if arm == GRPO_DIRECT:
-            start, rows, stage_cfg = base_model_dir(cfg, "student"), labeled_rows(cfg, arm, GRPO_DIRECT), cfg.grpo_direct
+            start, rows, stage_cfg = (
+                base_model_dir(cfg, "student"),
+                labeled_rows(cfg, arm, GRPO_DIRECT),
+                cfg.grpo_direct,
+            )
         else:
             start = student_dir(cfg, *arm_specs.bridge_final_step(arm))
             rows, stage_cfg = labeled_rows(cfg, arm, STUDENT_RL), cfg.student_rl
@@ -46,8 +50,12 @@ def run(cfg: Config) -> dict:
         with arm_run(cfg, "student_rl", arm), atomic_dir(student_dir(cfg, arm, step)) as tmp:
             trainer = train_grpo(cfg, task, start, rows, stage_cfg, run_name=f"{step}/{arm}")
             history = save_trained(trainer, tmp)
-        metrics[arm] = {"labels_seen": len(rows), "new_labels": arm_specs.SPECS[arm].stage3 != "replay",
-                        "steps": stage_cfg.steps, "wall_s": round(time.perf_counter() - started, 2),
-                        **summarise_rl_history(history)}
+        metrics[arm] = {
+            "labels_seen": len(rows),
+            "new_labels": arm_specs.SPECS[arm].stage3 != "replay",
+            "steps": stage_cfg.steps,
+            "wall_s": round(time.perf_counter() - started, 2),
+            **summarise_rl_history(history),
+        }
     write_json(metrics_file(cfg, "student_rl"), metrics)
     return metrics

@@ -33,11 +33,14 @@ def run(cfg: Config) -> dict:
         rows = labeled_rows(cfg, arm_specs.ledger_arm_for_teacher(key, cfg.arms), TEACHER_RL)
         out = rl_teacher_dir(cfg, key)
         with arm_run(cfg, "teacher_rl", key), atomic_dir(out) as tmp:
-            trainer = train_grpo(cfg, task, base_model_dir(cfg, "teacher"), rows, cfg.teacher_rl,
-                                 run_name=f"teacher_rl/{key}")
+            trainer = train_grpo(
+                cfg, task, base_model_dir(cfg, "teacher"), rows, cfg.teacher_rl, run_name=f"teacher_rl/{key}"
+            )
             history = save_trained(trainer, tmp)
-        metrics[key] = {"labels_used": len(rows), "wall_s": round(time.perf_counter() - started, 2),
-                        **summarise_rl_history(history)}
+        metrics[key] = {
+            "labels_used": len(rows),
+            "wall_s": round(time.perf_counter() - started, 2),
+            **summarise_rl_history(history),
+        }
     write_json(metrics_file(cfg, "teacher_rl"), metrics)
     return metrics
-

@@ -14,8 +14,8 @@ import time
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
 from s2d_pipeline.io import atomic_dir, read_jsonl, write_json
-from s2d_pipeline.tracking import arm_run
 from s2d_pipeline.layout import base_model_dir, metrics_file, rollouts_file, student_dir, teacher_dir
+from s2d_pipeline.tracking import arm_run
 
 
 def run(cfg: Config) -> dict:
@@ -32,10 +32,21 @@ def run(cfg: Config) -> dict:
         started = time.perf_counter()
         rollouts = read_jsonl(rollouts_file(cfg, spec.teacher))
         with arm_run(cfg, "warmup", arm), atomic_dir(student_dir(cfg, arm, "warmup")) as tmp:
-            trainer = train_forward_kl(cfg, base_model_dir(cfg, "student"), teacher_dir(cfg, spec.teacher),
-                                       rollouts, steps, run_name=f"warmup/{arm}")
+            trainer = train_forward_kl(
+                cfg,
+                base_model_dir(cfg, "student"),
+                teacher_dir(cfg, spec.teacher),
+                rollouts,
+                steps,
+                run_name=f"warmup/{arm}",
+            )
             history = save_trained(trainer, tmp)
-        metrics[arm] = {"teacher": spec.teacher, "steps": steps, "loss": cfg.warmup.loss,
-                        **summarise_loss_history(history), "wall_s": round(time.perf_counter() - started, 2)}
+        metrics[arm] = {
+            "teacher": spec.teacher,
+            "steps": steps,
+            "loss": cfg.warmup.loss,
+            **summarise_loss_history(history),
+            "wall_s": round(time.perf_counter() - started, 2),
+        }
     write_json(metrics_file(cfg, "warmup"), metrics)
     return metrics

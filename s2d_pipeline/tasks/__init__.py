@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from s2d_pipeline.config import TaskConfig
 
 
-def get_task(task_cfg: "TaskConfig") -> Task:
+def get_task(task_cfg: TaskConfig) -> Task:
     if task_cfg.name == "arithmetic":
         from s2d_pipeline.tasks.arithmetic import ArithmeticTask
 

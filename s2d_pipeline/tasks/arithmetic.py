@@ -12,7 +12,8 @@ of every digit. `labels`/`eval` store the answer as an ordinary integer string (
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from s2d_pipeline.tasks.base import Task
 

@@ -166,7 +166,7 @@ class MathTask(Task):
         parse_timeout, _ = _timeouts()
         try:
             parsed = _mv().parse(latex, parsing_timeout=parse_timeout)
-        except Exception:  # junk must grade as unparsable, never crash a stage
+        except Exception:  # noqa: BLE001 - junk must grade as unparsable, never crash a stage
             return None
         # On failure math-verify still returns the raw matched text as a string (`"???"` -> ['???']);
         # only a sympy result means the answer was understood.
@@ -198,7 +198,7 @@ class MathTask(Task):
                 return False
             _, verify_timeout = _timeouts()
             return bool(_mv().verify(gold, pred, timeout_seconds=verify_timeout))
-        except Exception:
+        except Exception:  # noqa: BLE001 - a reward must be 0/1, whatever math-verify raises on junk
             return False
 
     # ---- data formats -----------------------------------------------------------------------
