@@ -3,9 +3,11 @@ paper's architectures (Qwen3-8B teacher, Qwen3-1.7B student; configs only, no we
 per training stage (`profiles/gpu-smoke.yaml`). Reports per-stage wall time, training tokens/s and
 peak GPU memory. Proves the GPU path; the accuracies it prints are those of random models.
 
-    python bench/gpu_smoke.py --workdir /tmp/s2d-gpu-smoke --out bench/results/gpu_smoke.json
-    python bench/gpu_smoke.py --teacher qwen3-1.7b --student qwen3-0.6b   # a smaller card
-    python bench/gpu_smoke.py --teacher tiny --student tiny --device cpu --vocab-size 2000  # dry run
+    python -m bench.gpu_smoke --workdir /tmp/s2d-gpu-smoke --out bench/results/gpu_smoke.json
+    python -m bench.gpu_smoke --teacher qwen3-1.7b --student qwen3-0.6b   # a smaller card
+    python -m bench.gpu_smoke --teacher tiny --student tiny --device cpu --vocab-size 2000  # dry run
+
+Run from the repository root. Every stage of `s2d_pipeline.stages.STAGES` runs, in order.
 
 The random models share a tokenizer with the real Qwen3 vocabulary size (151,936 entries): the
 arithmetic task's characters plus one filler character per remaining id, so every sampled id decodes
@@ -23,8 +25,8 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import QWEN3_VOCAB, REPO, machine, random_qwen3
+from s2d_pipeline.stages import STAGES
 
 
 def big_vocab_tokenizer(vocab_size: int):
@@ -66,7 +68,7 @@ def build_models(workdir: Path, teacher: str, student: str, device: str, vocab_s
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.gpu_smoke", description=__doc__.split("\n")[0])
     p.add_argument("--workdir", type=Path, default=Path("/tmp/s2d-gpu-smoke"))
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu_smoke.json")
     p.add_argument("--teacher", default="qwen3-8b")
@@ -77,7 +79,7 @@ def main() -> None:
 
     import torch
 
-    from s2d_pipeline.cli import PIPELINE, run_stage
+    from s2d_pipeline.cli import run_stage
     from s2d_pipeline.config import load_config
 
     on_gpu = args.device == "cuda"
@@ -94,13 +96,13 @@ def main() -> None:
     result["models"] = build_models(args.workdir, args.teacher, args.student, args.device, args.vocab_size)
     save()
     cfg = load_config(REPO / "profiles" / "gpu-smoke.yaml", {"runtime": {"device": args.device}}, root=args.workdir)
-    for stage in PIPELINE:
+    for stage in STAGES:
         if stage == "validate":
             try:
                 import great_expectations  # noqa: F401
             except ImportError:
                 result["stages"][stage] = {"skipped": "great_expectations not installed here (CPU-only stage)"}
-                (args.workdir / "artifacts" / "validate").mkdir(parents=True, exist_ok=True)
+                (args.workdir / "artifacts" / stage).mkdir(parents=True, exist_ok=True)
                 continue
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()

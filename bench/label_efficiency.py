@@ -1,14 +1,18 @@
 """Label efficiency: every arm at several label budgets and seeds, paired by seed.
 
-    python bench/label_efficiency.py run                      # 4 budgets x 3 seeds, ~50 min on 2 CPU cores
-    python bench/label_efficiency.py run --budgets 64 --seeds 0
-    python bench/label_efficiency.py report                   # tables and plot (bench/report.py writes RESULTS.md)
-    python bench/label_efficiency.py ablation                 # s2d vs no_warmup / no_opd with fewer bridge steps
+    python -m bench.label_efficiency run                  # 4 budgets x 3 seeds, ~50 min on 2 CPU cores
+    python -m bench.label_efficiency run --budgets 64 --seeds 0
+    python -m bench.label_efficiency report               # tables and plot (RESULTS.md: `python -m bench.report`)
+    python -m bench.label_efficiency ablation             # s2d vs no_warmup / no_opd with fewer bridge steps
+
+Run from the repository root.
 
 `run` drives the same stage functions as `s2d run` / `dvc repro`, from a scratch root per (seed, budget):
-`prepare` and `validate` run once per seed (same data, base teacher and base student for every budget),
-then allocate -> evaluate run per budget. Within one seed every arm therefore starts from the same base
-models and draws from the same N labels. Tracking is off (this measures the method, not the store).
+the stages through `validate` run once per seed (same data, base teacher and base student for every
+budget), then the stages after it through `evaluate` run per budget (the stage list and its order come
+from `s2d_pipeline.stages`). Within one seed every arm therefore starts from the same base models and
+draws from the same N labels. Tracking is off (this measures the method, not the store). Accuracy is
+read as `avg@k` with the evaluate stage's `k`, as recorded in each run's `metrics/evaluate.json`.
 Finished (seed, budget) cells are appended to `bench/results/label_efficiency.jsonl`; a rerun skips them.
 """
 
@@ -22,12 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import REPO, machine
+from s2d_pipeline.stages import STAGES, stages_through
 
 RESULTS = REPO / "bench" / "results" / "label_efficiency.jsonl"
-SEED_STAGES = ("prepare", "validate")
-BUDGET_STAGES = ("allocate", "teacher_rl", "rollouts", "warmup", "opd", "student_rl", "evaluate")
+# Run once per seed, shared by every budget: data, base models, validation report.
+SEED_STAGES = stages_through("validate")
+# Run per (seed, budget): every stage after the shared ones, up to and including evaluate.
+BUDGET_STAGES = stages_through("evaluate")[len(SEED_STAGES) :]
 # (left arm, right arm): the paired differences reported, left minus right.
 PAIRS = [
     ("s2d", "grpo_direct"),
@@ -70,7 +76,7 @@ def run(seeds: list[int], budgets: list[int], workdir: Path) -> None:
     done = _done()
     for seed in seeds:
         seed_root = workdir / f"seed{seed}"
-        if not (seed_root / "metrics" / "validate.json").exists():
+        if not (seed_root / "metrics" / f"{SEED_STAGES[-1]}.json").exists():
             seed_root.mkdir(parents=True, exist_ok=True)
             seed_times = _run_stages(seed_root, seed, 64, SEED_STAGES)
             (seed_root / "times.json").write_text(json.dumps(seed_times))
@@ -89,6 +95,7 @@ def run(seeds: list[int], budgets: list[int], workdir: Path) -> None:
             times = _run_stages(root, seed, budget, BUDGET_STAGES)
             evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
             prepare = json.loads((seed_root / "metrics" / "prepare.json").read_text())
+            sampled = sampled_metric(evaluation["k"])
             record = {
                 "seed": seed,
                 "budget": budget,
@@ -105,10 +112,23 @@ def run(seeds: list[int], budgets: list[int], workdir: Path) -> None:
             with RESULTS.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(
-                f"seed {seed} budget {budget}: s2d {evaluation['arms'].get('s2d', {}).get('avg@8')} "
-                f"grpo_direct {evaluation['arms'].get('grpo_direct', {}).get('avg@8')} ({record['wall_s']} s)",
+                f"seed {seed} budget {budget}: {sampled} s2d {evaluation['arms'].get('s2d', {}).get(sampled)} "
+                f"grpo_direct {evaluation['arms'].get('grpo_direct', {}).get(sampled)} ({record['wall_s']} s)",
                 flush=True,
             )
+
+
+def sampled_metric(k: int) -> str:
+    """The evaluate stage's sampled-accuracy metric key for `k` samples per problem."""
+    return f"avg@{k}"
+
+
+def _one_k(ks) -> int:
+    """The one `k` a set of results was evaluated at; mixing results of different `k` is an error."""
+    ks = set(ks)
+    if len(ks) != 1:
+        raise SystemExit(f"results were evaluated at different k ({sorted(ks)}): report them separately")
+    return ks.pop()
 
 
 def _provenance() -> dict:
@@ -121,12 +141,16 @@ def _provenance() -> dict:
 
 ABLATION_RESULTS = REPO / "bench" / "results" / "ablation_bridge_steps.jsonl"
 ABLATION_ARMS = ["s2d", "no_warmup", "no_opd"]
+# Rerun with other step counts: every stage from warmup through evaluate (student_rl trains nothing
+# here: none of ABLATION_ARMS ends with student GRPO). The stages before warmup are reused from the cell.
+ABLATION_STAGES = stages_through("evaluate")[STAGES.index("warmup") :]
+ABLATION_SHARED = STAGES[: STAGES.index("warmup")]
 
 
 def ablation(seeds: list[int], budget: int, bridge_steps: list[tuple[int, int]], workdir: Path) -> None:
-    """Do the ablations bite when distillation steps are scarce? Re-runs warmup -> opd -> evaluate for
-    s2d / no_warmup / no_opd on the finished (seed, budget) cells with other (warmup, opd) step counts
-    (the ablations still get the removed stage's steps); same RL teacher, rollouts and eval."""
+    """Do the ablations bite when distillation steps are scarce? Re-runs ABLATION_STAGES (warmup through
+    evaluate) for s2d / no_warmup / no_opd on the finished (seed, budget) cells with other (warmup, opd)
+    step counts (the ablations still get the removed stage's steps); same RL teacher, rollouts and eval."""
     from s2d_pipeline.cli import run_stage
     from s2d_pipeline.config import load_config
 
@@ -138,7 +162,7 @@ def ablation(seeds: list[int], budget: int, bridge_steps: list[tuple[int, int]],
             (root / "artifacts").mkdir(parents=True)
             (root / "metrics").mkdir()
             (root / "data").symlink_to((workdir / f"seed{seed}" / "data").resolve())
-            for stage in ("prepare", "validate", "allocate", "teacher_rl", "rollouts"):
+            for stage in ABLATION_SHARED:
                 (root / "artifacts" / stage).symlink_to((cell / "artifacts" / stage).resolve())
             cfg = load_config(
                 REPO / "params.yaml",
@@ -154,14 +178,16 @@ def ablation(seeds: list[int], budget: int, bridge_steps: list[tuple[int, int]],
                 },
                 root=root,
             )
-            for stage in ("warmup", "opd", "evaluate"):
+            for stage in ABLATION_STAGES:
                 run_stage(stage, cfg)
             evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+            sampled = sampled_metric(evaluation["k"])
             record = {
                 "seed": seed,
                 "budget": budget,
                 "warmup_steps": warmup_steps,
                 "opd_steps": opd_steps,
+                "k": evaluation["k"],
                 "arms": evaluation["arms"],
                 **_provenance(),
             }
@@ -169,20 +195,39 @@ def ablation(seeds: list[int], budget: int, bridge_steps: list[tuple[int, int]],
             with ABLATION_RESULTS.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(
-                f"seed {seed} w{warmup_steps}/o{opd_steps}: "
-                + ", ".join(f"{a} {evaluation['arms'][a]['avg@8']}" for a in ABLATION_ARMS),
+                f"seed {seed} w{warmup_steps}/o{opd_steps} {sampled}: "
+                + ", ".join(f"{a} {evaluation['arms'][a][sampled]}" for a in ABLATION_ARMS),
                 flush=True,
             )
 
 
-def ablation_report() -> str:
+def _ablation_k(record: dict) -> int:
+    """The evaluate `k` of an ablation record: stored since it is recorded, else read off the metric keys."""
+    if "k" in record:
+        return record["k"]
+    metrics = record["arms"][ABLATION_ARMS[0]]
+    return int(next(m for m in metrics if m.startswith("avg@")).removeprefix("avg@"))
+
+
+def load_ablation_records() -> list[dict]:
+    if not ABLATION_RESULTS.exists():
+        return []
+    return [json.loads(line) for line in ABLATION_RESULTS.read_text().splitlines() if line.strip()]
+
+
+def ablation_k(records: list[dict]) -> int:
+    return _one_k(_ablation_k(r) for r in records)
+
+
+def ablation_report(records: list[dict] | None = None) -> str:
     import numpy as np
 
-    if not ABLATION_RESULTS.exists():
+    records = load_ablation_records() if records is None else records
+    if not records:
         return ""
-    records = [json.loads(line) for line in ABLATION_RESULTS.read_text().splitlines() if line.strip()]
+    sampled = sampled_metric(ablation_k(records))
     lines = [
-        "| warmup + OPD steps (s2d) | N | s2d avg@8 | no_warmup | no_opd | s2d − no_warmup per seed | "
+        f"| warmup + OPD steps (s2d) | N | s2d {sampled} | no_warmup | no_opd | s2d − no_warmup per seed | "
         "s2d − no_opd per seed |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -190,13 +235,13 @@ def ablation_report() -> str:
         rs = sorted(
             (r for r in records if (r["warmup_steps"], r["opd_steps"], r["budget"]) == key), key=lambda r: r["seed"]
         )
-        val = {a: [r["arms"][a]["avg@8"] for r in rs] for a in ABLATION_ARMS}
+        val = {a: [r["arms"][a][sampled] for r in rs] for a in ABLATION_ARMS}
         lines.append(
             f"| {key[0]} + {key[1]} | {key[2]} | {np.mean(val['s2d']):.3f} | {np.mean(val['no_warmup']):.3f} | "
             f"{np.mean(val['no_opd']):.3f} | "
-            + ", ".join(f"{a - b:+.3f}" for a, b in zip(val["s2d"], val["no_warmup"]))
+            + ", ".join(f"{a - b:+.3f}" for a, b in zip(val["s2d"], val["no_warmup"], strict=True))
             + " | "
-            + ", ".join(f"{a - b:+.3f}" for a, b in zip(val["s2d"], val["no_opd"]))
+            + ", ".join(f"{a - b:+.3f}" for a, b in zip(val["s2d"], val["no_opd"], strict=True))
             + " |"
         )
     return "\n".join(lines) + "\n"
@@ -219,11 +264,15 @@ def load_records() -> list[dict]:
     return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
 
 
+def records_k(records: list[dict]) -> int:
+    """The evaluate stage's `k` shared by every (seed, budget) record."""
+    return _one_k(r["evaluate"]["k"] for r in records)
+
+
 def report(records: list[dict]) -> str:
     import numpy as np
 
-    k = records[0]["evaluate"]["k"]
-    sampled = f"avg@{k}"
+    sampled = sampled_metric(records_k(records))
     budgets = sorted({r["budget"] for r in records})
     arms = list(records[0]["evaluate"]["arms"])
     by = {(r["seed"], r["budget"]): r["evaluate"] for r in records}
@@ -297,12 +346,12 @@ def plot(records: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    k = records[0]["evaluate"]["k"]
+    sampled = sampled_metric(records_k(records))
     budgets = sorted({r["budget"] for r in records})
     arms = list(records[0]["evaluate"]["arms"])
     fig, all_axes = plt.subplots(1, 3, figsize=(18, 4.8))
     axes = all_axes[:2]
-    for ax, metric in zip(axes, (f"avg@{k}", "greedy")):
+    for ax, metric in zip(axes, (sampled, "greedy"), strict=True):
         for arm in arms:
             means, stds = [], []
             for b in budgets:
@@ -327,7 +376,6 @@ def plot(records: list[dict], out: Path) -> None:
     axes[1].legend(fontsize=8)
     # The seed spread above is mostly the base models; the paired gain is what the claim is about.
     ax = all_axes[2]
-    sampled = f"avg@{k}"
     seeds = sorted({r["seed"] for r in records})
     gains = {
         s: [
@@ -355,7 +403,7 @@ def plot(records: list[dict], out: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.label_efficiency", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -1,6 +1,8 @@
 """Pipeline overhead: where the wall time of the embedded default goes, through DVC and through Prefect.
 
-    python bench/overhead.py            # ~15 min on 2 CPU cores: two full pipeline runs + a no-op repro
+    python -m bench.overhead            # ~15 min on 2 CPU cores: two full pipeline runs + a no-op repro
+
+Run from the repository root.
 
 Works on fresh clones of the committed HEAD (so the numbers are those of a user's `make run`):
 1. `dvc repro` with S2D_TIMINGS set: every stage process appends its compute seconds (inside the
@@ -15,6 +17,7 @@ Also timed: the heavy imports every training process pays (torch, transformers, 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -23,10 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import REPO, machine
+from s2d_pipeline.stages import STAGES
 
-TRAINING = ("prepare", "teacher_rl", "rollouts", "warmup", "opd", "student_rl", "evaluate")
+VALIDATION = "validate"
+BOOKKEEPING = ("allocate", "promote")  # label ledger and promotion gate: no model work
+# Stages whose compute is the method's own work (building base models, training, generation,
+# evaluation): every stage of the pipeline except validation and the bookkeeping stages, so a stage
+# added to `s2d_pipeline.stages` counts here unless it is listed above.
+TRAINING = tuple(s for s in STAGES if s != VALIDATION and s not in BOOKKEEPING)
 
 
 def _clone(dest: Path) -> Path:
@@ -59,8 +67,8 @@ def breakdown(total_s: float, timings: list[dict], one_process: bool) -> dict:
     compute = {r["stage"]: r["compute_s"] for r in timings}
     tracking = sum(r["tracking_s"] for r in timings)
     training = sum(v for k, v in compute.items() if k in TRAINING)
-    validation = compute.get("validate", 0.0)
-    other_stages = sum(v for k, v in compute.items() if k not in TRAINING and k != "validate")
+    validation = compute.get(VALIDATION, 0.0)
+    other_stages = sum(v for k, v in compute.items() if k not in TRAINING and k != VALIDATION)
     if one_process:  # the flow: one interpreter, stages back to back
         processes = max(r["process_s"] for r in timings)
         startup = processes - sum(r["compute_s"] + r["tracking_s"] for r in timings)
@@ -84,6 +92,7 @@ def breakdown(total_s: float, timings: list[dict], one_process: bool) -> dict:
 
 
 def main() -> None:
+    argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0]).parse_args()
     out = REPO / "bench" / "results" / "overhead.json"
     result: dict = {"machine": machine()}
     python = sys.executable

@@ -1,6 +1,6 @@
 """Write bench/RESULTS.md (and the label-efficiency plot) from the benchmarks' result files.
 
-    python bench/report.py
+    python -m bench.report            # from the repository root
 
 Reads bench/results/{label_efficiency.jsonl, overhead.json, throughput_cpu.json, throughput_gpu.json,
 gpu_smoke.json}; a missing file becomes a line saying which command produces it. The hand-written
@@ -9,11 +9,9 @@ reading of the numbers lives in bench/findings.md and is placed first.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import label_efficiency
 from bench.common import REPO
 
@@ -34,7 +32,7 @@ def _machine(m: dict) -> str:
 
 def overhead_section(r: dict | None) -> list[str]:
     if r is None:
-        return ["Not run yet: `python bench/overhead.py`.", ""]
+        return ["Not run yet: `python -m bench.overhead`.", ""]
     lines = [
         f"Machine: {_machine(r['machine'])}.",
         "",
@@ -71,7 +69,7 @@ def overhead_section(r: dict | None) -> list[str]:
 
 def throughput_cpu_section(r: dict | None) -> list[str]:
     if r is None:
-        return ["Not run yet: `python bench/throughput.py cpu`.", ""]
+        return ["Not run yet: `python -m bench.throughput cpu`.", ""]
     lines = [
         f"Machine: {_machine(r['machine'])}. Steps per run as in params.yaml ({r['steps']}), s2d checkpointing "
         f"every {r['checkpoint_steps']} steps (its real cost, counted); {r['repeats']} runs per side after one "
@@ -94,13 +92,13 @@ def throughput_cpu_section(r: dict | None) -> list[str]:
 
 def throughput_gpu_section(r: dict | None) -> list[str]:
     if r is None:
-        return ["No GPU run yet: `python bench/throughput.py gpu` on a GPU machine.", ""]
+        return ["No GPU run yet: `python -m bench.throughput gpu` on a GPU machine.", ""]
     t, fwd = r["train_step_qwen3_1.7b"], r["forward_qwen3_8b"]
     lines = [
         f"Machine: {_machine(r['machine'])}. Random-init Qwen3 shapes, bf16, sdpa, "
         f"{r['shape']['batch']} × {r['shape']['seq']} tokens.",
         "",
-        "| measurement | result | reference (H100 80GB, issue 5) |",
+        "| measurement | result | H100 80GB reference |",
         "|---|---|---|",
         f"| Qwen3-1.7B train step (fwd + bwd, grad. checkpointing, fused AdamW) | {t['tokens_per_s']:,} tokens/s, "
         f"{t['tflops']} TFLOP/s (6N), MFU {t['mfu']}, peak {t['peak_gib']} GiB | 22.6k tokens/s, 234 TFLOP/s |",
@@ -146,49 +144,52 @@ def gpu_smoke_section(r: dict | None) -> list[str]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n")[0]).parse_args()
     out = REPO / "bench" / "RESULTS.md"
     parts = [
         "# Benchmark results",
         "",
-        "Produced by `python bench/report.py` from `bench/results/`; each section names the command "
+        "Produced by `python -m bench.report` from `bench/results/`; each section names the command "
         "that made its numbers and the machine it ran on.",
         "",
     ]
     findings = REPO / "bench" / "findings.md"
     if findings.exists():
         parts += [findings.read_text().strip(), ""]
-    parts += ["## 1. Label efficiency (`python bench/label_efficiency.py run`)", ""]
+    parts += ["## 1. Label efficiency (`python -m bench.label_efficiency run`)", ""]
     if (RESULTS / "label_efficiency.jsonl").exists():
         records = label_efficiency.load_records()
         parts += [label_efficiency.report(records), "![accuracy against label budget](label_efficiency.png)", ""]
-        ablations = label_efficiency.ablation_report()
-        if ablations:
+        ablation_records = label_efficiency.load_ablation_records()
+        if ablation_records:
+            sampled = label_efficiency.sampled_metric(label_efficiency.ablation_k(ablation_records))
+            budgets = ", ".join(f"N={b}" for b in sorted({r["budget"] for r in ablation_records}))
             parts += [
-                "**Ablations with fewer distillation steps** (`python bench/label_efficiency.py ablation`: "
-                "warmup → OPD → evaluate rerun on the N=64 cells above, same RL teacher and rollouts; "
-                "each ablation gets the removed stage's steps; avg@8)",
+                "**Ablations with fewer distillation steps** (`python -m bench.label_efficiency ablation`: "
+                f"warmup → OPD → evaluate rerun on the {budgets} cells above, same RL teacher and "
+                f"rollouts; each ablation gets the removed stage's steps; {sampled})",
                 "",
-                ablations,
+                label_efficiency.ablation_report(ablation_records),
             ]
         label_efficiency.plot(records, REPO / "bench" / "label_efficiency.png")
     else:
         parts += ["Not run yet.", ""]
     parts += [
-        "## 2. Pipeline overhead (`python bench/overhead.py`)",
+        "## 2. Pipeline overhead (`python -m bench.overhead`)",
         "",
         *overhead_section(_load("overhead.json")),
-        "## 3. Training throughput, CPU (`python bench/throughput.py cpu`)",
+        "## 3. Training throughput, CPU (`python -m bench.throughput cpu`)",
         "",
         *throughput_cpu_section(_load("throughput_cpu.json")),
-        "## 4. GPU: real shapes (`python bench/throughput.py gpu`)",
+        "## 4. GPU: real shapes (`python -m bench.throughput gpu`)",
         "",
         *throughput_gpu_section(_load("throughput_gpu.json")),
-        "## 5. GPU smoke run of the whole pipeline (`python bench/gpu_smoke.py`, via `bash bench/gpu_run.sh`)",
+        "## 5. GPU smoke run of the whole pipeline (`python -m bench.gpu_smoke`, via `bash bench/gpu_run.sh`)",
         "",
         *gpu_smoke_section(_load("gpu_smoke.json")),
-        "Re-run on the final code (after the resumable data order and `Trainer.save_model`), with the "
-        "last minutes of the session's device time: Qwen3-4B teacher, cut by its 190 s limit during "
-        "`evaluate` (`SMOKE_TEACHER=qwen3-4b SMOKE_NAME=gpu_smoke_final bash bench/gpu_run.sh`):",
+        "Re-run on later code (after the resumable data order and `Trainer.save_model`) with a Qwen3-4B "
+        "teacher, stopped by a 190 s time limit during `evaluate` "
+        "(`SMOKE_TEACHER=qwen3-4b SMOKE_NAME=gpu_smoke_final bash bench/gpu_run.sh`):",
         "",
         *gpu_smoke_section(_load("gpu_smoke_final.json")),
     ]

@@ -1,7 +1,9 @@
 """Training and rollout throughput.
 
-    python bench/throughput.py cpu     # s2d's trainers vs the same TRL trainer called directly (tiny models)
-    python bench/throughput.py gpu     # random-init Qwen3-1.7B / 8B: train step, teacher forward, generation
+    python -m bench.throughput cpu     # s2d's trainers vs the same TRL trainer called directly (tiny models)
+    python -m bench.throughput gpu     # random-init Qwen3-1.7B / 8B: train step, teacher forward, generation
+
+Run from the repository root.
 
 `cpu` runs each training stage (GRPO, forward-KL warmup, OPD) twice on identical tiny models, data
 and batch: once through `s2d_pipeline.training` and once with the TRL trainer constructed here by
@@ -21,12 +23,10 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import REPO, machine, peak_tflops, random_qwen3
 
 RESULTS = REPO / "bench" / "results"
@@ -35,17 +35,55 @@ RESULTS = REPO / "bench" / "results"
 # ---------------------------------------------------------------- gpu
 
 
-def _timed(fn, warmup: int, reps: int) -> float:
+def _timed(fn, *args, warmup: int, reps: int) -> float:
+    """Mean seconds of `fn(*args)` over `reps` calls, after `warmup` untimed ones. The arguments are
+    referenced only during the call, so a model or optimizer the caller deletes afterwards is freed
+    before the next measurement (its peak memory must not include them)."""
     import torch
 
     for _ in range(warmup):
-        fn()
+        fn(*args)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(reps):
-        fn()
+        fn(*args)
     torch.cuda.synchronize()
     return (time.perf_counter() - t0) / reps
+
+
+def _train_step(model, opt, ids) -> None:
+    """One causal-LM training step on `ids`: forward, backward, optimizer step."""
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _generate(model, prompt, new_tokens: int) -> None:
+    """Sample exactly `new_tokens` tokens after each row of `prompt` (no early stop)."""
+    import torch
+
+    with torch.no_grad():
+        model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+
+
+def _forward(model, ids) -> None:
+    """A forward pass over `ids` without gradients (how OPD scores student tokens with the teacher)."""
+    import torch
+
+    with torch.no_grad():
+        model(input_ids=ids)
 
 
 def gpu(out: Path, batch: int = 8, seq: int = 2048, gen_batches=(64, 256, 512), new_tokens: int = 128) -> dict:
@@ -67,14 +105,7 @@ def gpu(out: Path, batch: int = 8, seq: int = 2048, gen_batches=(64, 256, 512), 
     n = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), device="cuda")
-
-    def step():
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    dt = _timed(step, warmup=2, reps=5)
+    dt = _timed(_train_step, model, opt, ids, warmup=2, reps=5)
     tps = batch * seq / dt
     result["train_step_qwen3_1.7b"] = {
         "parameters": n,
@@ -95,23 +126,7 @@ def gpu(out: Path, batch: int = 8, seq: int = 2048, gen_batches=(64, 256, 512), 
     for b in gen_batches:
         torch.cuda.reset_peak_memory_stats()
         prompt = torch.randint(0, model.config.vocab_size, (b, 128), device="cuda")
-
-        def gen():
-            with torch.no_grad():
-                model.generate(
-                    input_ids=prompt,
-                    attention_mask=torch.ones_like(prompt),
-                    max_new_tokens=new_tokens,
-                    min_new_tokens=new_tokens,
-                    do_sample=True,
-                    temperature=1.0,
-                    top_k=0,
-                    top_p=1.0,
-                    pad_token_id=0,
-                    eos_token_id=None,
-                )
-
-        dt = _timed(gen, warmup=1, reps=2)
+        dt = _timed(_generate, model, prompt, new_tokens, warmup=1, reps=2)
         result["generate_qwen3_1.7b"].append(
             {
                 "batch": b,
@@ -131,12 +146,7 @@ def gpu(out: Path, batch: int = 8, seq: int = 2048, gen_batches=(64, 256, 512), 
     teacher = random_qwen3("qwen3-8b").eval()
     n = sum(p.numel() for p in teacher.parameters())
     ids = torch.randint(0, teacher.config.vocab_size, (batch, seq), device="cuda")
-
-    def fwd():
-        with torch.no_grad():
-            teacher(input_ids=ids)
-
-    dt = _timed(fwd, warmup=2, reps=5)
+    dt = _timed(_forward, teacher, ids, warmup=2, reps=5)
     tps = batch * seq / dt
     result["forward_qwen3_8b"] = {
         "parameters": n,
@@ -328,7 +338,7 @@ def cpu(out: Path, steps: int | None = None, repeats: int = 3) -> dict:
 
         for kind in ("grpo", "warmup", "opd"):
             runs = {"s2d": [], "trl": []}
-            for name, fn in (("s2d", via_s2d), ("trl", via_trl)):  # untimed: first-use imports and caches
+            for fn in (via_s2d, via_trl):  # untimed: first-use imports and caches
                 fn(kind)
             for _ in range(repeats):
                 for name, fn in (("s2d", via_s2d), ("trl", via_trl)):
@@ -358,7 +368,7 @@ def cpu(out: Path, steps: int | None = None, repeats: int = 3) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
     p.add_argument("mode", choices=["cpu", "gpu"])
     args = p.parse_args()
     out = RESULTS / f"throughput_{args.mode}.json"

@@ -23,9 +23,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
-# Stages whose failure can be transient (a lost worker, an OOM on a shared GPU): retried.
-TRAINING_STAGES = {"teacher_rl", "rollouts", "warmup", "opd", "student_rl", "evaluate"}
-
 
 @task(name="stage", retries=2, retry_delay_seconds=[10, 60], task_run_name="{name}")
 def run_stage_task(name: str, params: str, overrides: dict | None) -> dict:
@@ -45,8 +42,8 @@ def run_check_task(name: str, params: str, overrides: dict | None) -> dict:
 @flow(name="s2d")
 def s2d(params: str = "params.yaml", overrides: dict | None = None) -> dict:
     """Run the whole pipeline; returns the evaluate stage's metrics."""
-    from s2d_pipeline.cli import PIPELINE
     from s2d_pipeline.config import load_config
+    from s2d_pipeline.stages import PIPELINE
 
     logger = get_run_logger()
     from s2d_pipeline.tracking import preflight
@@ -57,8 +54,10 @@ def s2d(params: str = "params.yaml", overrides: dict | None = None) -> dict:
         os.environ["S2D_PIPELINE_RUN_ID"] = f"prefect-{run_id}"
     progress = create_progress_artifact(0.0, key="s2d-progress", description="s2d pipeline stages done")
     results: dict = {}
-    for i, name in enumerate(PIPELINE):
-        runner = run_stage_task if name in TRAINING_STAGES else run_check_task
+    for i, stage in enumerate(PIPELINE):
+        name = stage.name
+        # A stage that can fail for reasons outside the user's data (lost worker, OOM) is retried.
+        runner = run_stage_task if stage.transient_failures else run_check_task
         results[name] = runner(name, params, overrides)
         update_progress_artifact(progress, 100.0 * (i + 1) / len(PIPELINE))
         logger.info("stage %s done", name)

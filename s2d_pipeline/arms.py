@@ -1,43 +1,89 @@
-"""What each arm of the comparison does, at the same label budget.
+"""The arms of the comparison: one definition, everything else derives from `SPECS`.
 
-| arm | teacher | warmup steps | OPD steps | Stage 3 |
-|---|---|---|---|---|
-| `s2d` | RL teacher (all N labels) | W | O | - |
-| `s2d_stage3` | RL teacher (N - h labels) | W | O | GRPO on h held-out labels |
-| `s2d_stage3_replay` | same as `s2d_stage3` | W | O | same updates on already-spent labels |
-| `grpo_direct` | - | - | - | (student GRPO on all N labels) |
-| `opd_direct` | raw teacher | 0 | W + O | - |
-| `raw_bridge` | raw teacher | W | O | - |
-| `no_warmup` | RL teacher (N) | 0 | W + O | - |
-| `no_opd` | RL teacher (N) | W + O | 0 | - |
+Every arm spends the same label budget N, differently:
 
-Ablations move the removed stage's steps to the remaining one, so compute matches.
+| arm | labels | teacher | warmup steps | OPD steps | student GRPO |
+|---|---|---|---|---|---|
+| `s2d` | all N on teacher RL | RL teacher | W | O | - |
+| `s2d_stage3` | N - h on teacher RL, h new on Stage 3 | RL teacher (N - h) | W | O | Stage 3 on the h held-out labels |
+| `s2d_stage3_replay` | N - h on teacher RL, none new | same as `s2d_stage3` | W | O | the same updates on already-spent labels |
+| `grpo_direct` | all N on student RL | - | - | - | GRPO on the raw student |
+| `opd_direct` | none | raw teacher | 0 | W + O | - |
+| `raw_bridge` | none | raw teacher | W | O | - |
+| `no_warmup` | all N on teacher RL | RL teacher | 0 | W + O | - |
+| `no_opd` | all N on teacher RL | RL teacher | W + O | 0 | - |
+
+Ablations move the removed stage's steps to the remaining one, so compute matches. The replay
+control (`s2d_stage3_replay`) repeats Stage 3's updates from the same post-bridge student on labels
+its teacher already spent, so the only difference between the two Stage-3 arms is whether the
+labels are new.
+
+Adding an arm is one entry in `SPECS`: the config accepts it, `allocate` spends its labels as its
+`labels` field says, and every stage trains, evaluates and tracks it from the spec.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+
+# Ledger keys: the stages that spend labels. Distillation stages never appear: they use no labels.
+TEACHER_RL, STUDENT_RL = "teacher_rl", "student_rl"
+
+
+class LabelUse(StrEnum):
+    """How an arm spends the budget N (`ledger.build_ledger` reads this, never the arm's name)."""
+
+    TEACHER = "teacher"  # all N on teacher RL
+    TEACHER_AND_STAGE3 = "teacher_and_stage3"  # N - h on teacher RL, h new labels on Stage 3
+    TEACHER_AND_REPLAY = "teacher_and_replay"  # N - h on teacher RL, Stage 3 replays the teacher's labels
+    STUDENT = "student"  # all N on student GRPO
+    NONE = "none"  # no labels (distillation from the raw teacher)
+
+    @property
+    def holds_out_stage3(self) -> bool:
+        return self in (LabelUse.TEACHER_AND_STAGE3, LabelUse.TEACHER_AND_REPLAY)
 
 
 @dataclass(frozen=True)
 class ArmSpec:
-    teacher: str | None  # "raw", an RL-teacher key, or None (no distillation)
-    warmup: bool
-    opd: bool
-    stage3: str | None = None  # "new" labels, "replay", or None
+    labels: LabelUse
+    teacher: str | None = None  # "raw", an RL-teacher key, or None (no distillation)
+    warmup: bool = False
+    opd: bool = False
+    # Student GRPO after the bridge (or on the raw student when there is no teacher): the params
+    # section holding its settings ("student_rl" for Stage 3, "grpo_direct" for the baseline).
+    student_rl: str | None = None
     bridge: str | None = None  # arm whose bridge (warmup + OPD student) this arm reuses
+
+    @property
+    def distils(self) -> bool:
+        return self.teacher is not None
 
 
 SPECS: dict[str, ArmSpec] = {
-    "s2d": ArmSpec(teacher="s2d", warmup=True, opd=True),
-    "s2d_stage3": ArmSpec(teacher="s2d_stage3", warmup=True, opd=True, stage3="new"),
-    "s2d_stage3_replay": ArmSpec(teacher="s2d_stage3", warmup=True, opd=True, stage3="replay", bridge="s2d_stage3"),
-    "grpo_direct": ArmSpec(teacher=None, warmup=False, opd=False),
-    "opd_direct": ArmSpec(teacher="raw", warmup=False, opd=True),
-    "raw_bridge": ArmSpec(teacher="raw", warmup=True, opd=True),
-    "no_warmup": ArmSpec(teacher="s2d", warmup=False, opd=True),
-    "no_opd": ArmSpec(teacher="s2d", warmup=True, opd=False),
+    "s2d": ArmSpec(LabelUse.TEACHER, teacher="s2d", warmup=True, opd=True),
+    "s2d_stage3": ArmSpec(
+        LabelUse.TEACHER_AND_STAGE3, teacher="s2d_stage3", warmup=True, opd=True, student_rl="student_rl"
+    ),
+    "s2d_stage3_replay": ArmSpec(
+        LabelUse.TEACHER_AND_REPLAY,
+        teacher="s2d_stage3",
+        warmup=True,
+        opd=True,
+        student_rl="student_rl",
+        bridge="s2d_stage3",
+    ),
+    "grpo_direct": ArmSpec(LabelUse.STUDENT, student_rl="grpo_direct"),
+    "opd_direct": ArmSpec(LabelUse.NONE, teacher="raw", opd=True),
+    "raw_bridge": ArmSpec(LabelUse.NONE, teacher="raw", warmup=True, opd=True),
+    "no_warmup": ArmSpec(LabelUse.TEACHER, teacher="s2d", opd=True),
+    "no_opd": ArmSpec(LabelUse.TEACHER, teacher="s2d", warmup=True),
 }
+
+# The promotion gate: the candidate's student must beat the baseline's at the same budget.
+CANDIDATE_ARM = "s2d"
+BASELINE_ARM = "grpo_direct"
 
 
 def rl_teachers(arms) -> list[str]:
@@ -61,13 +107,18 @@ def rollout_teachers(arms) -> list[str]:
 
 
 def bridge_arms(arms) -> list[str]:
-    """Arms that train their own bridge (the Stage-3 replay control reuses `s2d_stage3`'s)."""
-    out = [a for a in arms if SPECS[a].teacher is not None and SPECS[a].bridge is None]
+    """Arms that train their own bridge (an arm with `bridge` set reuses another arm's)."""
+    out = [a for a in arms if SPECS[a].distils and SPECS[a].bridge is None]
     for a in arms:
         b = SPECS[a].bridge
         if b is not None and b not in out:
             out.append(b)
     return out
+
+
+def student_rl_arms(arms) -> list[str]:
+    """Arms whose student ends with GRPO (Stage 3, its replay control, the direct baseline)."""
+    return [a for a in arms if SPECS[a].student_rl]
 
 
 def bridge_steps(arm: str, warmup_steps: int, opd_steps: int) -> tuple[int, int]:
@@ -79,15 +130,14 @@ def bridge_steps(arm: str, warmup_steps: int, opd_steps: int) -> tuple[int, int]
     return (total, 0) if spec.warmup else (0, total)
 
 
+def bridge_final_step(arm: str) -> tuple[str, str]:
+    """(arm, stage) of the student at the end of the arm's bridge (before any student GRPO)."""
+    spec = SPECS[arm]
+    return (spec.bridge or arm), ("opd" if spec.opd else "warmup")
+
+
 def final_student_step(arm: str) -> tuple[str, str]:
     """(arm, stage) whose output directory holds the arm's final student."""
-    spec = SPECS[arm]
-    if arm == "grpo_direct" or spec.stage3:
-        return arm, "student_rl"
-    return (spec.bridge or arm), ("opd" if spec.opd else "warmup")
-
-
-def bridge_final_step(arm: str) -> tuple[str, str]:
-    """The student at the end of the arm's bridge (before any Stage 3)."""
-    spec = SPECS[arm]
-    return (spec.bridge or arm), ("opd" if spec.opd else "warmup")
+    if SPECS[arm].student_rl:
+        return arm, STUDENT_RL
+    return bridge_final_step(arm)

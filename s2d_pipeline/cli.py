@@ -21,26 +21,8 @@ import sys
 import time
 
 from s2d_pipeline.errors import S2DError
+from s2d_pipeline.stages import STAGE_INFO, STAGES
 
-# Stage name -> module under s2d_pipeline.stages (imported only when run).
-STAGES = {
-    name: name
-    for name in (
-        "prepare",
-        "validate",
-        "allocate",
-        "teacher_rl",
-        "rollouts",
-        "warmup",
-        "opd",
-        "student_rl",
-        "evaluate",
-        "promote",
-    )
-}
-PIPELINE = list(STAGES)  # dependency order
-# Stages that train: with `runtime.accelerate_config` set they run under `accelerate launch`.
-DISTRIBUTED_STAGES = ("teacher_rl", "warmup", "opd", "student_rl")
 TIMINGS_ENV = "S2D_TIMINGS"  # a file: each stage appends its compute / tracking / process seconds
 LAUNCHED_ENV = "S2D_LAUNCHED"  # set in the launched processes, so they run the stage instead of relaunching
 
@@ -64,12 +46,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_stage(name: str, cfg) -> dict:
     """Run one stage inside its MLflow child run (under the pipeline's parent) and log its metrics."""
-    if name in DISTRIBUTED_STAGES and cfg.runtime.accelerate_config and not os.environ.get(LAUNCHED_ENV):
+    if STAGE_INFO[name].trains and cfg.runtime.accelerate_config and not os.environ.get(LAUNCHED_ENV):
         return run_distributed(name, cfg)
     from s2d_pipeline.tracking import log_flat_metrics, stage_run
 
     entered = time.perf_counter()
-    module = importlib.import_module(f"s2d_pipeline.stages.{STAGES[name]}")
+    module = importlib.import_module(f"s2d_pipeline.stages.{name}")
     with stage_run(cfg, name) as run:
         started = time.perf_counter()
         metrics = module.run(cfg)
@@ -157,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(args.params, parse_overrides(args.overrides))
         preflight(cfg)
-        for name in PIPELINE if args.stage == "run" else [args.stage]:
+        for name in STAGES if args.stage == "run" else [args.stage]:
             metrics = run_stage(name, cfg)
             print(json.dumps({"stage": name, **metrics}, default=str))
     except S2DError as exc:

@@ -1,7 +1,9 @@
 """One typed settings object that mirrors `params.yaml`.
 
-`params.yaml` is the only place a run is configured (DVC tracks its keys); profiles under
-`profiles/` are complete alternatives (`s2d --params profiles/qwen3-math.yaml ...`). Unknown keys
+The defaults live here, once; `params.yaml` spells every one of them out (DVC tracks its keys, and
+a test checks that the two agree key by key). Profiles under `profiles/` hold only what differs
+from the defaults (`s2d --params profiles/qwen3-math.yaml ...`): every params file is merged over
+the defaults before it is validated. Unknown keys
 and wrong types are rejected with the dotted key named; a profile that points at models or data
 that are not on disk fails here, before anything trains (s2d never downloads).
 
@@ -14,18 +16,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from s2d_pipeline.arms import SPECS
 from s2d_pipeline.errors import ConfigError
 
 DEFAULT_PARAMS = "params.yaml"
-ARMS = ("s2d", "s2d_stage3", "s2d_stage3_replay", "grpo_direct", "opd_direct", "raw_bridge", "no_warmup", "no_opd")
-Arm = Literal[
-    "s2d", "s2d_stage3", "s2d_stage3_replay", "grpo_direct", "opd_direct", "raw_bridge", "no_warmup", "no_opd"
-]
 
 
 class Section(BaseModel):
@@ -42,12 +41,28 @@ class TrackingConfig(Section):
     enabled: bool = True
 
 
-class TaskConfig(Section):
-    name: Literal["arithmetic", "math"] = "arithmetic"
-    # arithmetic: operand digits; the answer is the sum's digits least-significant first.
-    digits: int = Field(3, ge=1, le=9)
-    # math: prompt template; {problem} is replaced by the question.
-    prompt_template: str = "Solve the problem. Put the final answer in \\boxed{{}}.\n\nProblem: {problem}\n\nSolution:"
+class ArithmeticTaskConfig(Section):
+    """The embedded synthetic task: addition written least-significant digit first (generates its data)."""
+
+    implementation: ClassVar[str] = "s2d_pipeline.tasks.arithmetic:ArithmeticTask"
+    name: Literal["arithmetic"] = "arithmetic"
+    digits: int = Field(3, ge=1, le=9, description="operand digits; the answer has digits + 1")
+
+
+class MathTaskConfig(Section):
+    """MATH / GSM8K-style problems from the user's files, graded by math-verify."""
+
+    implementation: ClassVar[str] = "s2d_pipeline.tasks.math:MathTask"
+    name: Literal["math"] = "math"
+    prompt_template: str = Field(
+        "Solve the problem. Put the final answer in \\boxed{{}}.\n\nProblem: {problem}\n\nSolution:",
+        description="the text the model sees; {problem} is replaced by the question",
+    )
+
+
+# The task's own settings, chosen by `task.name`: one class per task, each naming its adapter.
+TaskConfig = Annotated[ArithmeticTaskConfig | MathTaskConfig, Field(discriminator="name")]
+TASK_NAMES = tuple(t.model_fields["name"].default for t in (ArithmeticTaskConfig, MathTaskConfig))
 
 
 class RowBounds(Section):
@@ -94,8 +109,8 @@ class ModelSpec(Section):
 
 class ModelsConfig(Section):
     source: Literal["build", "path"] = "build"
-    teacher: ModelSpec = ModelSpec(hidden_size=96, num_layers=3, num_heads=4, intermediate_size=384)
-    student: ModelSpec = ModelSpec(hidden_size=48, num_layers=2, num_heads=2, intermediate_size=192)
+    teacher: ModelSpec = ModelSpec(hidden_size=96, num_layers=3, num_heads=4, intermediate_size=256)
+    student: ModelSpec = ModelSpec(hidden_size=48, num_layers=2, num_heads=2, intermediate_size=128)
     max_seq_len: int = Field(32, ge=8)
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "auto"] = "float32"
@@ -197,7 +212,7 @@ class RuntimeConfig(Section):
     gradient_checkpointing: bool = False
     use_vllm: bool = False
     torch_threads: int | None = Field(None, ge=1)
-    checkpoint_steps: int | None = Field(None, ge=1)  # save a resumable checkpoint every N steps
+    checkpoint_steps: int | None = Field(25, ge=1)  # save a resumable checkpoint every N steps
     # Multi-GPU: training stages relaunch themselves under `accelerate launch --config_file <this>`
     # (infra/accelerate/*.yaml: DeepSpeed ZeRO-3 or FSDP); null = one process.
     accelerate_config: str | None = None
@@ -217,9 +232,10 @@ class Config(Section):
     artifacts_dir: str = "artifacts"
     metrics_dir: str = "metrics"
     checkpoints_dir: str = "checkpoints"  # trainer checkpoints of unfinished runs (not a DVC output)
-    arms: list[Arm] = Field(default_factory=lambda: list(ARMS))
+    # Which arms of the comparison to run (s2d_pipeline/arms.py defines them).
+    arms: list[str] = Field(default_factory=lambda: list(SPECS), min_length=1)
     tracking: TrackingConfig = TrackingConfig()
-    task: TaskConfig = TaskConfig()
+    task: TaskConfig = ArithmeticTaskConfig()
     data: DataConfig = DataConfig()
     models: ModelsConfig = ModelsConfig()
     prepare: PrepareConfig = PrepareConfig()
@@ -232,6 +248,16 @@ class Config(Section):
     grpo_direct: GRPOStageConfig = GRPOStageConfig(learning_rate=1e-4)
     evaluate: EvaluateConfig = EvaluateConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @field_validator("arms")
+    @classmethod
+    def _known_arms(cls, arms: list[str]) -> list[str]:
+        unknown = [a for a in arms if a not in SPECS]
+        if unknown:
+            raise ValueError(f"unknown arm(s) {unknown}; known arms: {list(SPECS)}")
+        if len(set(arms)) != len(arms):
+            raise ValueError(f"an arm is listed twice: {arms}")
+        return arms
 
     # Not a params key: where relative paths resolve (the directory s2d runs in).
     root: Path = Field(default_factory=Path.cwd, exclude=True)
@@ -256,7 +282,10 @@ class Config(Section):
 def _format_errors(source: str, exc: ValidationError) -> str:
     lines = [f"{source}: invalid params ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        loc = list(err["loc"])
+        if loc[:1] == ["task"] and len(loc) > 1 and loc[1] in TASK_NAMES:
+            del loc[1]  # the union's tag: `task.digits`, not `task.arithmetic.digits`
+        key = ".".join(str(p) for p in loc) or "<top level>"
         if err["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{key}' (check its spelling and section)")
         else:
@@ -296,6 +325,7 @@ def config_from_dict(
 ) -> Config:
     if "root" in raw:
         raise ConfigError(f"{source}: invalid params:\n  - unknown key 'root'")
+    raw = merge_over_defaults(raw)
     try:
         cfg = Config.model_validate({**raw, "root": Path(root or Path.cwd()).resolve()})
     except ValidationError as exc:
@@ -303,6 +333,22 @@ def config_from_dict(
     if check_paths:
         check_inputs_exist(cfg, source)
     return cfg
+
+
+def default_params() -> dict:
+    """Every params key at its default (what `params.yaml` spells out; a test checks they agree)."""
+    return Config().model_dump(mode="json", exclude={"root"})
+
+
+def merge_over_defaults(raw: dict) -> dict:
+    """`raw` on top of the defaults, so a profile holds only what differs and a partly given section
+    keeps the defaults of the keys it omits. A `task` of another kind replaces the default task's
+    settings instead of merging with them (they belong to another task)."""
+    defaults = default_params()
+    task = raw.get("task")
+    if isinstance(task, dict) and task.get("name", defaults["task"]["name"]) != defaults["task"]["name"]:
+        defaults.pop("task")
+    return deep_merge(defaults, raw)
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -376,7 +422,9 @@ def check_inputs_exist(cfg: Config, source: str = "params") -> None:
             rel = getattr(cfg.data, key)
             if not cfg.path(rel).exists():
                 problems.append(f"key 'data.{key}': file '{rel}' does not exist")
-    if cfg.data.generate and cfg.task.name != "arithmetic":
+    from s2d_pipeline.tasks import task_class
+
+    if cfg.data.generate and not task_class(cfg.task).can_generate:
         problems.append(
             f"key 'data.generate' is true but task '{cfg.task.name}' has no generator: "
             "set data.generate: false and point data.labels/prompts/eval at your files"

@@ -83,7 +83,7 @@ def generate_vllm(
     r = cfg.runtime
     llm = LLM(
         model=str(model_dir),
-        dtype=cfg.models.dtype if cfg.models.dtype != "float32" else "float32",
+        dtype=cfg.models.dtype,
         tensor_parallel_size=r.vllm_tensor_parallel_size,
         gpu_memory_utilization=r.vllm_gpu_memory_utilization,
         trust_remote_code=cfg.models.trust_remote_code,

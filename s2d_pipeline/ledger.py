@@ -2,7 +2,7 @@
 
 Labels are the currency. `allocate` draws the budget N once per seed (the same N labels for every
 arm, so arms differ only in how they spend them) and writes the ledger; every stage that needs
-labels reads them through `labels_for(...)` and nowhere else. Invariants, checked on write and read:
+labels reads them through `labeled_rows(...)` (which goes through `labels_for`) and nowhere else. Invariants, checked on write and read:
 a positive budget no larger than the labels available; within one arm no label is spent twice; an
 arm spends at most N; a replay stage (Stage 3's control) re-uses only labels its arm already spent.
 """
@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from s2d_pipeline.arms import SPECS, STUDENT_RL, TEACHER_RL, LabelUse
 from s2d_pipeline.errors import BudgetError
 
-# Which stages spend labels in each arm. Distillation stages never appear: they use no labels.
-TEACHER_RL, STUDENT_RL, GRPO_DIRECT = "teacher_rl", "student_rl", "grpo_direct"
+if TYPE_CHECKING:
+    from s2d_pipeline.config import Config
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,10 @@ def plan_allocation(budget: int, available: int, stage3_fraction: float, needs_s
 
 
 def build_ledger(label_ids: list[str], arms: list[str], budget: int, stage3_fraction: float, seed: int) -> dict:
-    """Draw the budget once (seeded) and assign it to each arm's label-spending stages."""
-    needs_stage3 = any(a.startswith("s2d_stage3") for a in arms)
+    """Draw the budget once (seeded) and assign it to each arm's label-spending stages, as each
+    arm's `ArmSpec.labels` says."""
+    specs = [SPECS[a] for a in arms]
+    needs_stage3 = any(spec.labels.holds_out_stage3 for spec in specs)
     alloc = plan_allocation(budget, len(label_ids), stage3_fraction, needs_stage3)
     drawn = sorted(label_ids)
     random.Random(f"ledger-{seed}").shuffle(drawn)
@@ -52,20 +56,18 @@ def build_ledger(label_ids: list[str], arms: list[str], budget: int, stage3_frac
     stage3_share = spent[budget - alloc.stage3_holdout :]
 
     plans: dict[str, dict] = {}
-    for arm in arms:
-        if arm in ("s2d", "no_warmup", "no_opd"):
-            stages = {TEACHER_RL: {"ids": spent}}
-        elif arm == "s2d_stage3":
-            stages = {TEACHER_RL: {"ids": teacher_share}, STUDENT_RL: {"ids": stage3_share}}
-        elif arm == "s2d_stage3_replay":
+    for arm, spec in zip(arms, specs, strict=True):
+        stages = {
+            LabelUse.TEACHER: {TEACHER_RL: {"ids": spent}},
+            LabelUse.TEACHER_AND_STAGE3: {TEACHER_RL: {"ids": teacher_share}, STUDENT_RL: {"ids": stage3_share}},
             # Matched control: the same number of Stage-3 updates on labels already spent.
-            stages = {TEACHER_RL: {"ids": teacher_share}, STUDENT_RL: {"ids": teacher_share, "replay_of": TEACHER_RL}}
-        elif arm == GRPO_DIRECT:
-            stages = {GRPO_DIRECT: {"ids": spent}}
-        elif arm in ("opd_direct", "raw_bridge"):
-            stages = {}
-        else:
-            raise BudgetError(f"key 'arms': unknown arm '{arm}'")
+            LabelUse.TEACHER_AND_REPLAY: {
+                TEACHER_RL: {"ids": teacher_share},
+                STUDENT_RL: {"ids": teacher_share, "replay_of": TEACHER_RL},
+            },
+            LabelUse.STUDENT: {STUDENT_RL: {"ids": spent}},
+            LabelUse.NONE: {},
+        }[spec.labels]
         plans[arm] = {"stages": stages}
     ledger = {
         "budget": budget,
@@ -126,3 +128,35 @@ def labels_for(ledger: dict, arm: str, stage: str) -> list[str]:
         return list(ledger["arms"][arm]["stages"][stage]["ids"])
     except KeyError:
         raise BudgetError(f"ledger: arm '{arm}' has no label allocation for stage '{stage}'") from None
+
+
+def label_rows(cfg: Config) -> list[dict]:
+    """Every row of `data.labels` in canonical form (id, prompt, answer)."""
+    from s2d_pipeline.io import read_jsonl
+    from s2d_pipeline.layout import data_file
+    from s2d_pipeline.tasks import get_task
+
+    labels_path = data_file(cfg, "labels")
+    return get_task(cfg.task).to_canonical(read_jsonl(labels_path), labels_path)
+
+
+def read_ledger(cfg: Config, rows: list[dict] | None = None) -> dict:
+    """The ledger, re-checked against the current labels file (refuses a stale one)."""
+    from s2d_pipeline.io import read_json, sha256_file
+    from s2d_pipeline.layout import data_file, ledger_file
+
+    ledger = read_json(ledger_file(cfg))
+    labels_path = data_file(cfg, "labels")
+    if ledger.get("labels_sha256") != sha256_file(labels_path):
+        raise BudgetError(f"{ledger_file(cfg)} was allocated from a different {labels_path}; rerun `s2d allocate`")
+    rows = label_rows(cfg) if rows is None else rows
+    check_ledger(ledger, {str(r["id"]) for r in rows})
+    return ledger
+
+
+def labeled_rows(cfg: Config, arm: str, stage: str) -> list[dict]:
+    """The labeled rows `stage` of `arm` may train on, through the ledger."""
+    rows = label_rows(cfg)
+    allowed = labels_for(read_ledger(cfg, rows), arm, stage)
+    by_id = {str(r["id"]): r for r in rows}
+    return [by_id[i] for i in allowed]

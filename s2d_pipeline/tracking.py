@@ -9,6 +9,7 @@ active child run without ending it. mlflow is imported inside functions (3 s).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import subprocess
@@ -30,10 +31,22 @@ def git_commit(cfg: Config) -> str:
 
 
 def data_hashes(cfg: Config) -> dict[str, str]:
-    from s2d_pipeline.io import sha256_file
     from s2d_pipeline.layout import SPLITS, data_file
 
-    return {split: sha256_file(data_file(cfg, split))[:16] for split in SPLITS if data_file(cfg, split).exists()}
+    out = {}
+    for split in SPLITS:
+        path = data_file(cfg, split)
+        if path.exists():
+            stat = path.stat()
+            out[split] = _file_hash(str(path), stat.st_size, stat.st_mtime_ns)
+    return out
+
+
+@functools.cache  # keyed by size and mtime: a rewritten file (prepare) is hashed again
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+    from s2d_pipeline.io import sha256_file
+
+    return sha256_file(path)[:16]
 
 
 RECORDED_PACKAGES = (
@@ -55,6 +68,11 @@ RECORDED_PACKAGES = (
 
 
 def package_versions() -> dict[str, str]:
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict[str, str]:
     """Versions of the packages that decide a run's numbers (absent ones omitted)."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
@@ -84,10 +102,15 @@ def provenance(cfg: Config) -> dict:
 
 
 def git_dirty(cfg: Config) -> bool | None:
+    return _git_dirty(str(cfg.root))
+
+
+@functools.cache  # read once per process, like the commit
+def _git_dirty(root: str) -> bool | None:
     try:
         out = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cfg.root,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=10,

@@ -79,29 +79,30 @@ def vllm_args(cfg: Config) -> dict:
     return args
 
 
-def fit(trainer, cfg: Config, inputs: list[Path], dataset) -> None:
-    """`trainer.train()`, resumed from the run's latest complete checkpoint when one exists.
-
-    A checkpoint is only reused by the same run: same params (tracking aside), same training rows
-    and the same input model files; anything else discards it and starts over.
-    """
+def run_fingerprint(cfg: Config, run_name: str, rows_hash: str, inputs: list[Path]) -> str:
+    """What makes two training runs the same run: params (tracking aside), the run, its training
+    rows and its input model files. A checkpoint is only resumed by a run with the same fingerprint."""
     import hashlib
+    import json
+
+    payload = {
+        "params": cfg.model_dump(mode="json", exclude={"tracking", "root"}),
+        "run": run_name,
+        "rows": rows_hash,
+        "inputs": [_weights_stamp(p) for p in inputs],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def fit(trainer, cfg: Config, inputs: list[Path], rows: list[dict]) -> None:
+    """`trainer.train()` on `rows`, resumed from the run's latest complete checkpoint when one exists
+    and was written by the same run (`run_fingerprint`); anything else discards it and starts over."""
     import json
     import logging
     import shutil
 
     out = Path(trainer.args.output_dir)
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            {
-                "params": cfg.model_dump(mode="json", exclude={"tracking", "root"}),
-                "run": trainer.args.run_name,
-                "rows": dataset._fingerprint,  # rows_dataset's content hash (trainers may re-map the dataset)
-                "inputs": [_weights_stamp(p) for p in inputs],
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
+    fingerprint = run_fingerprint(cfg, trainer.args.run_name, content_hash(rows), inputs)
     marker = out / "s2d_run.json"
     same_run = marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
     resume = latest_complete_checkpoint(out) if same_run else None
@@ -161,7 +162,10 @@ def quiet(trainer):
     return trainer
 
 
-def _verifier_reward(task) -> Callable:
+def verifier_reward(task) -> Callable:
+    """The sparse verifiable reward as a TRL reward function. TRL passes every dataset column:
+    `answer` is graded; `label_id` names the ledger label each completion was rewarded against."""
+
     def verifier(prompts, completions, answer, **_):
         return task.rewards(completions, answer)
 
@@ -175,13 +179,15 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
     from s2d_pipeline.models import load_model, load_tokenizer
 
     model, tokenizer = load_model(model_dir, cfg), load_tokenizer(model_dir, cfg)
-    dataset = rows_dataset(
-        epoch_rows(
-            [{"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows],
-            stage.steps * stage.prompts_per_step,
-            f"{run_name}-{cfg.seed + seed_offset}",
-        )
+    train_rows = epoch_rows(
+        [
+            {"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"]), "label_id": str(r["id"])}
+            for r in rows
+        ],
+        stage.steps * stage.prompts_per_step,
+        f"{run_name}-{cfg.seed + seed_offset}",
     )
+    dataset = rows_dataset(train_rows)
     args = GRPOConfig(
         **training_args(
             cfg,
@@ -204,12 +210,12 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
     )
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[_verifier_reward(task)],
+        reward_funcs=[verifier_reward(task)],
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
     )
-    fit(trainer, cfg, [model_dir], dataset)
+    fit(trainer, cfg, [model_dir], train_rows)
     return trainer
 
 
@@ -229,18 +235,22 @@ def epoch_rows(rows: list[dict], draws: int, seed: str) -> list[dict]:
     return out
 
 
-def rows_dataset(rows: list[dict]):
-    """A `datasets.Dataset` of `rows`, fingerprinted by content. `Dataset.from_list` pickles the Arrow
-    table to fingerprint it, which fails with dill on Python 3.12 + pyarrow 25 (seen on the GPU
-    machine: "Can't pickle <class 'MonthDayNano'>"); hashing the rows is cheaper and deterministic."""
+def content_hash(rows: list[dict]) -> str:
+    """A deterministic hash of JSON-serialisable rows (dataset fingerprint and run fingerprint)."""
     import hashlib
     import json
 
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def rows_dataset(rows: list[dict]):
+    """A `datasets.Dataset` of `rows`, fingerprinted by content. `Dataset.from_list` pickles the Arrow
+    table to fingerprint it, which fails with dill on Python 3.12 + pyarrow 25 ("Can't pickle
+    <class 'MonthDayNano'>"); hashing the rows is cheaper and deterministic."""
     import pyarrow as pa
     from datasets import Dataset
 
-    fingerprint = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
-    return Dataset(pa.Table.from_pylist(rows), fingerprint=fingerprint)
+    return Dataset(pa.Table.from_pylist(rows), fingerprint=content_hash(rows))
 
 
 class PromptCompletionCollator:
@@ -281,13 +291,12 @@ def train_forward_kl(
 
     w = cfg.warmup
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
-    dataset = rows_dataset(
-        epoch_rows(
-            [{"prompt": r["prompt"], "completion": r["completion"]} for r in rollouts],
-            steps * w.batch_size,
-            f"{run_name}-{cfg.seed}",
-        )
+    train_rows = epoch_rows(
+        [{"prompt": r["prompt"], "completion": r["completion"]} for r in rollouts],
+        steps * w.batch_size,
+        f"{run_name}-{cfg.seed}",
     )
+    dataset = rows_dataset(train_rows)
     collator = PromptCompletionCollator(tokenizer, cfg.models.max_seq_len)
     common = training_args(
         cfg,
@@ -301,7 +310,6 @@ def train_forward_kl(
     common["include_num_input_tokens_seen"] = "non_padding"  # GRPO and OPD count their own tokens
     common["train_sampling_strategy"] = "sequential"  # epoch_rows already shuffled, resumably
     if w.loss == "forward_kl":
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
         args = GKDConfig(
@@ -322,7 +330,7 @@ def train_forward_kl(
         trainer = SFTTrainer(
             model=student, args=args, data_collator=collator, train_dataset=dataset, processing_class=tokenizer
         )
-    fit(trainer, cfg, [student_dir, teacher_dir], dataset)
+    fit(trainer, cfg, [student_dir, teacher_dir], train_rows)
     return trainer
 
 
@@ -349,11 +357,9 @@ def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list[s
         shuffle_dataset=False,  # epoch_rows already shuffled, resumably
         **vllm_args(cfg),
     )
-    dataset = rows_dataset(
-        epoch_rows([{"prompt": p} for p in prompts], steps * o.batch_size, f"{run_name}-{cfg.seed}")
-    )
+    train_rows = epoch_rows([{"prompt": p} for p in prompts], steps * o.batch_size, f"{run_name}-{cfg.seed}")
+    dataset = rows_dataset(train_rows)
     if o.teacher_server_url:  # the teacher lives on its own GPUs behind `trl vllm-serve`
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.server_distillation import ServerDistillationConfig, ServerDistillationTrainer
 
         trainer = ServerDistillationTrainer(
@@ -370,8 +376,29 @@ def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list[s
             train_dataset=dataset,
             processing_class=tokenizer,
         )
-    fit(trainer, cfg, [student_dir, teacher_dir], dataset)
+    fit(trainer, cfg, [student_dir, teacher_dir], train_rows)
     return trainer
+
+
+def train_arm(cfg: Config, stage: str, arm: str, out: Path, train: Callable, summarise: Callable, **fields) -> dict:
+    """One arm of a training stage: inside the arm's MLflow run, `train()` (which returns a fitted
+    trainer) and save its model atomically to `out`; returns the arm's metrics: `fields`, the
+    summarised trainer log, the wall time and which process trained it."""
+    import time
+
+    from s2d_pipeline.io import atomic_dir
+    from s2d_pipeline.tracking import arm_run
+
+    started = time.perf_counter()
+    with arm_run(cfg, stage, arm), atomic_dir(out) as tmp:
+        history = save_trained(train(), tmp)
+    return {
+        **fields,
+        **summarise(history),
+        "wall_s": round(time.perf_counter() - started, 2),
+        # Text, not a number, so trackers do not chart it: which process trained (accelerate relaunches).
+        "trained_by": f"pid {os.getpid()}, world size {os.environ.get('WORLD_SIZE', '1')}",
+    }
 
 
 def save_trained(trainer, directory: Path) -> list[dict]:

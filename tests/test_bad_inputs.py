@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from s2d_pipeline.config import deep_merge
-from tests.conftest import STAGE_MICRO
+from tests.helpers import STAGE_MICRO
 
 
 def _lines(project: Path, split: str) -> list[str]:

@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from tests.conftest import MICRO
+from tests.helpers import MICRO
 
 
 def _write_micro_params(project):
@@ -27,9 +27,9 @@ def test_whole_pipeline_through_cli(project):
     done = _s2d(project, "run")
     assert done.returncode == 0, done.stderr[-3000:]
     stages = [json.loads(line)["stage"] for line in done.stdout.splitlines() if line.startswith("{")]
-    from s2d_pipeline.cli import PIPELINE
+    from s2d_pipeline.stages import STAGES
 
-    assert stages == PIPELINE
+    assert stages == list(STAGES)
     assert (project / "artifacts/evaluate/comparison.md").exists()
 
     from transformers import AutoModelForCausalLM

@@ -8,14 +8,65 @@ from s2d_pipeline.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_params_yaml_is_the_tiny_profile_and_mirrors_every_key():
-    cfg = load_config(REPO / "params.yaml", root=REPO)
-    assert cfg.profile == "tiny" and cfg.models.source == "build"
-    # params.yaml spells out the defaults it relies on, so DVC tracks them.
+def _flat(node, prefix=""):
+    if isinstance(node, dict):
+        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def test_params_yaml_spells_out_every_default_key_by_key():
+    """One source of defaults: config.py. params.yaml holds every key (DVC tracks them) at exactly
+    the default value, so a default changed in one place and not the other fails here."""
     import yaml
 
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert set(raw) <= set(Config.model_fields) - {"root"}
+    from s2d_pipeline.config import default_params
+
+    written = _flat(yaml.safe_load((REPO / "params.yaml").read_text()))
+    defaults = _flat(default_params())
+    assert sorted(written) == sorted(defaults)
+    assert {k: v for k, v in written.items() if defaults[k] != v} == {}
+    cfg = load_config(REPO / "params.yaml", root=REPO)
+    assert cfg.profile == "tiny" and cfg.models.source == "build"
+    assert cfg.model_dump(exclude={"root"}) == Config().model_dump(exclude={"root"})
+
+
+def test_profiles_hold_only_what_differs_and_partial_sections_keep_their_defaults(tmp_path):
+    import yaml
+
+    from s2d_pipeline.config import default_params
+
+    defaults = _flat(default_params())
+    for profile in sorted((REPO / "profiles").glob("*.yaml")):
+        for key, value in _flat(yaml.safe_load(profile.read_text())).items():
+            if key != "task.name":  # the tag that picks the task's settings
+                assert defaults.get(key, object()) != value, f"{profile.name}: {key} repeats the default"
+    # A section given in part keeps the section's defaults for the rest (not the field type's).
+    cfg = config_from_dict({"models": {"teacher": {"num_layers": 4}}}, root=tmp_path)
+    assert (cfg.models.teacher.num_layers, cfg.models.teacher.hidden_size) == (4, Config().models.teacher.hidden_size)
+    # Another task replaces the default task's settings instead of merging with them.
+    math = config_from_dict({"task": {"name": "math"}, "data": {"generate": False}}, root=tmp_path, check_paths=False)
+    assert math.task.name == "math" and not hasattr(math.task, "digits")
+    with pytest.raises(ConfigError, match=r"unknown key 'task.digits'"):
+        config_from_dict({"task": {"name": "math", "digits": 2}}, root=tmp_path, check_paths=False)
+    with pytest.raises(ConfigError, match=r"key 'task.digits'"):
+        config_from_dict({"task": {"digits": 0}}, root=tmp_path)
+
+
+def test_dvc_yaml_runs_the_package_stage_list_in_order():
+    import yaml
+
+    from s2d_pipeline.stages import STAGES
+
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert tuple(dvc["stages"]) == STAGES
+    for name, stage in dvc["stages"].items():
+        assert stage["cmd"] == f"s2d {name}"
+        assert f"s2d_pipeline/stages/{name}.py" in stage["deps"]
+
+
+def test_a_task_that_cannot_generate_data_is_refused_when_asked_to(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.generate' is true but task 'math' has no generator"):
+        config_from_dict({"task": {"name": "math"}}, root=tmp_path)
 
 
 def test_gpu_smoke_profile_refuses_missing_models(tmp_path):

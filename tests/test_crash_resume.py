@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from s2d_pipeline.config import deep_merge
-from tests.conftest import STAGE_MICRO
+from tests.helpers import STAGE_MICRO
 
 # Long enough that the kill lands mid-run; a checkpoint every 4 steps.
 RESUME = deep_merge(

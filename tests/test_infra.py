@@ -11,7 +11,7 @@ import shutil
 import pytest
 import yaml
 
-from tests.conftest import REPO, STAGE_MICRO
+from tests.helpers import REPO, STAGE_MICRO
 
 INFRA = REPO / "infra"
 

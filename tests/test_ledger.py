@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s2d_pipeline.config import ARMS
+from s2d_pipeline.arms import SPECS
 from s2d_pipeline.errors import BudgetError
 from s2d_pipeline.ledger import build_ledger, check_ledger, labels_for
 
@@ -13,16 +13,16 @@ IDS = [f"lab-{i:05d}" for i in range(200)]
 def test_ledger_invariants_hold_for_any_budget(budget, frac, seed):
     if not 1 <= round(budget * frac) < budget:
         with pytest.raises(BudgetError):
-            build_ledger(IDS, list(ARMS), budget, frac, seed)
+            build_ledger(IDS, list(SPECS), budget, frac, seed)
         return
-    ledger = build_ledger(IDS, list(ARMS), budget, frac, seed)
+    ledger = build_ledger(IDS, list(SPECS), budget, frac, seed)
     arms = ledger["arms"]
     # Every label-spending arm spends exactly the budget; label-free arms spend nothing.
     for arm in ("s2d", "no_warmup", "no_opd", "grpo_direct", "s2d_stage3"):
         assert arms[arm]["spent"] == budget
     assert arms["opd_direct"]["spent"] == arms["raw_bridge"]["spent"] == 0
     # Same labels across arms; Stage-3 labels are held out from that arm's teacher.
-    assert set(labels_for(ledger, "s2d", "teacher_rl")) == set(labels_for(ledger, "grpo_direct", "grpo_direct"))
+    assert set(labels_for(ledger, "s2d", "teacher_rl")) == set(labels_for(ledger, "grpo_direct", "student_rl"))
     t3 = set(labels_for(ledger, "s2d_stage3", "teacher_rl"))
     s3 = set(labels_for(ledger, "s2d_stage3", "student_rl"))
     assert not t3 & s3 and len(s3) == ledger["stage3_holdout"]
@@ -79,8 +79,50 @@ def test_every_rl_teacher_finds_its_labels_in_the_ledger_for_any_arm_subset():
     from s2d_pipeline import arms as arm_specs
 
     for size in (1, 2):
-        for subset in combinations(ARMS, size):
+        for subset in combinations(SPECS, size):
             ledger = build_ledger(IDS, list(subset), 40, 0.25, 0)
             for key in arm_specs.rl_teachers(subset):
                 arm = arm_specs.ledger_arm_for_teacher(key, subset)
                 assert labels_for(ledger, arm, "teacher_rl")
+
+
+def test_a_new_arm_is_one_spec_entry_and_allocate_spends_its_labels(project, monkeypatch):
+    """Register a throwaway arm in `arms.SPECS` only: the config accepts it, and allocate writes its
+    ledger entry from its `labels` field (no name switch anywhere)."""
+    import json
+
+    from s2d_pipeline import arms
+    from s2d_pipeline.config import load_config
+    from s2d_pipeline.stages import allocate, prepare
+    from tests.helpers import MICRO
+
+    monkeypatch.setitem(
+        arms.SPECS,
+        "throwaway",
+        arms.ArmSpec(arms.LabelUse.TEACHER_AND_STAGE3, teacher="throwaway", opd=True, student_rl="student_rl"),
+    )
+    overrides = {
+        **MICRO,
+        "arms": ["s2d", "throwaway"],
+        "prepare": {**MICRO["prepare"], "teacher": {"steps": 1}, "student": {"steps": 1}},
+    }
+    cfg = load_config(project / "params.yaml", overrides, root=project)
+    prepare.run(cfg)
+    allocate.run(cfg)
+    ledger = json.loads((project / "artifacts/allocate/ledger.json").read_text())
+    plan = ledger["arms"]["throwaway"]
+    assert set(plan["stages"]) == {"teacher_rl", "student_rl"}
+    assert len(plan["stages"]["student_rl"]["ids"]) == ledger["stage3_holdout"] > 0
+    assert plan["spent"] == cfg.budget
+    assert arms.rl_teachers(cfg.arms) == ["s2d", "throwaway"]
+    assert arms.final_student_step("throwaway") == ("throwaway", "student_rl")
+
+
+def test_an_unknown_arm_is_refused_with_the_known_ones(project):
+    from s2d_pipeline.config import load_config
+    from s2d_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"key 'arms'.*unknown arm\(s\) \['s2d_typo'\].*known arms"):
+        load_config(project / "params.yaml", {"arms": ["s2d", "s2d_typo"]}, root=project)
+    with pytest.raises(ConfigError, match="key 'arms'"):
+        load_config(project / "params.yaml", {"arms": []}, root=project)

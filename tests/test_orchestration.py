@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, STAGE_MICRO
+from tests.helpers import REPO, STAGE_MICRO
 
 VENV_BIN = str(Path(sys.executable).parent)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from s2d_pipeline.config import load_config
-from tests.conftest import REPO, STAGE_MICRO
+from tests.helpers import REPO, STAGE_MICRO
 
 RUN_DEPENDENT = {"wall_s", "provenance", "train_runtime_s", "train_tokens_per_s", "pretrain_s"}
 
@@ -20,11 +20,12 @@ def _strip(obj):
 
 
 def _run_all(root, seed: int) -> dict:
-    from s2d_pipeline.cli import PIPELINE, run_stage
+    from s2d_pipeline.cli import run_stage
+    from s2d_pipeline.stages import STAGES
 
     (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
     cfg = load_config(root / "params.yaml", {**STAGE_MICRO, "seed": seed}, root=root)
-    return {name: run_stage(name, cfg) for name in PIPELINE}
+    return {name: run_stage(name, cfg) for name in STAGES}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from s2d_pipeline.config import load_config
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_remote_code_is_off_unless_a_param_turns_it_on(tmp_path):
@@ -109,7 +109,7 @@ def test_unreachable_prefect_api_is_reported_in_seconds_and_the_cli_does_not_nee
     import shutil
 
     from s2d_pipeline.config import deep_merge
-    from tests.conftest import STAGE_MICRO
+    from tests.helpers import STAGE_MICRO
 
     cfg, _, _ = pipeline
     project = tmp_path / "project"

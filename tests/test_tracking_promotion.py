@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from s2d_pipeline.stages.promote import decide
+from s2d_pipeline.gate import decide
 
 
 def test_gate_logic():

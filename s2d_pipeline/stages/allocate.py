@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from s2d_pipeline.config import Config
 from s2d_pipeline.errors import BudgetError
-from s2d_pipeline.io import read_json, read_jsonl, sha256_file, write_json
+from s2d_pipeline.io import sha256_file, write_json
 from s2d_pipeline.layout import data_file, ledger_file, metrics_file
-from s2d_pipeline.ledger import build_ledger, check_ledger, labels_for
-from s2d_pipeline.tasks import get_task
+from s2d_pipeline.ledger import build_ledger, label_rows
 
 
 def run(cfg: Config) -> dict:
     labels_path = data_file(cfg, "labels")
-    rows = _label_rows(cfg)
+    rows = label_rows(cfg)
     ids = [str(r["id"]) for r in rows]
     if len(set(ids)) != len(ids):
         raise BudgetError(f"{labels_path}: duplicate label ids; run `s2d validate` for the rows")
@@ -35,27 +34,3 @@ def run(cfg: Config) -> dict:
     }
     write_json(metrics_file(cfg, "allocate"), metrics)
     return metrics
-
-
-def _label_rows(cfg: Config) -> list[dict]:
-    labels_path = data_file(cfg, "labels")
-    return get_task(cfg.task).to_canonical(read_jsonl(labels_path), labels_path)
-
-
-def read_ledger(cfg: Config, rows: list[dict] | None = None) -> dict:
-    """The ledger, re-checked against the current labels file (refuses a stale one)."""
-    ledger = read_json(ledger_file(cfg))
-    labels_path = data_file(cfg, "labels")
-    if ledger.get("labels_sha256") != sha256_file(labels_path):
-        raise BudgetError(f"{ledger_file(cfg)} was allocated from a different {labels_path}; rerun `s2d allocate`")
-    rows = _label_rows(cfg) if rows is None else rows
-    check_ledger(ledger, {str(r["id"]) for r in rows})
-    return ledger
-
-
-def labeled_rows(cfg: Config, arm: str, stage: str) -> list[dict]:
-    """The labeled rows `stage` of `arm` may train on, through the ledger."""
-    rows = _label_rows(cfg)
-    allowed = labels_for(read_ledger(cfg, rows), arm, stage)
-    by_id = {str(r["id"]): r for r in rows}
-    return [by_id[i] for i in allowed]

@@ -150,7 +150,8 @@ def _track(cfg: Config, result: dict) -> None:
     registered and becomes the `challenger` (promotion is `s2d promote`)."""
     import mlflow
 
-    from s2d_pipeline.stages.promote import CANDIDATE_ARM, gate_metric_name
+    from s2d_pipeline.arms import CANDIDATE_ARM
+    from s2d_pipeline.gate import gate_metric_name
     from s2d_pipeline.tracking import arm_run, log_flat_metrics, register_student
 
     metric = gate_metric_name(result)

@@ -9,20 +9,19 @@ Needs no labels.
 
 from __future__ import annotations
 
-import time
+from functools import partial
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import atomic_dir, write_json
+from s2d_pipeline.io import write_json
 from s2d_pipeline.layout import base_model_dir, metrics_file, student_dir, teacher_dir
 from s2d_pipeline.tasks import get_task
-from s2d_pipeline.tracking import arm_run
 
 
 def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.data import load_split
-    from s2d_pipeline.training import save_trained, summarise_loss_history, train_opd
+    from s2d_pipeline.training import summarise_loss_history, train_arm, train_opd
 
     runtime.setup(cfg)
     task = get_task(cfg.task)
@@ -33,16 +32,16 @@ def run(cfg: Config) -> dict:
         _, steps = arm_specs.bridge_steps(arm, cfg.warmup.steps, cfg.opd.steps)
         if not spec.opd:
             continue
-        started = time.perf_counter()
         start = student_dir(cfg, arm, "warmup") if spec.warmup else base_model_dir(cfg, "student")
-        with arm_run(cfg, "opd", arm), atomic_dir(student_dir(cfg, arm, "opd")) as tmp:
-            trainer = train_opd(cfg, start, teacher_dir(cfg, spec.teacher), prompts, steps, run_name=f"opd/{arm}")
-            history = save_trained(trainer, tmp)
-        metrics[arm] = {
-            "teacher": spec.teacher,
-            "steps": steps,
-            **summarise_loss_history(history),
-            "wall_s": round(time.perf_counter() - started, 2),
-        }
+        metrics[arm] = train_arm(
+            cfg,
+            "opd",
+            arm,
+            student_dir(cfg, arm, "opd"),
+            partial(train_opd, cfg, start, teacher_dir(cfg, spec.teacher), prompts, steps, f"opd/{arm}"),
+            summarise_loss_history,
+            teacher=spec.teacher,
+            steps=steps,
+        )
     write_json(metrics_file(cfg, "opd"), metrics)
     return metrics

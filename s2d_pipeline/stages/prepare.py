@@ -39,10 +39,10 @@ def run(cfg: Config) -> dict:
             write_jsonl(data_file(cfg, split), rows)
             metrics[f"{split}_rows"] = len(rows)
     if cfg.models.source == "build":
-        if task.name != "arithmetic":
+        if task.symbols is None:
             raise ConfigError(
-                "key 'models.source': 'build' (tiny pretrained models) exists only for the embedded "
-                "arithmetic task; real tasks need models.source: path"
+                f"key 'models.source': 'build' (tiny models pretrained from scratch) needs a task with a "
+                f"pretraining corpus; task '{task.name}' has none: set models.source: path"
             )
         eval_rows = splits["eval"] if cfg.data.generate else _read_eval(cfg, task)
         metrics.update(_build_base_models(cfg, task, eval_rows))
@@ -64,11 +64,12 @@ def _read_eval(cfg: Config, task) -> list[dict]:
 def _build_base_models(cfg: Config, task, eval_rows: list[dict]) -> dict:
     from s2d_pipeline.generation import accuracy
     from s2d_pipeline.models import build_char_tokenizer, count_parameters, save_model
-    from s2d_pipeline.tasks.arithmetic import VOCAB
 
-    tokenizer = build_char_tokenizer(VOCAB)
+    tokenizer = build_char_tokenizer(task.symbols)
     p = cfg.prepare
-    gate_rows = _gate_problems(cfg, task, {r["prompt"] for r in eval_rows})
+    eval_prompts = {r["prompt"] for r in eval_rows}
+    corpus = task.pretraining_corpus(tokenizer.get_vocab(), eval_prompts)
+    gate_rows = _gate_problems(cfg, task, eval_prompts)
     out: dict = {}
     for role_index, role in enumerate(("teacher", "student")):
         spec = getattr(cfg.models, role)
@@ -76,8 +77,8 @@ def _build_base_models(cfg: Config, task, eval_rows: list[dict]) -> dict:
         for attempt in range(p.max_retries + 1):
             seed = cfg.seed * 1000 + role_index * 100 + attempt
             t0 = time.perf_counter()
-            model = _pretrain(cfg, task, tokenizer, spec, getattr(p, role), seed, {r["prompt"] for r in eval_rows})
-            gate_acc = accuracy(task, model, tokenizer, gate_rows, max_new_tokens=task.answer_len)
+            model = _pretrain(cfg, corpus, tokenizer, spec, getattr(p, role), seed)
+            gate_acc = accuracy(task, model, tokenizer, gate_rows, max_new_tokens=corpus.answer_len)
             attempts.append(
                 {
                     "seed": seed,
@@ -94,7 +95,7 @@ def _build_base_models(cfg: Config, task, eval_rows: list[dict]) -> dict:
                 f"{p.gate_max_accuracy}] in {len(attempts)} attempts ({attempts}); adjust "
                 f"prepare.{role}.steps / prepare.{role}.noise_rate or the model size"
             )
-        eval_acc = accuracy(task, model, tokenizer, eval_rows, max_new_tokens=task.answer_len)
+        eval_acc = accuracy(task, model, tokenizer, eval_rows, max_new_tokens=corpus.answer_len)
         with atomic_dir(base_model_dir(cfg, role)) as tmp:
             save_model(model, tokenizer, tmp)
         out[role] = {
@@ -113,8 +114,8 @@ def _gate_problems(cfg: Config, task, exclude: set[str]) -> list[dict]:
     return [{"prompt": q, "answer": str(task.solve(q))} for q in prompts]
 
 
-def _pretrain(cfg: Config, task, tokenizer, spec, schedule, seed: int, exclude_prompts: set[str]):
-    """Next-token pretraining on answer tokens of a noisy corpus (eval problems excluded)."""
+def _pretrain(cfg: Config, corpus, tokenizer, spec, schedule, seed: int):
+    """Next-token pretraining on the answer tokens of the task's (noisy) pretraining corpus."""
     import numpy as np
     import torch
     from transformers import get_cosine_schedule_with_warmup
@@ -125,43 +126,12 @@ def _pretrain(cfg: Config, task, tokenizer, spec, schedule, seed: int, exclude_p
     model = build_tiny_model(spec, tokenizer, cfg.models.max_seq_len, seed)
     model.train()
     rng = np.random.default_rng(seed)
-    digits = task.digits
-    space = 10 ** (2 * digits)
-    excluded = np.zeros(space, dtype=bool)
-    for q in exclude_prompts:
-        a, b = task.operands(q)
-        excluded[a * 10**digits + b] = True
-    vocab = tokenizer.get_vocab()
-    digit_ids = np.array([vocab[str(d)] for d in range(10)])
-    plus_id, eq_id = vocab["+"], vocab["="]
-    prompt_len = 2 * digits + 2
-
     opt = torch.optim.AdamW(model.parameters(), lr=p.learning_rate, weight_decay=0.01)
     sched = get_cosine_schedule_with_warmup(opt, p.warmup_steps, schedule.steps)
     for _ in range(schedule.steps):
-        k = rng.integers(0, space, size=p.batch_size)
-        k = k[~excluded[k]]
-        a, b = k // 10**digits, k % 10**digits
-        a_d = (a[:, None] // 10 ** np.arange(digits)) % 10  # least significant first, as the task writes
-        b_d = (b[:, None] // 10 ** np.arange(digits)) % 10
-        true_sum = a + b
-        carry_free = ((a_d + b_d) % 10) @ (10 ** np.arange(digits))
-        noisy = rng.random(len(k)) < schedule.noise_rate
-        answer = np.where(noisy, carry_free, true_sum)
-        ans_d = (answer[:, None] // 10 ** np.arange(digits + 1)) % 10  # least significant first
-        ids = np.concatenate(
-            [
-                digit_ids[a_d],
-                np.full((len(k), 1), plus_id),
-                digit_ids[b_d],
-                np.full((len(k), 1), eq_id),
-                digit_ids[ans_d],
-            ],
-            axis=1,
-        )
-        input_ids = torch.from_numpy(ids).long()
+        input_ids = torch.from_numpy(corpus.batch(rng, p.batch_size, schedule.noise_rate)).long()
         labels = input_ids.clone()
-        labels[:, :prompt_len] = -100  # learn the answer, not the (uniform random) operands
+        labels[:, : corpus.prompt_len] = -100  # learn the answer, not the (uniform random) operands
         loss = model(input_ids=input_ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

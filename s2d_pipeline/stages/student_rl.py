@@ -12,50 +12,39 @@ Every labeled row comes from the ledger (`labeled_rows`), nowhere else.
 
 from __future__ import annotations
 
-import time
+from functools import partial
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import atomic_dir, write_json
+from s2d_pipeline.io import write_json
 from s2d_pipeline.layout import base_model_dir, metrics_file, student_dir
-from s2d_pipeline.ledger import GRPO_DIRECT, STUDENT_RL
 from s2d_pipeline.tasks import get_task
-from s2d_pipeline.tracking import arm_run
-
-
-def student_rl_arms(arms) -> list[str]:
-    return [a for a in arms if arm_specs.SPECS[a].stage3 or a == GRPO_DIRECT]
 
 
 def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
-    from s2d_pipeline.stages.allocate import labeled_rows
-    from s2d_pipeline.training import save_trained, summarise_rl_history, train_grpo
+    from s2d_pipeline.ledger import STUDENT_RL, labeled_rows
+    from s2d_pipeline.training import summarise_rl_history, train_arm, train_grpo
 
     runtime.setup(cfg)
     task = get_task(cfg.task)
     metrics: dict = {}
-    for arm in student_rl_arms(cfg.arms):
-        started = time.perf_counter()
-        if arm == GRPO_DIRECT:
-            start, rows, stage_cfg = (
-                base_model_dir(cfg, "student"),
-                labeled_rows(cfg, arm, GRPO_DIRECT),
-                cfg.grpo_direct,
-            )
-        else:
-            start = student_dir(cfg, *arm_specs.bridge_final_step(arm))
-            rows, stage_cfg = labeled_rows(cfg, arm, STUDENT_RL), cfg.student_rl
-        _, step = arm_specs.final_student_step(arm)
-        with arm_run(cfg, "student_rl", arm), atomic_dir(student_dir(cfg, arm, step)) as tmp:
-            trainer = train_grpo(cfg, task, start, rows, stage_cfg, run_name=f"{step}/{arm}")
-            history = save_trained(trainer, tmp)
-        metrics[arm] = {
-            "labels_seen": len(rows),
-            "new_labels": arm_specs.SPECS[arm].stage3 != "replay",
-            "steps": stage_cfg.steps,
-            "wall_s": round(time.perf_counter() - started, 2),
-            **summarise_rl_history(history),
-        }
+    for arm in arm_specs.student_rl_arms(cfg.arms):
+        spec = arm_specs.SPECS[arm]
+        # After the bridge when the arm distils (Stage 3), else from the raw student (direct GRPO).
+        start = student_dir(cfg, *arm_specs.bridge_final_step(arm)) if spec.distils else base_model_dir(cfg, "student")
+        rows, settings = labeled_rows(cfg, arm, STUDENT_RL), getattr(cfg, spec.student_rl)
+        metrics[arm] = train_arm(
+            cfg,
+            "student_rl",
+            arm,
+            student_dir(cfg, *arm_specs.final_student_step(arm)),
+            partial(train_grpo, cfg, task, start, rows, settings, f"student_rl/{arm}"),
+            summarise_rl_history,
+            labels_seen=len(rows),
+            new_labels=spec.labels is not arm_specs.LabelUse.TEACHER_AND_REPLAY,
+            settings=spec.student_rl,
+            steps=settings.steps,
+        )
     write_json(metrics_file(cfg, "student_rl"), metrics)
     return metrics

@@ -9,38 +9,33 @@ One RL teacher serves every arm whose ledger gives its teacher the same labels (
 
 from __future__ import annotations
 
-import time
+from functools import partial
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import atomic_dir, write_json
+from s2d_pipeline.io import write_json
 from s2d_pipeline.layout import base_model_dir, metrics_file, rl_teacher_dir
-from s2d_pipeline.ledger import TEACHER_RL
 from s2d_pipeline.tasks import get_task
-from s2d_pipeline.tracking import arm_run
 
 
 def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
-    from s2d_pipeline.stages.allocate import labeled_rows
-    from s2d_pipeline.training import save_trained, summarise_rl_history, train_grpo
+    from s2d_pipeline.ledger import TEACHER_RL, labeled_rows
+    from s2d_pipeline.training import summarise_rl_history, train_arm, train_grpo
 
     runtime.setup(cfg)
     task = get_task(cfg.task)
     metrics: dict = {}
     for key in arm_specs.rl_teachers(cfg.arms):
-        started = time.perf_counter()
         rows = labeled_rows(cfg, arm_specs.ledger_arm_for_teacher(key, cfg.arms), TEACHER_RL)
-        out = rl_teacher_dir(cfg, key)
-        with arm_run(cfg, "teacher_rl", key), atomic_dir(out) as tmp:
-            trainer = train_grpo(
-                cfg, task, base_model_dir(cfg, "teacher"), rows, cfg.teacher_rl, run_name=f"teacher_rl/{key}"
-            )
-            history = save_trained(trainer, tmp)
-        metrics[key] = {
-            "labels_used": len(rows),
-            "wall_s": round(time.perf_counter() - started, 2),
-            **summarise_rl_history(history),
-        }
+        metrics[key] = train_arm(
+            cfg,
+            "teacher_rl",
+            key,
+            rl_teacher_dir(cfg, key),
+            partial(train_grpo, cfg, task, base_model_dir(cfg, "teacher"), rows, cfg.teacher_rl, f"teacher_rl/{key}"),
+            summarise_rl_history,
+            labels_used=len(rows),
+        )
     write_json(metrics_file(cfg, "teacher_rl"), metrics)
     return metrics

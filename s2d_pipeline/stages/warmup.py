@@ -9,18 +9,17 @@ or plain SFT on the sampled tokens with `warmup.loss: sft`. Needs no labels.
 
 from __future__ import annotations
 
-import time
+from functools import partial
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import atomic_dir, read_jsonl, write_json
+from s2d_pipeline.io import read_jsonl, write_json
 from s2d_pipeline.layout import base_model_dir, metrics_file, rollouts_file, student_dir, teacher_dir
-from s2d_pipeline.tracking import arm_run
 
 
 def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
-    from s2d_pipeline.training import save_trained, summarise_loss_history, train_forward_kl
+    from s2d_pipeline.training import summarise_loss_history, train_arm, train_forward_kl
 
     runtime.setup(cfg)
     metrics: dict = {}
@@ -29,24 +28,25 @@ def run(cfg: Config) -> dict:
         steps, _ = arm_specs.bridge_steps(arm, cfg.warmup.steps, cfg.opd.steps)
         if not spec.warmup:
             continue
-        started = time.perf_counter()
         rollouts = read_jsonl(rollouts_file(cfg, spec.teacher))
-        with arm_run(cfg, "warmup", arm), atomic_dir(student_dir(cfg, arm, "warmup")) as tmp:
-            trainer = train_forward_kl(
+        metrics[arm] = train_arm(
+            cfg,
+            "warmup",
+            arm,
+            student_dir(cfg, arm, "warmup"),
+            partial(
+                train_forward_kl,
                 cfg,
                 base_model_dir(cfg, "student"),
                 teacher_dir(cfg, spec.teacher),
                 rollouts,
                 steps,
-                run_name=f"warmup/{arm}",
-            )
-            history = save_trained(trainer, tmp)
-        metrics[arm] = {
-            "teacher": spec.teacher,
-            "steps": steps,
-            "loss": cfg.warmup.loss,
-            **summarise_loss_history(history),
-            "wall_s": round(time.perf_counter() - started, 2),
-        }
+                f"warmup/{arm}",
+            ),
+            summarise_loss_history,
+            teacher=spec.teacher,
+            steps=steps,
+            loss=cfg.warmup.loss,
+        )
     write_json(metrics_file(cfg, "warmup"), metrics)
     return metrics

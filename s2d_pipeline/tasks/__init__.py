@@ -1,7 +1,12 @@
-"""Task adapters. `get_task(cfg)` is the only way stages obtain one."""
+"""Task adapters. `get_task(cfg.task)` is the only way stages obtain one.
+
+The task registry is the `TaskConfig` union in `s2d_pipeline.config`: each task's settings class
+names its adapter (`implementation`), and `task.name` picks the class.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 from s2d_pipeline.tasks.base import Task
@@ -10,16 +15,14 @@ if TYPE_CHECKING:
     from s2d_pipeline.config import TaskConfig
 
 
+def task_class(task_cfg: TaskConfig) -> type[Task]:
+    """The adapter class of a task's settings (imported only now)."""
+    module, name = task_cfg.implementation.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def get_task(task_cfg: TaskConfig) -> Task:
-    if task_cfg.name == "arithmetic":
-        from s2d_pipeline.tasks.arithmetic import ArithmeticTask
-
-        return ArithmeticTask(digits=task_cfg.digits)
-    if task_cfg.name == "math":
-        from s2d_pipeline.tasks.math import MathTask
-
-        return MathTask(prompt_template=task_cfg.prompt_template)
-    raise ValueError(f"unknown task {task_cfg.name!r}")
+    return task_class(task_cfg).from_config(task_cfg)
 
 
-__all__ = ["Task", "get_task"]
+__all__ = ["Task", "get_task", "task_class"]

@@ -15,6 +15,26 @@ from typing import Any
 
 class Task(ABC):
     name: str
+    # True when the task writes its own labels/prompts/eval (`generate_splits`); otherwise the user
+    # points data.labels/prompts/eval at files.
+    can_generate: bool = False
+    # The alphabet of a character-level tokenizer for tiny from-scratch models, or None (tasks
+    # without a pretraining corpus bring pretrained models and their tokenizers).
+    symbols: list[str] | None = None
+
+    @classmethod
+    def from_config(cls, task_cfg) -> Task:
+        """The adapter for a task's settings (its `TaskConfig` member, less the `name` tag)."""
+        return cls(**task_cfg.model_dump(exclude={"name"}))
+
+    def generate_splits(self, seed: int, n_labels: int, n_prompts: int, n_eval: int) -> dict[str, list[dict]]:
+        """Disjoint `labels`, `prompts` (no answers) and `eval` rows, deterministic in `seed`."""
+        raise NotImplementedError(f"task '{self.name}' does not generate data")
+
+    def pretraining_corpus(self, vocab: dict[str, int], exclude_prompts: set[str]):
+        """Batches for pretraining tiny base models from scratch (`models.source: build`), or None
+        when the task has none (real tasks bring pretrained models)."""
+        return None
 
     @abstractmethod
     def format_prompt(self, problem: str) -> str:

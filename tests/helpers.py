@@ -1,0 +1,81 @@
+"""Shared test constants and helpers (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from s2d_pipeline.config import deep_merge
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+
+# Micro settings: every stage runs for real, just tiny and short. One-digit addition (100 problems)
+# is learnt by a 2-layer width-32 model in ~300 steps, so base models are imperfect but not random
+# and GRPO sees rewards that vary within a group (a random model scores 0 everywhere: zero loss).
+MICRO = {
+    "task": {"digits": 1},
+    "data": {
+        "n_labels": 40,
+        "n_prompts": 40,
+        "n_eval": 16,
+        "labels_rows": {"min": 8, "max": 1000},
+        "prompts_rows": {"min": 8, "max": 1000},
+        "eval_rows": {"min": 8, "max": 1000},
+    },
+    "budget": 16,
+    "models": {
+        "teacher": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
+        "student": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32},
+    },
+    "prepare": {
+        "teacher": {"steps": 300, "noise_rate": 0.5},
+        "student": {"steps": 300, "noise_rate": 0.5},
+        "batch_size": 64,
+        "learning_rate": 3e-3,
+        "gate_min_accuracy": 0.0,
+        "gate_max_accuracy": 1.0,
+        "gate_eval_size": 16,
+        "max_retries": 0,
+    },
+    "tracking": {"enabled": False},
+}
+for _stage in ("teacher_rl", "grpo_direct", "student_rl", "rollouts", "opd", "evaluate"):
+    MICRO[_stage] = {"max_completion_length": 2}
+
+STAGE_MICRO = deep_merge(
+    MICRO,
+    {
+        "teacher_rl": {
+            "steps": 3,
+            "prompts_per_step": 4,
+            "num_generations": 4,
+            "warmup_steps": 0,
+            "learning_rate": 1e-3,
+        },
+        "grpo_direct": {
+            "steps": 3,
+            "prompts_per_step": 4,
+            "num_generations": 4,
+            "warmup_steps": 0,
+            "learning_rate": 1e-3,
+        },
+        "student_rl": {
+            "steps": 2,
+            "prompts_per_step": 2,
+            "num_generations": 4,
+            "warmup_steps": 0,
+            "learning_rate": 1e-3,
+        },
+        "rollouts": {"samples_per_prompt": 2, "batch_size": 64},
+        "warmup": {"steps": 4, "batch_size": 32, "warmup_steps": 0, "learning_rate": 3e-3},
+        "opd": {"steps": 4, "batch_size": 32, "warmup_steps": 0, "learning_rate": 3e-3},
+        "evaluate": {"k": 2, "kl_prompts": 32, "batch_size": 64},
+    },
+)
+
+
+def params_equal(a, b) -> bool:
+    """True when two models have bit-identical weights."""
+    import torch
+
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
