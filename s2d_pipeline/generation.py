@@ -24,8 +24,11 @@ def generate(
     num_return_sequences: int = 1,
     batch_size: int = 256,
     seed: int | None = None,
-) -> list[list[str]]:
-    """Completions per prompt (`num_return_sequences` each), decoded without special tokens."""
+    with_finished: bool = False,
+):
+    """Completions per prompt (`num_return_sequences` each), decoded without special tokens. With
+    `with_finished`, also whether each one ended with the end token (an instruct model's end of
+    turn) rather than at `max_new_tokens`: (completions, finished), shaped alike."""
     import torch
 
     if seed is not None:
@@ -33,6 +36,7 @@ def generate(
     was_training = model.training
     model.eval()
     out: list[list[str]] = []
+    ended: list[list[bool]] = []
     try:
         with torch.no_grad():
             for start in range(0, len(prompts), batch_size):
@@ -50,12 +54,32 @@ def generate(
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                 )
-                texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+                new = gen[:, enc["input_ids"].shape[1] :]
+                texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+                stops = (new == tokenizer.eos_token_id).any(-1).tolist()
                 for i in range(len(chunk)):
                     out.append(texts[i * num_return_sequences : (i + 1) * num_return_sequences])
+                    ended.append(stops[i * num_return_sequences : (i + 1) * num_return_sequences])
     finally:
         model.train(was_training)
-    return out
+    return (out, ended) if with_finished else out
+
+
+def sample(model, tokenizer, prompts: Sequence[str], settings, *, n: int, seed: int, with_finished: bool = False):
+    """`n` sampled completions per prompt with a stage's settings (its max_completion_length,
+    temperature and batch_size)."""
+    return generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=settings.max_completion_length,
+        greedy=False,
+        temperature=settings.temperature,
+        num_return_sequences=n,
+        batch_size=settings.batch_size,
+        seed=seed,
+        with_finished=with_finished,
+    )
 
 
 def generate_vllm(
@@ -67,8 +91,9 @@ def generate_vllm(
     temperature: float,
     num_return_sequences: int,
     seed: int,
-) -> list[list[str]]:
-    """Sampled completions from vLLM (`runtime.use_vllm`): the rollouts stage's fast path on GPUs.
+) -> tuple[list[list[str]], list[list[bool]]]:
+    """Sampled completions from vLLM (`runtime.use_vllm`), and whether each ended with the end token:
+    the rollouts stage's fast path on GPUs.
     The engine is torn down afterwards so the HF model that scores the samples gets the memory back."""
     import gc
 
@@ -95,6 +120,7 @@ def generate_vllm(
     )
     outputs = llm.generate(list(prompts), params)
     samples = [[c.text for c in out.outputs] for out in outputs]
+    finished = [[c.finish_reason == "stop" for c in out.outputs] for out in outputs]
     del llm
     gc.collect()
     try:
@@ -103,12 +129,16 @@ def generate_vllm(
         torch.cuda.empty_cache()
     except Exception:  # noqa: BLE001 - best effort
         pass
-    return samples
+    return samples, finished
 
 
-def accuracy(task, model, tokenizer, rows: Sequence[dict], *, max_new_tokens: int, batch_size: int = 256) -> float:
+def accuracy(
+    cfg, task, model, tokenizer, rows: Sequence[dict], *, max_new_tokens: int, batch_size: int = 256
+) -> float:
     """Greedy accuracy of `model` on canonical rows with answers, scored by the task verifier."""
-    prompts = [task.format_prompt(r["prompt"]) for r in rows]
+    from s2d_pipeline.prompts import render
+
+    prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in rows]
     completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     hits = [task.verify(c[0], r["answer"]) for c, r in zip(completions, rows, strict=True)]
     return sum(hits) / max(len(hits), 1)

@@ -68,9 +68,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             yield Path(scratch)
         return
     _check_writable(path.parent)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run: never complete
+    # Temp directories left by a killed run are never complete; the `s2d-tmp-` infix keeps the
+    # pattern from matching the temp directory of a sibling output named like `<name>.v2`.
+    for stale in path.parent.glob(f".{path.name}.s2d-tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.s2d-tmp-", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         (tmp / COMPLETE_MARKER).write_text(json.dumps({"complete": True}))

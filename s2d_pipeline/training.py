@@ -24,16 +24,16 @@ from s2d_pipeline.config import Config
 
 def training_args(
     cfg: Config,
+    settings,
     *,
     steps: int,
-    learning_rate: float,
-    warmup_steps: int,
     batch_size: int,
     run_name: str,
     seed_offset: int = 0,
 ) -> dict:
-    """TrainingArguments shared by every trainer (TRL configs extend TrainingArguments). Checkpoints
-    (model, optimizer, scheduler and RNG states) go to `checkpoint_dir(cfg, run_name)`."""
+    """TrainingArguments shared by every trainer (TRL configs extend TrainingArguments); `settings` is
+    the stage's params section (its learning_rate and warmup_steps). Checkpoints (model, optimizer,
+    scheduler and RNG states) go to `checkpoint_dir(cfg, run_name)`."""
     from s2d_pipeline.layout import checkpoint_dir
     from s2d_pipeline.runtime import device
 
@@ -43,8 +43,8 @@ def training_args(
         output_dir=str(checkpoint_dir(cfg, run_name)),
         run_name=run_name,
         max_steps=steps,
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
+        learning_rate=settings.learning_rate,
+        warmup_steps=settings.warmup_steps,
         lr_scheduler_type="cosine",
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=1,
@@ -166,8 +166,10 @@ def verifier_reward(task) -> Callable:
     """The sparse verifiable reward as a TRL reward function. TRL passes every dataset column:
     `answer` is graded; `label_id` names the ledger label each completion was rewarded against."""
 
+    from s2d_pipeline.prompts import completion_text
+
     def verifier(prompts, completions, answer, **_):
-        return task.rewards(completions, answer)
+        return task.rewards([completion_text(c) for c in completions], answer)
 
     return verifier
 
@@ -177,11 +179,12 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
     from trl import GRPOConfig, GRPOTrainer
 
     from s2d_pipeline.models import load_model, load_tokenizer
+    from s2d_pipeline.prompts import trainer_prompt
 
     model, tokenizer = load_model(model_dir, cfg), load_tokenizer(model_dir, cfg)
     train_rows = epoch_rows(
         [
-            {"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"]), "label_id": str(r["id"])}
+            {"prompt": trainer_prompt(cfg, task, r["prompt"]), "answer": str(r["answer"]), "label_id": str(r["id"])}
             for r in rows
         ],
         stage.steps * stage.prompts_per_step,
@@ -191,9 +194,8 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
     args = GRPOConfig(
         **training_args(
             cfg,
+            stage,
             steps=stage.steps,
-            learning_rate=stage.learning_rate,
-            warmup_steps=stage.warmup_steps,
             batch_size=stage.prompts_per_step * stage.num_generations,
             run_name=run_name,
             seed_offset=seed_offset,
@@ -205,6 +207,7 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
         temperature=stage.temperature,
         max_completion_length=stage.max_completion_length,
         loss_type=stage.loss_type,
+        chat_template_kwargs=cfg.models.chat_template_kwargs,
         shuffle_dataset=False,  # epoch_rows already shuffled, resumably
         **vllm_args(cfg),
     )
@@ -254,7 +257,8 @@ def rows_dataset(rows: list[dict]):
 
 
 class PromptCompletionCollator:
-    """Tokenises (prompt, completion) text pairs; labels cover completion tokens only.
+    """Tokenises (prompt, completion) text pairs; labels cover completion tokens only, plus the end
+    token when the teacher's completion ended with it (`finished`), so the student learns to stop.
 
     Used by the forward-KL warmup (GKD with lmbda=0 never generates, so it only needs
     `input_ids`, `attention_mask` and `labels`) and by its SFT variant.
@@ -271,6 +275,8 @@ class PromptCompletionCollator:
         for ex in examples:
             p = tok(ex["prompt"], add_special_tokens=False)["input_ids"]
             c = tok(ex["completion"], add_special_tokens=False)["input_ids"]
+            if ex.get("finished"):
+                c = c + [tok.eos_token_id]
             ids = (p + c)[: self.max_length]
             seqs.append(ids)
             labels.append(([-100] * len(p) + c)[: self.max_length])
@@ -284,32 +290,29 @@ class PromptCompletionCollator:
 
 
 def train_forward_kl(
-    cfg: Config, student_dir: Path, teacher_dir: Path, rollouts: list[dict], steps: int, run_name: str
+    cfg: Config, settings, student_dir: Path, teacher_dir: Path, rollouts: list[dict], steps: int, run_name: str
 ):
-    """Stage 2a on teacher rollouts: full-distribution forward KL (GKD, lmbda=0, beta=0) or SFT."""
+    """Forward KL on teacher samples: full-distribution forward KL (GKD, lmbda=0, beta=0), or SFT with
+    `loss: sft`. Stage 2a (`settings` = cfg.warmup) and the healing of a derived student (cfg.prepare.heal)."""
     from s2d_pipeline.models import load_model, load_tokenizer
 
-    w = cfg.warmup
+    w = settings
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
     train_rows = epoch_rows(
-        [{"prompt": r["prompt"], "completion": r["completion"]} for r in rollouts],
+        [
+            {"prompt": r["prompt"], "completion": r["completion"], "finished": bool(r.get("finished"))}
+            for r in rollouts
+        ],
         steps * w.batch_size,
         f"{run_name}-{cfg.seed}",
     )
     dataset = rows_dataset(train_rows)
     collator = PromptCompletionCollator(tokenizer, cfg.models.max_seq_len)
-    common = training_args(
-        cfg,
-        steps=steps,
-        learning_rate=w.learning_rate,
-        warmup_steps=w.warmup_steps,
-        batch_size=w.batch_size,
-        run_name=run_name,
-    )
+    common = training_args(cfg, w, steps=steps, batch_size=w.batch_size, run_name=run_name)
     common["remove_unused_columns"] = False
     common["include_num_input_tokens_seen"] = "non_padding"  # GRPO and OPD count their own tokens
     common["train_sampling_strategy"] = "sequential"  # epoch_rows already shuffled, resumably
-    if w.loss == "forward_kl":
+    if getattr(w, "loss", "forward_kl") == "forward_kl":
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
         args = GKDConfig(
@@ -334,8 +337,9 @@ def train_forward_kl(
     return trainer
 
 
-def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list[str], steps: int, run_name: str):
-    """Stage 2b: the student samples on unlabeled prompts; per-token reverse KL to the teacher."""
+def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list, steps: int, run_name: str):
+    """Stage 2b: the student samples on unlabeled prompts (`prompts.trainer_prompt`: text, or a
+    conversation TRL renders with the chat template); per-token reverse KL to the teacher."""
     from trl import DistillationConfig, DistillationTrainer
 
     from s2d_pipeline.models import load_model, load_tokenizer
@@ -343,17 +347,11 @@ def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list[s
     o = cfg.opd
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
     common = dict(
-        **training_args(
-            cfg,
-            steps=steps,
-            learning_rate=o.learning_rate,
-            warmup_steps=o.warmup_steps,
-            batch_size=o.batch_size,
-            run_name=run_name,
-        ),
+        **training_args(cfg, o, steps=steps, batch_size=o.batch_size, run_name=run_name),
         beta=o.beta,
         temperature=o.temperature,
         max_completion_length=o.max_completion_length,
+        chat_template_kwargs=cfg.models.chat_template_kwargs,
         shuffle_dataset=False,  # epoch_rows already shuffled, resumably
         **vllm_args(cfg),
     )

@@ -333,9 +333,7 @@ def _helper_columns(
         cols[_H_ANSWER_PARSEABLE].append(_parseable(task, answer))
         leaked = eval_index.get(norm) if (eval_index is not None and norm is not None) else None
         cols[_H_LEAK].append(None if leaked is None else json.dumps(leaked, default=str))
-    texts = [
-        task.format_prompt(r["prompt"]) if isinstance(r.get("prompt"), str) and count_tokens else None for r in rows
-    ]
+    texts = [r["prompt"] if isinstance(r.get("prompt"), str) and count_tokens else None for r in rows]
     counts = count_tokens([t for t in texts if t is not None]) if count_tokens else []
     it = iter(counts)
     cols[_H_PROMPT_TOKENS] = [None if t is None else next(it) for t in texts]
@@ -371,7 +369,7 @@ def _run_gx(
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     datasource = context.data_sources.add_pandas("s2d")
 
-    count_tokens, no_tokenizer = _prompt_token_counter(cfg)
+    count_tokens, no_tokenizer = _prompt_token_counter(cfg, task)
     out: dict[str, list[dict]] = {}
     for split, rows in readable.items():
         bounds = getattr(cfg.data, f"{split}_rows")
@@ -453,9 +451,10 @@ def prompt_token_limit(cfg: Config) -> int:
     return cfg.models.max_seq_len - longest
 
 
-def _prompt_token_counter(cfg: Config):
-    """(count_tokens(texts) -> [int], None) with the student's tokenizer (teacher and student share a
-    vocabulary), or (None, reason) when no tokenizer exists yet."""
+def _prompt_token_counter(cfg: Config, task: Task):
+    """(count_tokens(problems) -> [int], None): the tokens of each problem as every stage renders it
+    (`prompts.render`: the chat template for instruct models), with the student's tokenizer (teacher
+    and student share a vocabulary); or (None, reason) when no tokenizer exists yet."""
     from s2d_pipeline.layout import base_model_dir
 
     model_dir = base_model_dir(cfg, "student")
@@ -465,9 +464,12 @@ def _prompt_token_counter(cfg: Config):
 
     tokenizer = load_tokenizer(model_dir, cfg)
 
-    def count_tokens(texts: list[str]) -> list[int]:
-        if not texts:
+    from s2d_pipeline.prompts import render
+
+    def count_tokens(problems: list[str]) -> list[int]:
+        if not problems:
             return []
+        texts = [render(cfg, task, tokenizer, p) for p in problems]
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     return count_tokens, None

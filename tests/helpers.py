@@ -79,3 +79,45 @@ def params_equal(a, b) -> bool:
     import torch
 
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+# The real-weights profile cut down to run every stage and arm on 2 cores in a few minutes: one or
+# two steps each, a handful of prompts, short completions, a 4-layer student (still 49,152-token
+# SmolLM2 vocabulary and chat template: what matters here is the real path, not the numbers).
+SMOLLM2_PROFILE = REPO / "profiles" / "smollm2-arith.yaml"
+SMOLLM2_MICRO = {
+    "budget": 8,
+    "arms": [
+        "s2d",
+        "s2d_stage3",
+        "s2d_stage3_replay",
+        "grpo_direct",
+        "opd_direct",
+        "raw_bridge",
+        "no_warmup",
+        "no_opd",
+    ],
+    "tracking": {"enabled": False},
+    "data": {
+        "n_labels": 12,
+        "n_prompts": 8,
+        "n_eval": 4,
+        **{f"{s}_rows": {"min": 4} for s in ("labels", "prompts", "eval")},
+    },
+    "models": {"student": {"keep_layers": [0, 1, 2, 29]}, "max_seq_len": 96},
+    "prepare": {"heal": {"steps": 1, "batch_size": 4, "prompts": 4, "warmup_steps": 0}},
+    **{
+        stage: {
+            "steps": 1,
+            "prompts_per_step": 2,
+            "num_generations": 2,
+            "warmup_steps": 0,
+            "max_completion_length": 16,
+        }
+        for stage in ("teacher_rl", "grpo_direct", "student_rl")
+    },
+    "rollouts": {"max_completion_length": 16, "batch_size": 8},
+    "warmup": {"steps": 1, "batch_size": 4, "warmup_steps": 0},
+    "opd": {"steps": 1, "batch_size": 4, "warmup_steps": 0, "max_completion_length": 16},
+    "evaluate": {"k": 2, "max_completion_length": 16, "kl_prompts": 4, "batch_size": 8},
+}

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.helpers import MICRO
@@ -22,6 +23,7 @@ def _s2d(project, *args):
     )
 
 
+@pytest.mark.slow
 def test_whole_pipeline_through_cli(project):
     _write_micro_params(project)
     done = _s2d(project, "run")

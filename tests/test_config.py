@@ -77,7 +77,9 @@ def test_gpu_smoke_profile_refuses_missing_models(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "profile", sorted(p for p in (REPO / "profiles").glob("*.yaml") if p.stem != "gpu-smoke"), ids=lambda p: p.stem
+    "profile",
+    sorted(p for p in (REPO / "profiles").glob("*.yaml") if p.stem not in ("gpu-smoke", "smollm2-arith")),
+    ids=lambda p: p.stem,
 )
 def test_real_profiles_validate_and_refuse_missing_models(profile, tmp_path):
     cfg = load_config(profile, root=tmp_path, check_paths=False)
@@ -141,3 +143,20 @@ def test_local_model_directory_satisfies_path_profile(tmp_path):
         root=tmp_path,
     )
     assert cfg.path(cfg.models.teacher.path) == tmp_path / "teacher"
+
+
+def test_smollm2_profile_imports_a_gguf_teacher_and_cuts_the_student_from_it(tmp_path):
+    cfg = load_config(REPO / "profiles" / "smollm2-arith.yaml", root=tmp_path)  # the GGUF file is installed
+    assert cfg.models.source == "gguf" and cfg.models.chat_template and cfg.data.generate
+    assert cfg.task.name == "math" and cfg.task.sums is not None and cfg.prepare.heal.steps > 0
+    assert cfg.artifacts_dir != Config().artifacts_dir  # beside the default run's outputs
+    with pytest.raises(ConfigError, match=r"models.teacher.gguf.*no GGUF file at"):
+        load_config(
+            REPO / "profiles" / "smollm2-arith.yaml", {"models": {"teacher": {"gguf": "nope.gguf"}}}, root=tmp_path
+        )
+    with pytest.raises(ConfigError, match=r"package 'not_a_package' is not installed"):
+        load_config(
+            REPO / "profiles" / "smollm2-arith.yaml",
+            {"models": {"teacher": {"gguf": "not_a_package:x.gguf"}}},
+            root=tmp_path,
+        )

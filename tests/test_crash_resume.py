@@ -19,11 +19,14 @@ import yaml
 from s2d_pipeline.config import deep_merge
 from tests.helpers import STAGE_MICRO
 
+# End-to-end runs of the whole pipeline or many stages: `make test-slow` runs only these.
+pytestmark = pytest.mark.slow
+
 # Long enough that the kill lands mid-run; a checkpoint every 4 steps.
 RESUME = deep_merge(
     STAGE_MICRO, {"teacher_rl": {"steps": 40}, "runtime": {"checkpoint_steps": 4}, "arms": ["s2d", "grpo_direct"]}
 )
-RUN_DEPENDENT = {"wall_s", "train_runtime_s", "train_tokens_per_s"}
+RUN_DEPENDENT = {"wall_s", "train_runtime_s", "train_tokens_per_s", "trained_by"}
 
 
 def _project(root: Path, pipeline_root: Path) -> Path:
@@ -137,7 +140,7 @@ def test_stale_temporary_output_of_a_killed_run_is_cleaned(tmp_path):
     from s2d_pipeline.io import atomic_dir
 
     target = tmp_path / "model"
-    stale = tmp_path / ".model.abc123.tmp"
+    stale = tmp_path / ".model.s2d-tmp-abc123.tmp"
     stale.mkdir()
     (stale / "half-written.safetensors").write_text("x")
     with atomic_dir(target) as tmp:

@@ -5,6 +5,7 @@ one CPU process (no multi-GPU machine here)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -163,6 +164,10 @@ def test_training_stage_relaunches_under_accelerate(pipeline, tmp_path):
 
     metrics = run_stage("warmup", launched)
     assert metrics == json.loads((root / "metrics" / "warmup.json").read_text())
+    # Trained in the process `accelerate launch` started, not in this one (an in-process run writes
+    # the same files but records this test's pid).
+    trainers = {m["trained_by"] for m in metrics.values()}
+    assert len(trainers) == 1 and f"pid {os.getpid()}," not in trainers.pop()
     assert set(metrics) == set(first["warmup"])  # the same arms as the in-process run
     for arm in metrics:
         assert (root / "artifacts" / "warmup" / arm / "model.safetensors").exists()

@@ -19,8 +19,7 @@ import pytest
 from s2d_pipeline.errors import DataError
 from s2d_pipeline.io import read_jsonl
 from s2d_pipeline.tasks.math import MathTask
-
-GSM8K_TRAIN = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/train.jsonl"
+from tests.helpers import SHARED_GSM8K
 
 
 @pytest.fixture(scope="module")
@@ -273,10 +272,10 @@ def test_mixed_formats_are_rejected(task: MathTask, tmp_path: Path, rows: list[d
 # ---- real data: GSM8K train -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gsm8k(task: MathTask) -> tuple[list[dict], list[dict]]:
-    if not GSM8K_TRAIN.exists():
-        pytest.skip(f"GSM8K train split not found at {GSM8K_TRAIN} (shared data folder absent)")
-    raw = read_jsonl(GSM8K_TRAIN)
-    return raw, task.to_canonical(raw, GSM8K_TRAIN)
+    if not SHARED_GSM8K.exists():
+        pytest.skip(f"GSM8K train split not found at {SHARED_GSM8K} (shared data folder absent)")
+    raw = read_jsonl(SHARED_GSM8K)
+    return raw, task.to_canonical(raw, SHARED_GSM8K)
 
 
 def test_gsm8k_converts(gsm8k: tuple[list[dict], list[dict]]) -> None:

@@ -15,6 +15,9 @@ import yaml
 
 from tests.helpers import REPO, STAGE_MICRO
 
+# End-to-end runs of the whole pipeline or many stages: `make test-slow` runs only these.
+pytestmark = pytest.mark.slow
+
 VENV_BIN = str(Path(sys.executable).parent)
 
 

@@ -8,7 +8,10 @@ import pytest
 from s2d_pipeline.config import load_config
 from tests.helpers import REPO, STAGE_MICRO
 
-RUN_DEPENDENT = {"wall_s", "provenance", "train_runtime_s", "train_tokens_per_s", "pretrain_s"}
+# End-to-end runs of the whole pipeline or many stages: `make test-slow` runs only these.
+pytestmark = pytest.mark.slow
+
+RUN_DEPENDENT = {"wall_s", "provenance", "train_runtime_s", "train_tokens_per_s", "pretrain_s", "trained_by"}
 
 
 def _strip(obj):

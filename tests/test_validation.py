@@ -190,6 +190,15 @@ CASES = [
     ),
     ("null id", rows(_set("labels", 4, "id", None)), "labels.jsonl", 5, None, validation.RULE_ID_NOT_NULL, None),
     (
+        "null prompt",
+        rows(_set("prompts", 3, "prompt", None)),
+        "prompts.jsonl",
+        4,
+        "pro-00003",
+        validation.RULE_PROMPT_NOT_NULL,
+        None,
+    ),
+    (
         "empty prompt",
         rows(_set("labels", 5, "prompt", "")),
         "labels.jsonl",

@@ -26,22 +26,13 @@ from s2d_pipeline.tasks import get_task
 
 def score(task, model, tokenizer, rows: list[dict], cfg: Config) -> dict:
     """Greedy accuracy, avg@k and pass@k of one model on labeled rows."""
-    from s2d_pipeline.generation import generate
+    from s2d_pipeline.generation import generate, sample
+    from s2d_pipeline.prompts import render
 
     e = cfg.evaluate
-    prompts = [task.format_prompt(r["prompt"]) for r in rows]
+    prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in rows]
     greedy = generate(model, tokenizer, prompts, max_new_tokens=e.max_completion_length, batch_size=e.batch_size)
-    sampled = generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=e.max_completion_length,
-        greedy=False,
-        temperature=e.temperature,
-        num_return_sequences=e.k,
-        batch_size=e.batch_size,
-        seed=cfg.seed,
-    )
+    sampled = sample(model, tokenizer, prompts, e, n=e.k, seed=cfg.seed)
     return accuracy_metrics(task, [c[0] for c in greedy], sampled, rows)
 
 
@@ -85,15 +76,16 @@ def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.data import load_split
     from s2d_pipeline.models import load_model, load_tokenizer
+    from s2d_pipeline.prompts import render
 
     runtime.setup(cfg)
     started = time.perf_counter()
     task = get_task(cfg.task)
     rows = load_split(cfg, task, "eval")[: cfg.evaluate.max_problems]
-    kl_prompts = [
-        task.format_prompt(r["prompt"]) for r in load_split(cfg, task, "prompts")[-cfg.evaluate.kl_prompts :]
-    ]
     tokenizer = load_tokenizer(base_model_dir(cfg, "student"), cfg)
+    kl_prompts = [
+        render(cfg, task, tokenizer, r["prompt"]) for r in load_split(cfg, task, "prompts")[-cfg.evaluate.kl_prompts :]
+    ]
     cache: dict[Path, object] = {}
 
     def model(path: Path):

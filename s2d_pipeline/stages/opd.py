@@ -21,17 +21,14 @@ from s2d_pipeline.tasks import get_task
 def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.data import load_split
+    from s2d_pipeline.prompts import trainer_prompt
     from s2d_pipeline.training import summarise_loss_history, train_arm, train_opd
 
     runtime.setup(cfg)
     task = get_task(cfg.task)
-    prompts = [task.format_prompt(r["prompt"]) for r in load_split(cfg, task, "prompts")]
+    prompts = [trainer_prompt(cfg, task, r["prompt"]) for r in load_split(cfg, task, "prompts")]
     metrics: dict = {}
-    for arm in arm_specs.bridge_arms(cfg.arms):
-        spec = arm_specs.SPECS[arm]
-        _, steps = arm_specs.bridge_steps(arm, cfg.warmup.steps, cfg.opd.steps)
-        if not spec.opd:
-            continue
+    for arm, spec, steps in arm_specs.bridge_stage_arms("opd", cfg.arms, cfg.warmup.steps, cfg.opd.steps):
         start = student_dir(cfg, arm, "warmup") if spec.warmup else base_model_dir(cfg, "student")
         metrics[arm] = train_arm(
             cfg,

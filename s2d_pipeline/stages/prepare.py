@@ -1,13 +1,18 @@
-"""`s2d prepare`: the embedded default's data and base ("raw") models.
+"""`s2d prepare`: the data splits and the base ("raw") teacher and student every later stage loads.
 
-Writes the synthetic task's `labels`, `prompts` and `eval` from a seeded generator, then builds a
-tiny teacher and student and pretrains each briefly on a *noisy* corpus of the task (a share of
-examples drop every carry), so both start imperfect and verified-label RL has something to fix.
-A gate checks greedy accuracy on fresh problems and re-initialises a model that lands outside the
-band (tiny models sometimes stall on a plateau); retries are logged in the metrics.
+Data: with `data.generate` the task writes `labels`, `prompts` and `eval` from a seeded generator;
+with `data.split_from` one labelled file (e.g. GSM8K's train.jsonl) is split, seeded and disjoint,
+into the three; otherwise they are the user's files.
 
-With real profiles (`data.generate: false`, `models.source: path`) it only checks that the user's
-data and models exist and that teacher and student share a vocabulary.
+Models, by `models.source`:
+- `build` (embedded default): a tiny teacher and student pretrained briefly on the task's *noisy*
+  corpus (a share of examples drop every carry), so both start imperfect and verified-label RL has
+  something to fix. A gate checks greedy accuracy on fresh problems and re-initialises a model that
+  lands outside the band (tiny models sometimes stall on a plateau); retries are logged.
+- `gguf`: the teacher is imported once from a GGUF checkpoint and saved as safetensors + tokenizer
+  (chat template included); the student is cut from it (`models.student.keep_layers`) and healed
+  by forward-KL distillation on the teacher's samples (`prepare.heal`).
+- `path`: the user's checkpoints; only checks that teacher and student share a vocabulary.
 
     s2d prepare            # or: dvc repro prepare
 """
@@ -18,7 +23,7 @@ import logging
 import time
 
 from s2d_pipeline.config import Config
-from s2d_pipeline.errors import ConfigError, S2DError
+from s2d_pipeline.errors import ConfigError, DataError, S2DError
 from s2d_pipeline.io import atomic_dir, write_json, write_jsonl
 from s2d_pipeline.layout import base_model_dir, data_file, metrics_file
 from s2d_pipeline.tasks import get_task
@@ -33,19 +38,23 @@ def run(cfg: Config) -> dict:
     started = time.perf_counter()
     task = get_task(cfg.task)
     metrics: dict = {"profile": cfg.profile, "seed": cfg.seed}
+    splits = None
     if cfg.data.generate:
         splits = task.generate_splits(cfg.seed, cfg.data.n_labels, cfg.data.n_prompts, cfg.data.n_eval)
-        for split, rows in splits.items():
-            write_jsonl(data_file(cfg, split), rows)
-            metrics[f"{split}_rows"] = len(rows)
+    elif cfg.data.split_from:
+        splits = split_file(cfg)
+    for split, rows in (splits or {}).items():
+        write_jsonl(data_file(cfg, split), rows)
+        metrics[f"{split}_rows"] = len(rows)
     if cfg.models.source == "build":
         if task.symbols is None:
             raise ConfigError(
                 f"key 'models.source': 'build' (tiny models pretrained from scratch) needs a task with a "
-                f"pretraining corpus; task '{task.name}' has none: set models.source: path"
+                f"pretraining corpus; task '{task.name}' has none: set models.source: path or gguf"
             )
-        eval_rows = splits["eval"] if cfg.data.generate else _read_eval(cfg, task)
-        metrics.update(_build_base_models(cfg, task, eval_rows))
+        metrics.update(_build_base_models(cfg, task, _read_eval(cfg, task)))
+    elif cfg.models.source == "gguf":
+        metrics.update(_import_and_derive(cfg, task, _read_eval(cfg, task)))
     else:
         from s2d_pipeline.models import check_vocab_compatible
 
@@ -53,6 +62,105 @@ def run(cfg: Config) -> dict:
     metrics["wall_s"] = round(time.perf_counter() - started, 2)
     write_json(metrics_file(cfg, "prepare"), metrics)
     return metrics
+
+
+def split_file(cfg: Config) -> dict[str, list[dict]]:
+    """`data.split_from` split into eval, labels and prompts (answers dropped), seeded and disjoint.
+    Rows keep their own `id`, or get `<file stem>-<line>` so an id names its source line."""
+    import random
+
+    from s2d_pipeline.io import read_jsonl
+
+    path = cfg.path(cfg.data.split_from)
+    rows = read_jsonl(path)
+    d = cfg.data
+    need = d.n_eval + d.n_labels + d.n_prompts
+    if len(rows) < need:
+        raise DataError(
+            f"{path}: rule 'enough rows to split' failed: {len(rows)} rows, but data.n_eval + n_labels + "
+            f"n_prompts = {need}"
+        )
+    random.Random(f"split-{cfg.seed}").shuffle(rows)
+    for row in rows:
+        row.setdefault("id", f"{path.stem}-{row['_line']}")
+        del row["_line"]
+    unlabeled = [{k: v for k, v in r.items() if k not in ("answer", "solution")} for r in rows]
+    return {
+        "eval": rows[: d.n_eval],
+        "labels": rows[d.n_eval : d.n_eval + d.n_labels],
+        "prompts": unlabeled[d.n_eval + d.n_labels : need],
+    }
+
+
+def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
+    """The GGUF teacher as safetensors; the student cut from it and healed; both scored on eval."""
+    from s2d_pipeline.data import load_split
+    from s2d_pipeline.generation import accuracy, sample
+    from s2d_pipeline.layout import checkpoint_dir
+    from s2d_pipeline.models import count_parameters, derive_student, import_gguf, resolve_gguf, save_model
+    from s2d_pipeline.prompts import render
+    from s2d_pipeline.training import save_trained, summarise_loss_history, train_forward_kl
+
+    gguf = resolve_gguf(cfg.models.teacher.gguf, cfg.root)
+    t0 = time.perf_counter()
+    log.warning("prepare: importing %s", gguf)
+    teacher, tokenizer = import_gguf(gguf, cfg)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    with atomic_dir(base_model_dir(cfg, "teacher")) as tmp:
+        save_model(teacher, tokenizer, tmp)
+    out: dict = {
+        "teacher": {
+            "gguf": str(gguf),
+            "parameters": count_parameters(teacher),
+            "import_s": round(time.perf_counter() - t0, 2),
+        }
+    }
+    keep = cfg.models.student.keep_layers
+    student = derive_student(teacher, keep)
+    out["student"] = {"keep_layers": keep, "parameters": count_parameters(student)}
+    heal = cfg.prepare.heal
+    if heal.steps:
+        derived = checkpoint_dir(cfg, "prepare/derived-student")
+        save_model(student, tokenizer, derived)
+        tokenizer.padding_side = "left"
+        pool = load_split(cfg, task, "prompts")[: heal.prompts]
+        prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in pool]
+        samples, finished = sample(teacher, tokenizer, prompts, cfg.rollouts, n=1, seed=cfg.seed, with_finished=True)
+        rollouts = [
+            {"prompt": p, "completion": c[0], "finished": f[0]}
+            for p, c, f in zip(prompts, samples, finished, strict=True)
+        ]
+        t0 = time.perf_counter()
+        trainer = train_forward_kl(
+            cfg, heal, derived, base_model_dir(cfg, "teacher"), rollouts, heal.steps, "prepare/heal"
+        )
+        with atomic_dir(base_model_dir(cfg, "student")) as tmp:
+            history = save_trained(trainer, tmp)
+        out["student"]["heal"] = {
+            "steps": heal.steps,
+            **summarise_loss_history(history),
+            "heal_s": round(time.perf_counter() - t0, 2),
+        }
+        student = trainer.model
+    else:
+        with atomic_dir(base_model_dir(cfg, "student")) as tmp:
+            save_model(student, tokenizer, tmp)
+    tokenizer.padding_side = "left"
+    for role, model in (("teacher", teacher), ("student", student)):
+        out[role]["eval_greedy_accuracy"] = round(
+            accuracy(
+                cfg,
+                task,
+                model,
+                tokenizer,
+                eval_rows,
+                max_new_tokens=cfg.evaluate.max_completion_length,
+                batch_size=cfg.evaluate.batch_size,
+            ),
+            4,
+        )
+    return out
 
 
 def _read_eval(cfg: Config, task) -> list[dict]:
@@ -78,7 +186,7 @@ def _build_base_models(cfg: Config, task, eval_rows: list[dict]) -> dict:
             seed = cfg.seed * 1000 + role_index * 100 + attempt
             t0 = time.perf_counter()
             model = _pretrain(cfg, corpus, tokenizer, spec, getattr(p, role), seed)
-            gate_acc = accuracy(task, model, tokenizer, gate_rows, max_new_tokens=corpus.answer_len)
+            gate_acc = accuracy(cfg, task, model, tokenizer, gate_rows, max_new_tokens=corpus.answer_len)
             attempts.append(
                 {
                     "seed": seed,
@@ -95,7 +203,7 @@ def _build_base_models(cfg: Config, task, eval_rows: list[dict]) -> dict:
                 f"{p.gate_max_accuracy}] in {len(attempts)} attempts ({attempts}); adjust "
                 f"prepare.{role}.steps / prepare.{role}.noise_rate or the model size"
             )
-        eval_acc = accuracy(task, model, tokenizer, eval_rows, max_new_tokens=corpus.answer_len)
+        eval_acc = accuracy(cfg, task, model, tokenizer, eval_rows, max_new_tokens=corpus.answer_len)
         with atomic_dir(base_model_dir(cfg, role)) as tmp:
             save_model(model, tokenizer, tmp)
         out[role] = {

@@ -18,14 +18,17 @@ from s2d_pipeline.io import write_json, write_jsonl
 from s2d_pipeline.layout import metrics_file, rollouts_file, teacher_dir
 from s2d_pipeline.tasks import get_task
 
-ROLLOUT_COLUMNS = ("prompt_id", "prompt", "completion", "num_tokens", "teacher_logprob", "teacher")
+# `prompt` is the rendered text the teacher was conditioned on (chat template included); `finished`
+# says the completion ended with the end token (the warmup then teaches the student to stop there).
+ROLLOUT_COLUMNS = ("prompt_id", "prompt", "completion", "finished", "num_tokens", "teacher_logprob", "teacher")
 
 
 def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.data import load_split
-    from s2d_pipeline.generation import completion_token_stats, generate, generate_vllm
+    from s2d_pipeline.generation import completion_token_stats, generate_vllm, sample
     from s2d_pipeline.models import load_model, load_tokenizer
+    from s2d_pipeline.prompts import render
 
     runtime.setup(cfg)
     task = get_task(cfg.task)
@@ -35,9 +38,10 @@ def run(cfg: Config) -> dict:
     for teacher in arm_specs.rollout_teachers(cfg.arms):
         started = time.perf_counter()
         path = teacher_dir(cfg, teacher)
-        prompts = [task.format_prompt(row["prompt"]) for row in pool]
+        tokenizer = load_tokenizer(path, cfg)
+        prompts = [render(cfg, task, tokenizer, row["prompt"]) for row in pool]
         if cfg.runtime.use_vllm:
-            samples = generate_vllm(
+            samples, finished = generate_vllm(
                 path,
                 prompts,
                 cfg,
@@ -46,18 +50,10 @@ def run(cfg: Config) -> dict:
                 num_return_sequences=r.samples_per_prompt,
                 seed=cfg.seed,
             )
-        model, tokenizer = load_model(path, cfg, for_inference=True), load_tokenizer(path, cfg)
+        model = load_model(path, cfg, for_inference=True)
         if not cfg.runtime.use_vllm:
-            samples = generate(
-                model,
-                tokenizer,
-                prompts,
-                max_new_tokens=r.max_completion_length,
-                greedy=False,
-                temperature=r.temperature,
-                num_return_sequences=r.samples_per_prompt,
-                batch_size=r.batch_size,
-                seed=cfg.seed,
+            samples, finished = sample(
+                model, tokenizer, prompts, r, n=r.samples_per_prompt, seed=cfg.seed, with_finished=True
             )
         flat_prompts = [p for p, cs in zip(prompts, samples, strict=True) for _ in cs]
         flat = [c for cs in samples for c in cs]
@@ -71,6 +67,7 @@ def run(cfg: Config) -> dict:
                         "prompt_id": row["id"],
                         "prompt": prompts[i],
                         "completion": completion,
+                        "finished": finished[i][j],
                         "num_tokens": len(tokenizer(completion, add_special_tokens=False)["input_ids"]),
                         "teacher_logprob": round(stats["teacher_logprob"][k], 5),
                         "teacher": teacher,

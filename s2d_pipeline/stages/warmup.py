@@ -23,11 +23,7 @@ def run(cfg: Config) -> dict:
 
     runtime.setup(cfg)
     metrics: dict = {}
-    for arm in arm_specs.bridge_arms(cfg.arms):
-        spec = arm_specs.SPECS[arm]
-        steps, _ = arm_specs.bridge_steps(arm, cfg.warmup.steps, cfg.opd.steps)
-        if not spec.warmup:
-            continue
+    for arm, spec, steps in arm_specs.bridge_stage_arms("warmup", cfg.arms, cfg.warmup.steps, cfg.opd.steps):
         rollouts = read_jsonl(rollouts_file(cfg, spec.teacher))
         metrics[arm] = train_arm(
             cfg,
@@ -37,6 +33,7 @@ def run(cfg: Config) -> dict:
             partial(
                 train_forward_kl,
                 cfg,
+                cfg.warmup,
                 base_model_dir(cfg, "student"),
                 teacher_dir(cfg, spec.teacher),
                 rollouts,

@@ -37,6 +37,8 @@ _HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
 # digit or `,<digit>` from continuing the number, so `1,2` and `1,2345` do not match.
 _THOUSANDS_RE = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?!\d|,\d)")
 _UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
+# A number in prose (the `last_number` fallback): 12, -3, 4.5, 1,000.
+_NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
 
 GSM8K_RULE = "GSM8K answer must end with '#### <final answer>'"
 MATH_RULE = "MATH answer must be given in 'answer' or as \\boxed{...} in 'solution'"
@@ -138,10 +140,49 @@ def _number_text(x: int | float) -> str | None:
 class MathTask(Task):
     name = "math"
 
-    def __init__(self, prompt_template: str):
+    def __init__(self, prompt_template: str, sums: dict | None = None, fallback: str = "none"):
         if "{problem}" not in prompt_template:
             raise ValueError("math prompt_template must contain '{problem}'")
         self.prompt_template = prompt_template
+        # With `sums` set the task writes its own data: addition word-free questions in GSM8K format.
+        self.sums = sums
+        self.can_generate = sums is not None
+        # Where a completion without a box or `#### ` line commits to an answer: nowhere ("none"), or
+        # its last number ("last_number": small instruct models that answer in prose).
+        self.fallback = fallback
+
+    # ---- generator --------------------------------------------------------------------------
+    def generate_splits(self, seed: int, n_labels: int, n_prompts: int, n_eval: int) -> dict:
+        """Disjoint GSM8K-format splits of `What is a + b?` questions (operands 0..max_operand),
+        read back through `to_canonical` like any GSM8K file; deterministic in `seed`."""
+        import itertools
+        import random
+
+        if self.sums is None:
+            return super().generate_splits(seed, n_labels, n_prompts, n_eval)
+        top, k = self.sums["max_operand"], self.sums["operands"]
+        problems = list(itertools.product(range(top + 1), repeat=k))
+        if n_labels + n_prompts + n_eval > len(problems):
+            raise DataError(
+                f"task.sums: {len(problems)} distinct problems with {k} operands up to {top}, but data.n_labels + "
+                f"n_prompts + n_eval = {n_labels + n_prompts + n_eval}; raise task.sums.max_operand or lower the counts"
+            )
+        random.Random(f"math-sums-{top}-{k}-{seed}").shuffle(problems)
+
+        def row(prefix: str, i: int, operands: tuple[int, ...], labeled: bool) -> dict:
+            expression = " + ".join(map(str, operands))
+            out = {"id": f"{prefix}-{i:05d}", "question": f"What is {expression}?"}
+            if labeled:
+                out["answer"] = f"{expression} = {sum(operands)}\n#### {sum(operands)}"
+            return out
+
+        eval_p, rest = problems[:n_eval], problems[n_eval:]
+        label_p, prompt_p = rest[:n_labels], rest[n_labels : n_labels + n_prompts]
+        return {
+            "labels": [row("lab", i, p, True) for i, p in enumerate(label_p)],
+            "prompts": [row("pro", i, p, False) for i, p in enumerate(prompt_p)],
+            "eval": [row("eval", i, p, True) for i, p in enumerate(eval_p)],
+        }
 
     # ---- format -----------------------------------------------------------------------------
     def format_prompt(self, problem: str) -> str:
@@ -157,6 +198,9 @@ class MathTask(Task):
         for m in reversed(list(_HASH_RE.finditer(completion))):
             if m.group(1).strip():
                 return m.group(1).strip()
+        if self.fallback == "last_number":
+            numbers = _NUMBER_RE.findall(completion)
+            return numbers[-1] if numbers else None
         return None
 
     def _parse(self, text: str) -> list | None:

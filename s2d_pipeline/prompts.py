@@ -1,0 +1,47 @@
+"""What a model is conditioned on for a problem, rendered one way for every stage.
+
+With `models.chat_template: true` (instruct models) a problem becomes a conversation - an optional
+`models.system_prompt` and the task's formatted problem as the user turn - rendered by the
+tokenizer's chat template with a generation prompt and `models.chat_template_kwargs` (e.g. Qwen3's
+`enable_thinking`). TRL's GRPO and distillation trainers get the conversation and render it with the
+same template and arguments (`trainer_prompt`); sampling, scoring, warmup and evaluation get the
+rendered text (`render`), so every stage conditions on the same tokens. Without a chat template
+(base models, the embedded tiny models) the prompt is the task's formatted text as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def messages(cfg, task, problem: str) -> list[dict]:
+    system = [{"role": "system", "content": cfg.models.system_prompt}] if cfg.models.system_prompt else []
+    return [*system, {"role": "user", "content": task.format_prompt(problem)}]
+
+
+def trainer_prompt(cfg, task, problem: str) -> Any:
+    """The `prompt` column of a TRL dataset: a conversation for chat models, else plain text."""
+    return messages(cfg, task, problem) if cfg.models.chat_template else task.format_prompt(problem)
+
+
+def render(cfg, task, tokenizer, problem: str) -> str:
+    """The text a model is conditioned on (tokenised later without adding special tokens)."""
+    if not cfg.models.chat_template:
+        return task.format_prompt(problem)
+    if not getattr(tokenizer, "chat_template", None):
+        from s2d_pipeline.errors import ConfigError
+
+        raise ConfigError(
+            "key 'models.chat_template' is true but the tokenizer has no chat template "
+            f"({getattr(tokenizer, 'name_or_path', 'tokenizer')}); set it to false for a base model"
+        )
+    return tokenizer.apply_chat_template(
+        messages(cfg, task, problem), tokenize=False, add_generation_prompt=True, **cfg.models.chat_template_kwargs
+    )
+
+
+def completion_text(completion: Any) -> str:
+    """A completion as text: TRL passes conversational completions as [{"role": "assistant", ...}]."""
+    if isinstance(completion, list):
+        return "".join(str(m.get("content", "")) for m in completion)
+    return completion

@@ -1,0 +1,134 @@
+"""Evaluation arithmetic (`accuracy_metrics`) by hand, and `generation.generate`'s grouping of
+completions per prompt across batches, on a tiny deterministic model."""
+
+from __future__ import annotations
+
+import pytest
+
+from s2d_pipeline.errors import S2DError
+from s2d_pipeline.stages.evaluate import accuracy_metrics
+from s2d_pipeline.tasks.arithmetic import VOCAB, ArithmeticTask
+
+TASK = ArithmeticTask(digits=1)  # "3+4=" means 3 + 4; completions are 2 digits, least significant first
+
+# answers 7, 12, 0, 9 (stored as integer strings) and their correct completions
+ROWS = [{"prompt": "3+4=", "answer": "7"}, {"prompt": "5+7=", "answer": "12"}]
+ROWS += [{"prompt": "0+0=", "answer": "0"}, {"prompt": "9+0=", "answer": "9"}]
+RIGHT = ["70", "21", "00", "90"]
+WRONG = ["07", "12", "01", "9"]  # most significant digit first, or one digit short
+
+
+def test_completion_format_assumed_by_these_tests():
+    assert [TASK.verify(c, r["answer"]) for c, r in zip(RIGHT, ROWS, strict=True)] == [True] * 4
+    assert [TASK.verify(c, r["answer"]) for c, r in zip(WRONG, ROWS, strict=True)] == [False] * 4
+
+
+def test_k1_all_metrics_are_the_hit_rate():
+    greedy = [RIGHT[0], WRONG[1], RIGHT[2], WRONG[3]]  # 2 / 4
+    sampled = [[WRONG[0]], [RIGHT[1]], [WRONG[2]], [WRONG[3]]]  # 1 / 4
+    assert accuracy_metrics(TASK, greedy, sampled, ROWS) == {"greedy": 0.5, "avg@1": 0.25, "pass@1": 0.25}
+
+
+def test_k3_avg_and_pass_by_hand():
+    greedy = [RIGHT[0], RIGHT[1], WRONG[2], WRONG[3]]  # 2/4 = 0.5
+    sampled = [
+        [RIGHT[0], WRONG[0], RIGHT[0]],  # 2/3, pass
+        [WRONG[1], WRONG[1], WRONG[1]],  # 0, no pass (greedy right, no sample right)
+        [RIGHT[2], RIGHT[2], WRONG[2]],  # 2/3, pass
+        [WRONG[3], RIGHT[3], WRONG[3]],  # 1/3, pass (greedy wrong)
+    ]
+    got = accuracy_metrics(TASK, greedy, sampled, ROWS)
+    assert got == {"greedy": 0.5, "avg@3": round((2 / 3 + 0 + 2 / 3 + 1 / 3) / 4, 4), "pass@3": 0.75}
+    assert got["avg@3"] == 0.4167
+
+
+def test_all_right_and_all_wrong():
+    assert accuracy_metrics(TASK, RIGHT, [[c] * 3 for c in RIGHT], ROWS) == {
+        "greedy": 1.0,
+        "avg@3": 1.0,
+        "pass@3": 1.0,
+    }
+    assert accuracy_metrics(TASK, WRONG, [[c] * 3 for c in WRONG], ROWS) == {
+        "greedy": 0.0,
+        "avg@3": 0.0,
+        "pass@3": 0.0,
+    }
+
+
+def test_empty_input_gives_zeros_not_a_crash():
+    got = accuracy_metrics(TASK, [], [], [])
+    assert got["greedy"] == 0.0
+    assert set(got) == {"greedy", "avg@0", "pass@0"}
+    assert all(v == 0.0 and isinstance(v, float) for v in got.values())
+
+
+@pytest.mark.parametrize(
+    ("greedy", "sampled"),
+    [
+        (RIGHT[:3], [[c] for c in RIGHT]),  # a greedy completion missing
+        (RIGHT, [[c] for c in RIGHT[:3]]),  # a sample group missing
+        (RIGHT + ["00"], [[c] for c in RIGHT]),  # one too many
+    ],
+)
+def test_mismatched_lengths_raise(greedy, sampled):
+    with pytest.raises((ValueError, S2DError)):
+        accuracy_metrics(TASK, greedy, sampled, ROWS)
+
+
+# ---- generation.generate ----------------------------------------------------------------------
+
+PROMPTS = ["3+4=", "12+9=", "1+1=", "999+0=", "7+88="]  # different lengths: batches are left-padded
+
+
+@pytest.fixture(scope="module")
+def sharp_model():
+    """A tiny Qwen2 whose outputs depend on the prompt (std-1 weights, not the near-uniform default
+    init) and whose next-token distribution is nearly one-hot (final norm scaled up), so sampling
+    returns the greedy completion and any mix-up between prompts shows."""
+    import torch
+
+    from s2d_pipeline.config import ModelSpec
+    from s2d_pipeline.models import build_char_tokenizer, build_tiny_model
+
+    tok = build_char_tokenizer(VOCAB)
+    spec = ModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    model = build_tiny_model(spec, tok, max_seq_len=32, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+        model.model.norm.weight.mul_(1e4)
+    return model, tok
+
+
+def test_greedy_is_independent_of_batching(sharp_model):
+    from s2d_pipeline.generation import generate
+
+    model, tok = sharp_model
+    one = [generate(model, tok, [p], max_new_tokens=4, batch_size=1)[0] for p in PROMPTS]
+    assert len({c[0] for c in one}) >= 4  # precondition: prompts give different completions
+    for batch_size in (2, 64):
+        assert generate(model, tok, PROMPTS, max_new_tokens=4, batch_size=batch_size) == one
+
+
+def test_sampled_groups_stay_with_their_prompt_across_batches(sharp_model):
+    from s2d_pipeline.generation import generate
+
+    model, tok = sharp_model
+    greedy, greedy_ended = generate(model, tok, PROMPTS, max_new_tokens=4, batch_size=64, with_finished=True)
+    assert 0 < sum(e[0] for e in greedy_ended) < len(PROMPTS)  # precondition: some stop early, some not
+    out, finished = generate(
+        model,
+        tok,
+        PROMPTS,
+        max_new_tokens=4,
+        greedy=False,
+        num_return_sequences=3,
+        batch_size=2,
+        seed=0,
+        with_finished=True,
+    )
+    assert [len(g) for g in out] == [3] * 5
+    assert [len(f) for f in finished] == [3] * 5
+    assert out == [[g[0]] * 3 for g in greedy]  # each group is its own prompt's (near-certain) answer
+    assert finished == [[e[0]] * 3 for e in greedy_ended]  # end flags grouped the same way
