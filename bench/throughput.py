@@ -314,7 +314,9 @@ def cpu(out: Path, steps: int | None = None, repeats: int = 3) -> dict:
             "checkpoint_steps": cfg.runtime.checkpoint_steps,
         }
         runtime.setup(cfg)
-        rows = [{"prompt": r["prompt"], "answer": r["answer"]} for r in load_split(cfg, task, "labels")[:64]]
+        rows = [
+            {"id": r["id"], "prompt": r["prompt"], "answer": r["answer"]} for r in load_split(cfg, task, "labels")[:64]
+        ]
         prompts = [task.format_prompt(r["prompt"]) for r in load_split(cfg, task, "prompts")]
         rollouts = [{"prompt": p, "completion": task.encode_answer(sum(task.operands(p)))} for p in prompts[:1024]]
         student, teacher = base_model_dir(cfg, "student"), base_model_dir(cfg, "teacher")
@@ -327,7 +329,7 @@ def cpu(out: Path, steps: int | None = None, repeats: int = 3) -> dict:
                 return training.train_grpo(cfg, task, teacher, rows, cfg.teacher_rl, run_name="bench/grpo")
             if kind == "warmup":
                 return training.train_forward_kl(
-                    cfg, student, teacher, rollouts, cfg.warmup.steps, run_name="bench/warmup"
+                    cfg, cfg.warmup, student, teacher, rollouts, cfg.warmup.steps, run_name="bench/warmup"
                 )
             return training.train_opd(cfg, student, teacher, prompts, cfg.opd.steps, run_name="bench/opd")
 

@@ -102,15 +102,11 @@ def provenance(cfg: Config) -> dict:
 
 
 def git_dirty(cfg: Config) -> bool | None:
-    return _git_dirty(str(cfg.root))
-
-
-@functools.cache  # read once per process, like the commit
-def _git_dirty(root: str) -> bool | None:
+    """Read every time (one `git status`, milliseconds): the tree can change during a run."""
     try:
         out = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
+            cwd=cfg.root,
             capture_output=True,
             text=True,
             timeout=10,
