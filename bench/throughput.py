@@ -165,9 +165,11 @@ def gpu(out: Path, batch: int = 8, seq: int = 2048, gen_batches=(64, 256, 512), 
 # ---------------------------------------------------------------- cpu: s2d vs TRL called directly
 
 
-def _cpu_project(root: Path, steps: int | None):
-    """Tiny-profile project with random-init base models and generated data (no pretraining: speed
-    does not depend on what the weights know)."""
+def _cpu_project(root: Path, steps: int | None, params: Path | None = None):
+    """A project for the CPU comparison. Default (tiny profile): random-init base models and generated
+    data (no pretraining: speed does not depend on what the weights know). With `params` (a real-weights
+    profile such as profiles/smollm2-arith.yaml): its own `prepare` (GGUF import, the cut student, no
+    healing) and data, so the trainers run on the real model, tokenizer and chat-template prompts."""
     from s2d_pipeline.config import load_config
     from s2d_pipeline.io import write_jsonl
     from s2d_pipeline.layout import base_model_dir, data_file
@@ -183,7 +185,13 @@ def _cpu_project(root: Path, steps: int | None):
             for stage in ("teacher_rl", "warmup", "opd")
         },
     }
-    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (root / "params.yaml").write_text((params or REPO / "params.yaml").read_text())
+    if params is not None:
+        from s2d_pipeline.stages import prepare
+
+        cfg = load_config(root / "params.yaml", {**overrides, "prepare": {"heal": {"steps": 0}}}, root=root)
+        prepare.run(cfg)
+        return cfg, get_task(cfg.task)
     cfg = load_config(root / "params.yaml", overrides, root=root, check_paths=False)
     task = get_task(cfg.task)
     for split, rows in task.generate_splits(0, 512, 2048, 64).items():
@@ -238,14 +246,19 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
             temperature=g.temperature,
             max_completion_length=g.max_completion_length,
             loss_type=g.loss_type,
+            chat_template_kwargs=cfg.models.chat_template_kwargs,
         )
 
         def reward(prompts, completions, answer, **_):
-            return task.rewards(completions, answer)
+            texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+            return task.rewards(texts, answer)
 
-        data = Dataset.from_list(
-            [{"prompt": task.format_prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows]
-        )
+        def prompt(problem):  # a conversation for chat models (TRL applies the template), else text
+            if cfg.models.chat_template:
+                return [{"role": "user", "content": task.format_prompt(problem)}]
+            return task.format_prompt(problem)
+
+        data = Dataset.from_list([{"prompt": prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows])
         return GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
     if kind == "warmup":
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -284,6 +297,7 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
         beta=o.beta,
         temperature=o.temperature,
         max_completion_length=o.max_completion_length,
+        chat_template_kwargs=cfg.models.chat_template_kwargs,
     )
     return DistillationTrainer(
         model=AutoModelForCausalLM.from_pretrained(str(student_dir)),
@@ -294,10 +308,11 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
     )
 
 
-def cpu(out: Path, steps: int | None = None, repeats: int = 3) -> dict:
+def cpu(out: Path, steps: int | None = None, repeats: int = 3, params: Path | None = None) -> dict:
     """Tokens/s of GRPO, forward-KL warmup and OPD through s2d vs TRL directly; A B A B interleaved.
     `steps=None`: each stage's steps from params.yaml (150 / 100 / 150), i.e. the default run, with
-    s2d's checkpointing as configured (every `runtime.checkpoint_steps`) counted as s2d's cost."""
+    s2d's checkpointing as configured (every `runtime.checkpoint_steps`) counted as s2d's cost.
+    `params`: a real-weights profile instead of the tiny models; HF `generate` tokens/s is added."""
     import statistics
 
     from s2d_pipeline import runtime, training
@@ -305,21 +320,42 @@ def cpu(out: Path, steps: int | None = None, repeats: int = 3) -> dict:
     from s2d_pipeline.layout import base_model_dir, checkpoint_dir
 
     with tempfile.TemporaryDirectory(prefix="s2d-throughput-") as tmp:
-        cfg, task = _cpu_project(Path(tmp), steps)
+        cfg, task = _cpu_project(Path(tmp), steps, params)
         result: dict = {
             "machine": machine(),
             "repeats": repeats,
             "stages": {},
             "steps": {"grpo": cfg.teacher_rl.steps, "warmup": cfg.warmup.steps, "opd": cfg.opd.steps},
             "checkpoint_steps": cfg.runtime.checkpoint_steps,
+            "profile": cfg.profile,
         }
         runtime.setup(cfg)
         rows = [
             {"id": r["id"], "prompt": r["prompt"], "answer": r["answer"]} for r in load_split(cfg, task, "labels")[:64]
         ]
-        prompts = [task.format_prompt(r["prompt"]) for r in load_split(cfg, task, "prompts")]
-        rollouts = [{"prompt": p, "completion": task.encode_answer(sum(task.operands(p)))} for p in prompts[:1024]]
+        from s2d_pipeline.models import load_model, load_tokenizer
+        from s2d_pipeline.prompts import render, trainer_prompt
+
         student, teacher = base_model_dir(cfg, "student"), base_model_dir(cfg, "teacher")
+        tok = load_tokenizer(teacher, cfg)
+        problems = [r["prompt"] for r in load_split(cfg, task, "prompts")]
+        prompts = [trainer_prompt(cfg, task, p) for p in problems]
+        if task.name == "arithmetic":
+            rollouts = [
+                {"prompt": p, "completion": task.encode_answer(sum(task.operands(p)))} for p in problems[:1024]
+            ]
+        else:  # the length of a typical answer matters here, not its content
+            rollouts = [
+                {
+                    "prompt": render(cfg, task, tok, p),
+                    "completion": "Adding the two numbers gives 10. The answer is 10.",
+                }
+                for p in problems[:1024]
+            ]
+        if params is not None:
+            result["generation"] = _generation_speed(
+                cfg, load_model(teacher, cfg), tok, [r["prompt"] for r in rollouts]
+            )
 
         def via_s2d(kind):
             # Each stage deletes its run's checkpoints once the model is saved; do the same here, or the
@@ -369,12 +405,43 @@ def cpu(out: Path, steps: int | None = None, repeats: int = 3) -> dict:
     return result
 
 
+def _generation_speed(cfg, model, tokenizer, prompts: list[str], batch: int = 32) -> dict:
+    """HF `generate` of the teacher: sampled tokens per second at one batch size (after one untimed call)."""
+    from s2d_pipeline.generation import generate
+
+    prompts = (prompts * batch)[:batch]
+    new = cfg.rollouts.max_completion_length
+    generate(model, tokenizer, prompts[:2], max_new_tokens=4, greedy=False, seed=0)
+    t0 = time.perf_counter()
+    texts = generate(model, tokenizer, prompts, max_new_tokens=new, greedy=False, seed=0, batch_size=batch)
+    wall = time.perf_counter() - t0
+    tokens = sum(len(tokenizer(t[0], add_special_tokens=False)["input_ids"]) for t in texts)
+    return {
+        "batch": batch,
+        "max_new_tokens": new,
+        "tokens": tokens,
+        "wall_s": round(wall, 2),
+        "tokens_per_s": round(tokens / wall, 1),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
     p.add_argument("mode", choices=["cpu", "gpu"])
+    p.add_argument(
+        "--params", type=Path, default=None, help="cpu: a real-weights profile, e.g. profiles/smollm2-arith.yaml"
+    )
+    p.add_argument("--steps", type=int, default=None, help="cpu: steps per stage (default: the params' steps)")
+    p.add_argument("--repeats", type=int, default=3, help="cpu: timed runs of each side")
     args = p.parse_args()
-    out = RESULTS / f"throughput_{args.mode}.json"
-    result = gpu(out) if args.mode == "gpu" else cpu(out)
+    suffix = f"_{args.params.stem}" if args.params else ""
+    out = RESULTS / f"throughput_{args.mode}{suffix}.json"
+    if args.mode == "gpu":
+        result = gpu(out)
+    else:
+        result = cpu(
+            out, steps=args.steps, repeats=args.repeats, params=args.params.resolve() if args.params else None
+        )
     print(json.dumps(result, indent=1))
 
 

@@ -6,7 +6,7 @@ Every arm spends the same label budget N, differently:
 |---|---|---|---|---|---|
 | `s2d` | all N on teacher RL | RL teacher | W | O | - |
 | `s2d_stage3` | N - h on teacher RL, h new on Stage 3 | RL teacher (N - h) | W | O | Stage 3 on the h held-out labels |
-| `s2d_stage3_replay` | N - h on teacher RL, none new | same as `s2d_stage3` | W | O | the same updates on already-spent labels |
+| `s2d_stage3_replay` | N - h on teacher RL, none new | same as `s2d_stage3` | W | O | the same updates on h already-spent labels |
 | `grpo_direct` | all N on student RL | - | - | - | GRPO on the raw student |
 | `opd_direct` | none | raw teacher | 0 | W + O | - |
 | `raw_bridge` | none | raw teacher | W | O | - |
@@ -14,9 +14,9 @@ Every arm spends the same label budget N, differently:
 | `no_opd` | all N on teacher RL | RL teacher | W + O | 0 | - |
 
 Ablations move the removed stage's steps to the remaining one, so compute matches. The replay
-control (`s2d_stage3_replay`) repeats Stage 3's updates from the same post-bridge student on labels
-its teacher already spent, so the only difference between the two Stage-3 arms is whether the
-labels are new.
+control (`s2d_stage3_replay`) repeats Stage 3's updates from the same post-bridge student on as many
+distinct labels as Stage 3 has new ones (h, drawn seeded from those its teacher already spent), so
+the only difference between the two Stage-3 arms is whether the labels are new.
 
 Adding an arm is one entry in `SPECS`: the config accepts it, `allocate` spends its labels as its
 `labels` field says, and every stage trains, evaluates and tracks it from the spec.
@@ -36,7 +36,7 @@ class LabelUse(StrEnum):
 
     TEACHER = "teacher"  # all N on teacher RL
     TEACHER_AND_STAGE3 = "teacher_and_stage3"  # N - h on teacher RL, h new labels on Stage 3
-    TEACHER_AND_REPLAY = "teacher_and_replay"  # N - h on teacher RL, Stage 3 replays the teacher's labels
+    TEACHER_AND_REPLAY = "teacher_and_replay"  # N - h on teacher RL, Stage 3 replays h of the teacher's labels
     STUDENT = "student"  # all N on student GRPO
     NONE = "none"  # no labels (distillation from the raw teacher)
 

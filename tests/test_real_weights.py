@@ -63,7 +63,7 @@ def test_models_come_from_the_gguf_import_saved_as_safetensors(real_run):
     cfg, out, _, _ = real_run
     prepare = out["prepare"]
     assert prepare["teacher"]["gguf"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
-    assert prepare["teacher"]["parameters"] > 130_000_000
+    assert prepare["teacher"]["parameters"] > 130_000_000 and "in_gate" in prepare["teacher"]
     for role in ("teacher", "student"):
         directory = cfg.artifacts / "prepare" / role
         assert (directory / "model.safetensors").exists() and not list(directory.glob("*.gguf"))

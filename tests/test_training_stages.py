@@ -90,7 +90,9 @@ def test_every_grpo_run_grades_only_the_labels_its_ledger_entry_allows(pipeline)
     assert seen["teacher_rl/s2d"] <= budget_ids
     assert seen["teacher_rl/s2d_stage3"] <= teacher_share  # never the Stage-3 hold-out
     assert seen["student_rl/s2d_stage3"] <= holdout  # Stage 3: only new labels
-    assert seen["student_rl/s2d_stage3_replay"] <= teacher_share  # control: only labels already spent
+    replayed = ids("s2d_stage3_replay", "student_rl")
+    assert replayed <= teacher_share and len(replayed) == len(holdout)  # control: as many, already spent
+    assert seen["student_rl/s2d_stage3_replay"] <= replayed
     assert seen["student_rl/grpo_direct"] <= budget_ids
     # Each run drew steps x prompts_per_step rows from its share: it saw more than one label.
     assert all(len(v) > 1 for v in seen.values())

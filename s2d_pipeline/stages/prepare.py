@@ -160,6 +160,18 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
             ),
             4,
         )
+    p, acc = cfg.prepare, out["teacher"]["eval_greedy_accuracy"]
+    # The same band the tiny models are held to: a raw teacher already near-perfect leaves RL nothing
+    # to show, one near zero gives GRPO no reward signal. Recorded, not enforced: a real model is
+    # what it is; the task's difficulty is the knob.
+    out["teacher"]["in_gate"] = p.gate_min_accuracy <= acc <= p.gate_max_accuracy
+    if not out["teacher"]["in_gate"]:
+        log.warning(
+            "prepare: the raw teacher's eval accuracy %.3f is outside [%s, %s]; adjust the task's difficulty",
+            acc,
+            p.gate_min_accuracy,
+            p.gate_max_accuracy,
+        )
     return out
 
 
