@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -261,7 +260,6 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
         data = Dataset.from_list([{"prompt": prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows])
         return GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
     if kind == "warmup":
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
         from s2d_pipeline.training import PromptCompletionCollator  # the batch format is not the measure
