@@ -221,7 +221,8 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
         seed=0,
         use_cpu=True,
         bf16=False,
-        gradient_checkpointing=cfg.runtime.gradient_checkpointing,
+        # `activation_checkpointing` (transformers 5): the old name warns on every trainer
+        activation_checkpointing=cfg.runtime.gradient_checkpointing,
         save_strategy="no",
         report_to="none",
         logging_steps=5,

@@ -52,7 +52,8 @@ def training_args(
         data_seed=cfg.seed + seed_offset,
         bf16=cfg.runtime.bf16 and not on_cpu,
         use_cpu=on_cpu,
-        gradient_checkpointing=cfg.runtime.gradient_checkpointing,
+        # `activation_checkpointing` (transformers 5): the old name warns on every trainer
+        activation_checkpointing=cfg.runtime.gradient_checkpointing,
         logging_steps=max(1, steps // 20),
         save_strategy="steps" if every else "no",
         save_steps=every or 500,
