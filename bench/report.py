@@ -2,8 +2,8 @@
 
     python -m bench.report            # from the repository root
 
-Reads bench/results/{label_efficiency.jsonl, overhead.json, throughput_cpu.json, throughput_gpu.json,
-gpu_smoke.json}; a missing file becomes a line saying which command produces it. The hand-written
+Reads bench/results/{label_efficiency.jsonl, overhead.json, throughput_cpu.json,
+throughput_cpu_smollm2-arith.json, throughput_gpu.json, gpu_smoke.json, real_weights_smollm2-arith.json}; a missing file becomes a line saying which command produces it. The hand-written
 reading of the numbers lives in bench/findings.md and is placed first.
 """
 
@@ -71,7 +71,7 @@ def throughput_cpu_section(r: dict | None) -> list[str]:
     if r is None:
         return ["Not run yet: `python -m bench.throughput cpu`.", ""]
     lines = [
-        f"Machine: {_machine(r['machine'])}. Steps per run as in params.yaml ({r['steps']}), s2d checkpointing "
+        f"Machine: {_machine(r['machine'])}. Steps per run ({r['steps']}), s2d checkpointing "
         f"every {r['checkpoint_steps']} steps (its real cost, counted); {r['repeats']} runs per side after one "
         "untimed run each, interleaved; wall time from model load to the end of `train()`; tokens = prompt + "
         "completion tokens the trainer processed.",
@@ -87,6 +87,42 @@ def throughput_cpu_section(r: dict | None) -> list[str]:
     for kind, v in r["stages"].items():
         med = v["median_tokens_per_s"]
         lines.append(f"| {names[kind]} | {med['s2d']:.0f} | {med['trl']:.0f} | {v['ratio_s2d_over_trl']:.3f} |")
+    return lines + [""]
+
+
+def generation_lines(r: dict | None) -> list[str]:
+    g = (r or {}).get("generation")
+    if not g:
+        return []
+    return [
+        f"HF `generate` of the teacher, batch {g['batch']}, up to {g['max_new_tokens']} new tokens, sampled: "
+        f"{g['tokens']} tokens in {g['wall_s']} s = {g['tokens_per_s']} tokens/s.",
+        "",
+    ]
+
+
+def real_weights_section(r: dict | None) -> list[str]:
+    if r is None:
+        return ["Not run yet: `python -m bench.real_weights`.", ""]
+    k = r["k"]
+    lines = [
+        f"Machine: {_machine(r['machine'])}. `{r['params']}` {' '.join('-S ' + o for o in r.get('overrides') or [])}"
+        f"— whole pipeline {r['wall_s'] / 60:.1f} min; eval on {r['eval_problems']} problems, avg@{k} at temperature 1.",
+        "",
+        f"| model | greedy | avg@{k} | pass@{k} |",
+        "|---|---|---|---|",
+    ]
+    for name, m in r["table"].items():
+        lines.append(f"| {name} | {m['greedy']:.3f} | {m[f'avg@{k}']:.3f} | {m[f'pass@{k}']:.3f} |")
+    c1 = "; ".join(f"{t}: greedy {v['greedy']:+.3f}, avg@{k} {v[f'avg@{k}']:+.3f}" for t, v in r["C1"].items())
+    lines += ["", f"C1 (RL teacher minus raw teacher): {c1}.", ""]
+    c2 = "; ".join(f"{arm}: " + " → ".join(f"{v:.3f}" for v in kl.values()) for arm, kl in (r.get("C2") or {}).items())
+    if c2:
+        lines += [f"C2 (KL student‖teacher on the student's samples, before warmup → after each stage): {c2}.", ""]
+    lines += ["| stage | wall | peak RSS |", "|---|---|---|"]
+    for stage, v in r["stages"].items():
+        rss = f"{v['peak_rss_gib']} GiB" if "peak_rss_gib" in v else "—"
+        lines.append(f"| {stage} | {v['wall_s']} s | {rss} |")
     return lines + [""]
 
 
@@ -181,6 +217,11 @@ def main() -> None:
         "## 3. Training throughput, CPU (`python -m bench.throughput cpu`)",
         "",
         *throughput_cpu_section(_load("throughput_cpu.json")),
+        "## 3b. Training and generation throughput, CPU, real weights "
+        "(`python -m bench.throughput cpu --params profiles/smollm2-arith.yaml --steps 2 --repeats 2`)",
+        "",
+        *throughput_cpu_section(_load("throughput_cpu_smollm2-arith.json")),
+        *generation_lines(_load("throughput_cpu_smollm2-arith.json")),
         "## 4. GPU: real shapes (`python -m bench.throughput gpu`)",
         "",
         *throughput_gpu_section(_load("throughput_gpu.json")),
@@ -192,6 +233,9 @@ def main() -> None:
         "(`SMOKE_TEACHER=qwen3-4b SMOKE_NAME=gpu_smoke_final bash bench/gpu_run.sh`):",
         "",
         *gpu_smoke_section(_load("gpu_smoke_final.json")),
+        "## 6. Real weights on the CPU: SmolLM2-135M-Instruct, whole pipeline (`python -m bench.real_weights`)",
+        "",
+        *real_weights_section(_load("real_weights_smollm2-arith.json")),
     ]
     out.write_text("\n".join(parts))
     print(f"wrote {out}")

@@ -94,6 +94,8 @@ def split_file(cfg: Config) -> dict[str, list[dict]]:
 
 def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
     """The GGUF teacher as safetensors; the student cut from it and healed; both scored on eval."""
+    import shutil
+
     from s2d_pipeline.data import load_split
     from s2d_pipeline.generation import accuracy, sample
     from s2d_pipeline.layout import checkpoint_dir
@@ -137,6 +139,7 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
         )
         with atomic_dir(base_model_dir(cfg, "student")) as tmp:
             history = save_trained(trainer, tmp)
+        shutil.rmtree(derived, ignore_errors=True)  # the unhealed cut: scratch once healed
         out["student"]["heal"] = {
             "steps": heal.steps,
             **summarise_loss_history(history),
