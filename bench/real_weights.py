@@ -72,10 +72,14 @@ def collect(directory: Path, wall_s: float | None) -> dict:
     """A finished `s2d run` in `directory`: its metrics files (stage wall from the stages' own timers;
     no memory figures)."""
     from s2d_pipeline.config import load_config
+    from s2d_pipeline.stages import STAGES
 
     cfg = load_config(directory / "params.yaml", root=directory, check_paths=False)
     stages = {}
-    for path in sorted(cfg.metrics.glob("*.json")):
+    for name in STAGES:
+        path = cfg.metrics / f"{name}.json"
+        if not path.exists():
+            continue
         metrics = json.loads(path.read_text())
         walls = [v["wall_s"] for v in metrics.values() if isinstance(v, dict) and "wall_s" in v]
         stages[path.stem] = {"wall_s": metrics.get("wall_s", round(sum(walls), 1)), "metrics": metrics}

@@ -96,7 +96,8 @@ def generation_lines(r: dict | None) -> list[str]:
         return []
     return [
         f"HF `generate` of the teacher, batch {g['batch']}, up to {g['max_new_tokens']} new tokens, sampled: "
-        f"{g['tokens']} tokens in {g['wall_s']} s = {g['tokens_per_s']} tokens/s.",
+        f"{g['tokens']} tokens in {g['wall_s']} s = {g['tokens_per_s']} tokens/s"
+        + (f" ({g['note']})." if g.get("note") else "."),
         "",
     ]
 
@@ -107,7 +108,12 @@ def real_weights_section(r: dict | None) -> list[str]:
     k = r["k"]
     lines = [
         f"Machine: {_machine(r['machine'])}. `{r['params']}` {' '.join('-S ' + o for o in r.get('overrides') or [])}"
-        f"— whole pipeline {r['wall_s'] / 60:.1f} min; eval on {r['eval_problems']} problems, avg@{k} at temperature 1.",
+        + (
+            "(metrics collected from a `s2d --params … run`; stage walls from the stages' own timers) "
+            if r.get("collected")
+            else ""
+        )
+        + f"— whole pipeline {r['wall_s'] / 60:.1f} min; eval on {r['eval_problems']} problems, avg@{k} at temperature 1.",
         "",
         f"| model | greedy | avg@{k} | pass@{k} |",
         "|---|---|---|---|",
