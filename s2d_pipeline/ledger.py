@@ -54,13 +54,15 @@ def build_ledger(label_ids: list[str], arms: list[str], budget: int, stage3_frac
     spent = drawn[:budget]
     teacher_share = spent[: budget - alloc.stage3_holdout]
     stage3_share = spent[budget - alloc.stage3_holdout :]
-    if any(spec.labels is LabelUse.TEACHER_AND_REPLAY for spec in specs) and alloc.stage3_holdout > len(teacher_share):
-        raise BudgetError(
-            f"key 'allocation.stage3_fraction': {stage3_fraction} holds out {alloc.stage3_holdout} of {budget} labels, "
-            f"more than the {len(teacher_share)} the teacher spends; the replay control needs as many spent labels as "
-            "Stage 3 has new ones (use a fraction of at most 0.5)"
-        )
-    replayed = sorted(random.Random(f"replay-{seed}").sample(teacher_share, alloc.stage3_holdout))
+    replayed: list[str] = []
+    if any(spec.labels is LabelUse.TEACHER_AND_REPLAY for spec in specs):
+        if alloc.stage3_holdout > len(teacher_share):
+            raise BudgetError(
+                f"key 'allocation.stage3_fraction': {stage3_fraction} holds out {alloc.stage3_holdout} of {budget} "
+                f"labels, more than the {len(teacher_share)} the teacher spends; the replay control needs as many "
+                "spent labels as Stage 3 has new ones (use a fraction of at most 0.5)"
+            )
+        replayed = sorted(random.Random(f"replay-{seed}").sample(teacher_share, alloc.stage3_holdout))
 
     plans: dict[str, dict] = {}
     for arm, spec in zip(arms, specs, strict=True):
