@@ -109,6 +109,7 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
     teacher, tokenizer = import_gguf(gguf, cfg)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # as load_tokenizer sets it for every later stage (batched sampling)
     with atomic_dir(base_model_dir(cfg, "teacher")) as tmp:
         save_model(teacher, tokenizer, tmp)
     out: dict = {
@@ -125,7 +126,6 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
     if heal.steps:
         derived = checkpoint_dir(cfg, "prepare/derived-student")
         save_model(student, tokenizer, derived)
-        tokenizer.padding_side = "left"
         pool = load_split(cfg, task, "prompts")[: heal.prompts]
         prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in pool]
         samples, finished = sample(teacher, tokenizer, prompts, cfg.rollouts, n=1, seed=cfg.seed, with_finished=True)
@@ -149,7 +149,6 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
     else:
         with atomic_dir(base_model_dir(cfg, "student")) as tmp:
             save_model(student, tokenizer, tmp)
-    tokenizer.padding_side = "left"
     for role, model in (("teacher", teacher), ("student", student)):
         out[role]["eval_greedy_accuracy"] = round(
             accuracy(
