@@ -12,7 +12,7 @@ the stages through `validate` run once per seed (same data, base teacher and bas
 budget), then the stages after it through `evaluate` run per budget (the stage list and its order come
 from `s2d_pipeline.stages`). Within one seed every arm therefore starts from the same base models and
 draws from the same N labels. Tracking is off (this measures the method, not the store). Accuracy is
-read as `avg@k` with the evaluate stage's `k`, as recorded in each run's `metrics/evaluate.json`.
+read as `avg_at_k` with the evaluate stage's `k`, as recorded in each run's `metrics/evaluate.json`.
 Finished (seed, budget) cells are appended to `bench/results/label_efficiency.jsonl`; a rerun skips them.
 """
 
@@ -119,8 +119,8 @@ def run(seeds: list[int], budgets: list[int], workdir: Path) -> None:
 
 
 def sampled_metric(k: int) -> str:
-    """The evaluate stage's sampled-accuracy metric key for `k` samples per problem."""
-    return f"avg@{k}"
+    """The evaluate stage's sampled-accuracy metric key (`k` is recorded beside it, checked by `_one_k`)."""
+    return "avg_at_k"
 
 
 def _one_k(ks) -> int:
@@ -202,11 +202,8 @@ def ablation(seeds: list[int], budget: int, bridge_steps: list[tuple[int, int]],
 
 
 def _ablation_k(record: dict) -> int:
-    """The evaluate `k` of an ablation record: stored since it is recorded, else read off the metric keys."""
-    if "k" in record:
-        return record["k"]
-    metrics = record["arms"][ABLATION_ARMS[0]]
-    return int(next(m for m in metrics if m.startswith("avg@")).removeprefix("avg@"))
+    """The evaluate `k` of an ablation record."""
+    return record["k"]
 
 
 def load_ablation_records() -> list[dict]:

@@ -33,7 +33,7 @@ def _summary(cfg, stages: dict) -> dict:
         "profile": cfg.profile,
         "k": k,
         "eval_problems": evaluation["eval_problems"],
-        "table": {name: {m: v[m] for m in ("greedy", f"avg@{k}", f"pass@{k}")} for name, v in table.items()},
+        "table": {name: {m: v[m] for m in ("greedy", "avg_at_k", "pass_at_k")} for name, v in table.items()},
         "C1": evaluation["C1"],
         "C2": {arm: v.get("C2_kl") for arm, v in evaluation["arms"].items() if v.get("C2_kl")},
     }

@@ -113,14 +113,14 @@ def real_weights_section(r: dict | None) -> list[str]:
             if r.get("collected")
             else ""
         )
-        + f"— whole pipeline {r['wall_s'] / 60:.1f} min; eval on {r['eval_problems']} problems, avg@{k} at temperature 1.",
+        + f"— whole pipeline {r['wall_s'] / 60:.1f} min; eval on {r['eval_problems']} problems, avg_at_k with k = {k} at temperature 1.",
         "",
-        f"| model | greedy | avg@{k} | pass@{k} |",
+        "| model | greedy | avg_at_k | pass_at_k |",
         "|---|---|---|---|",
     ]
     for name, m in r["table"].items():
-        lines.append(f"| {name} | {m['greedy']:.3f} | {m[f'avg@{k}']:.3f} | {m[f'pass@{k}']:.3f} |")
-    c1 = "; ".join(f"{t}: greedy {v['greedy']:+.3f}, avg@{k} {v[f'avg@{k}']:+.3f}" for t, v in r["C1"].items())
+        lines.append(f"| {name} | {m['greedy']:.3f} | {m['avg_at_k']:.3f} | {m['pass_at_k']:.3f} |")
+    c1 = "; ".join(f"{t}: greedy {v['greedy']:+.3f}, avg_at_k {v['avg_at_k']:+.3f}" for t, v in r["C1"].items())
     lines += ["", f"C1 (RL teacher minus raw teacher): {c1}.", ""]
     c2 = "; ".join(f"{arm}: " + " → ".join(f"{v:.3f}" for v in kl.values()) for arm, kl in (r.get("C2") or {}).items())
     if c2:

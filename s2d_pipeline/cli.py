@@ -48,7 +48,7 @@ def run_stage(name: str, cfg) -> dict:
     """Run one stage inside its MLflow child run (under the pipeline's parent) and log its metrics."""
     if STAGE_INFO[name].trains and cfg.runtime.accelerate_config and not os.environ.get(LAUNCHED_ENV):
         return run_distributed(name, cfg)
-    from s2d_pipeline.tracking import log_flat_metrics, stage_run
+    from s2d_pipeline.tracking import end_pipeline_run, log_flat_metrics, stage_run
 
     entered = time.perf_counter()
     module = importlib.import_module(f"s2d_pipeline.stages.{name}")
@@ -58,6 +58,8 @@ def run_stage(name: str, cfg) -> dict:
         computed = time.perf_counter()
         if run is not None:
             log_flat_metrics(metrics)
+    if name == STAGES[-1]:
+        end_pipeline_run(cfg)  # the parent run's duration is the pipeline's
     if os.environ.get(TIMINGS_ENV):  # bench/overhead.py: where a stage's wall time goes
         _record_timing(
             name, compute_s=computed - started, tracking_s=(started - entered) + (time.perf_counter() - computed)

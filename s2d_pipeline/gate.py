@@ -11,9 +11,9 @@ GATE_METRIC_TAG = "s2d.eval.gate_metric"
 EVAL_SHA_TAG = "s2d.data_sha.eval"
 
 
-def gate_metric_name(result: dict) -> str:
-    """Sampled accuracy (avg@k): where the principle's gap lives at small scale."""
-    return f"avg@{result['k']}"
+# Sampled accuracy (mean over k samples; k is recorded beside it): where the principle's gap lives
+# at small scale.
+GATE_METRIC = "avg_at_k"
 
 
 def decide(candidate: float, baseline: float | None, champion: float | None, same_eval: bool) -> list[str]:

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 
 from s2d_pipeline.config import Config
@@ -151,22 +152,56 @@ def open_store(cfg: Config):
     return mlflow, experiment.experiment_id
 
 
+def pipeline_run_name(cfg: Config) -> str:
+    """What the runs table shows for a pipeline run: profile, budget, seed and short commit."""
+    return f"{cfg.profile} · budget {cfg.budget} · seed {cfg.seed} · {git_commit(cfg)[:7]}"
+
+
+def pipeline_params(cfg: Config) -> dict[str, str]:
+    """The settings a pipeline comparison is read against (params of the parent run)."""
+    params = {
+        "profile": cfg.profile,
+        "task": cfg.task.name,
+        "budget": cfg.budget,
+        "seed": cfg.seed,
+        "arms": ",".join(cfg.arms),
+        "k": cfg.evaluate.k,
+        "eval_problems": min(cfg.data.n_eval, cfg.evaluate.max_problems or cfg.data.n_eval),
+        "params_hash": cfg.params_hash(),
+    }
+    for section in ("teacher_rl", "warmup", "opd", "student_rl", "grpo_direct"):
+        params[f"{section}.steps"] = getattr(cfg, section).steps
+    return {k: str(v) for k, v in params.items()}
+
+
 def parent_run_id(cfg: Config) -> str:
-    """The pipeline's parent run (created on first use, tagged for reproducibility)."""
+    """The pipeline's parent run, created by the first stage and RUNNING until `promote` (the last
+    stage) or a failed stage ends it; a stage rerun after a failure sets it RUNNING again."""
     mlflow, experiment_id = open_store(cfg)
     key = pipeline_key(cfg)
     found = mlflow.search_runs(
         [experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'", max_results=1, output_format="list"
     )
-    if found:
-        return found[0].info.run_id
     client = mlflow.MlflowClient()
+    if found:
+        if found[0].info.status != "RUNNING":
+            client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
     run = client.create_run(
-        experiment_id, run_name=f"pipeline-{key[:8]}", tags={PIPELINE_KEY_TAG: key, **run_tags(cfg)}
+        experiment_id, run_name=pipeline_run_name(cfg), tags={PIPELINE_KEY_TAG: key, **run_tags(cfg)}
     )
-    client.log_param(run.info.run_id, "params_hash", cfg.params_hash())
-    client.set_terminated(run.info.run_id)
+    from mlflow.entities import Param
+
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in pipeline_params(cfg).items()])
     return run.info.run_id
+
+
+def end_pipeline_run(cfg: Config, status: str = "FINISHED") -> None:
+    """Mark the parent run ended (its duration is then the pipeline's)."""
+    if not cfg.tracking.enabled:
+        return
+    mlflow, _ = open_store(cfg)
+    mlflow.MlflowClient().set_terminated(parent_run_id(cfg), status=status)
 
 
 @contextlib.contextmanager
@@ -181,13 +216,17 @@ def stage_run(cfg: Config, stage: str, arm: str | None = None, metrics: dict | N
     mlflow, _ = open_store(cfg)
     parent = parent_run_id(cfg)
     name = f"{stage}/{arm}" if arm else stage
-    with mlflow.start_run(
-        run_name=name,
-        parent_run_id=parent,
-        nested=True,
-        tags={"s2d.stage": stage, "s2d.arm": arm or "", **run_tags(cfg)},
-    ) as run:
-        yield run
+    try:
+        with mlflow.start_run(
+            run_name=name,
+            parent_run_id=parent,
+            nested=True,
+            tags={"s2d.stage": stage, "s2d.arm": arm or "", **run_tags(cfg)},
+        ) as run:
+            yield run
+    except BaseException:
+        mlflow.MlflowClient().set_terminated(parent, status="FAILED")
+        raise
 
 
 def log_flat_metrics(metrics: dict, prefix: str = "") -> None:
@@ -209,8 +248,8 @@ def log_flat_metrics(metrics: dict, prefix: str = "") -> None:
 
 
 @contextlib.contextmanager
-def arm_run(cfg: Config, stage: str, arm: str) -> Iterator:
-    """A run for one arm nested under the active stage run (TRL's callback logs into it)."""
+def arm_run(cfg: Config, stage: str, arm: str, params: dict | None = None) -> Iterator:
+    """A run for one arm, active while the arm runs (TRL's callback logs into it), with `params`."""
     from s2d_pipeline.io import is_main_process
 
     if not cfg.tracking.enabled or not is_main_process():
@@ -220,21 +259,33 @@ def arm_run(cfg: Config, stage: str, arm: str) -> Iterator:
 
     if mlflow.active_run() is None:  # stage called directly (tests, notebooks): attach to the pipeline
         with stage_run(cfg, stage, arm) as run:
+            if params:
+                mlflow.log_params({k: str(v) for k, v in params.items()})
             yield run
         return
-    with mlflow.start_run(run_name=f"{stage}/{arm}", nested=True, tags={"s2d.stage": stage, "s2d.arm": arm}) as run:
+    # A direct child of the pipeline run, not of the stage run: one expansion in the runs table
+    # shows every arm of every stage side by side.
+    tags = {"s2d.stage": stage, "s2d.arm": arm, "mlflow.parentRunId": parent_run_id(cfg)}
+    with mlflow.start_run(run_name=f"{stage}/{arm}", nested=True, tags=tags) as run:
+        mlflow.set_tag("mlflow.parentRunId", tags["mlflow.parentRunId"])
+        if params:
+            mlflow.log_params({k: str(v) for k, v in params.items()})
         yield run
 
 
-def register_student(cfg: Config, model_dir, arm: str, gate_metric: str, gate_value: float) -> str:
+def register_student(cfg: Config, model_dir, arm: str, gate_value: float, description: str = "") -> str:
     """Log an arm's final student (transformers flavor) into the active run, register it under
-    `tracking.registered_model`, tag it with its eval result and point alias `challenger` at it."""
+    `tracking.registered_model` with the comparison as its description and a handful of tags (the
+    full provenance is the run's `provenance.json`), and point alias `challenger` at it."""
     import mlflow
     from mlflow import MlflowClient
 
+    from s2d_pipeline.gate import EVAL_SHA_TAG, GATE_METRIC, GATE_METRIC_TAG
     from s2d_pipeline.models import load_model, load_tokenizer
 
     name = cfg.tracking.registered_model
+    record = provenance(cfg)
+    mlflow.log_dict(record, "provenance.json")
     info = mlflow.transformers.log_model(
         transformers_model={"model": load_model(model_dir, cfg), "tokenizer": load_tokenizer(model_dir, cfg)},
         name="student",
@@ -244,16 +295,41 @@ def register_student(cfg: Config, model_dir, arm: str, gate_metric: str, gate_va
     )
     version = str(info.registered_model_version)
     client = MlflowClient()
+    if description:
+        client.update_model_version(name, version, description=description)
     tags = {
         "s2d.arm": arm,
-        "s2d.eval.gate_metric_name": gate_metric,
-        "s2d.eval.gate_metric": str(gate_value),
-        **run_tags(cfg),
+        GATE_METRIC_TAG: str(gate_value),
+        "s2d.eval.gate_metric_name": f"{GATE_METRIC} (k = {cfg.evaluate.k})",
+        EVAL_SHA_TAG: record["data_sha256"].get("eval", ""),
+        "s2d.git_commit": record["git_commit"],
+        "s2d.params_hash": record["params_hash"],
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, "challenger", version)
     return version
+
+
+def log_to_pipeline_run(cfg: Config, metrics: dict[str, float], figures: list, table: list[dict]) -> None:
+    """Headline metrics, chart images and the comparison table on the pipeline's parent run."""
+    from mlflow import MlflowClient
+
+    from s2d_pipeline.io import is_main_process
+
+    if not cfg.tracking.enabled or not is_main_process():
+        return
+    open_store(cfg)
+    client, parent = MlflowClient(), parent_run_id(cfg)
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for path in figures:
+        if path.exists():
+            client.log_artifact(parent, str(path), artifact_path="charts")
+    columns = list(table[0]) if table else []
+    client.log_table(parent, data={c: [row[c] for row in table] for c in columns}, artifact_file="comparison.json")
 
 
 def _pinned_requirements() -> list[str]:

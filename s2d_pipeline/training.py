@@ -389,7 +389,7 @@ def train_arm(cfg: Config, stage: str, arm: str, out: Path, train: Callable, sum
     from s2d_pipeline.tracking import arm_run
 
     started = time.perf_counter()
-    with arm_run(cfg, stage, arm), atomic_dir(out) as tmp:
+    with arm_run(cfg, stage, arm, params={f"s2d.{k}": v for k, v in fields.items()}), atomic_dir(out) as tmp:
         history = save_trained(train(), tmp)
     return {
         **fields,

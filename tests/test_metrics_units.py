@@ -26,7 +26,7 @@ def test_completion_format_assumed_by_these_tests():
 def test_k1_all_metrics_are_the_hit_rate():
     greedy = [RIGHT[0], WRONG[1], RIGHT[2], WRONG[3]]  # 2 / 4
     sampled = [[WRONG[0]], [RIGHT[1]], [WRONG[2]], [WRONG[3]]]  # 1 / 4
-    assert accuracy_metrics(TASK, greedy, sampled, ROWS) == {"greedy": 0.5, "avg@1": 0.25, "pass@1": 0.25}
+    assert accuracy_metrics(TASK, greedy, sampled, ROWS) == {"greedy": 0.5, "avg_at_k": 0.25, "pass_at_k": 0.25}
 
 
 def test_k3_avg_and_pass_by_hand():
@@ -38,27 +38,27 @@ def test_k3_avg_and_pass_by_hand():
         [WRONG[3], RIGHT[3], WRONG[3]],  # 1/3, pass (greedy wrong)
     ]
     got = accuracy_metrics(TASK, greedy, sampled, ROWS)
-    assert got == {"greedy": 0.5, "avg@3": round((2 / 3 + 0 + 2 / 3 + 1 / 3) / 4, 4), "pass@3": 0.75}
-    assert got["avg@3"] == 0.4167
+    assert got == {"greedy": 0.5, "avg_at_k": round((2 / 3 + 0 + 2 / 3 + 1 / 3) / 4, 4), "pass_at_k": 0.75}
+    assert got["avg_at_k"] == 0.4167
 
 
 def test_all_right_and_all_wrong():
     assert accuracy_metrics(TASK, RIGHT, [[c] * 3 for c in RIGHT], ROWS) == {
         "greedy": 1.0,
-        "avg@3": 1.0,
-        "pass@3": 1.0,
+        "avg_at_k": 1.0,
+        "pass_at_k": 1.0,
     }
     assert accuracy_metrics(TASK, WRONG, [[c] * 3 for c in WRONG], ROWS) == {
         "greedy": 0.0,
-        "avg@3": 0.0,
-        "pass@3": 0.0,
+        "avg_at_k": 0.0,
+        "pass_at_k": 0.0,
     }
 
 
 def test_empty_input_gives_zeros_not_a_crash():
     got = accuracy_metrics(TASK, [], [], [])
     assert got["greedy"] == 0.0
-    assert set(got) == {"greedy", "avg@0", "pass@0"}
+    assert set(got) == {"greedy", "avg_at_k", "pass_at_k"}
     assert all(v == 0.0 and isinstance(v, float) for v in got.values())
 
 

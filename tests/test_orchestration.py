@@ -73,7 +73,7 @@ def test_changing_one_param_reruns_only_dependent_stages(dvc_project):
     done = _run([f"{VENV_BIN}/dvc", "repro"], dvc_project)
     ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"evaluate", "promote"}  # promote reads the new evaluation; training is untouched
-    assert "avg@3" in json.loads((dvc_project / "metrics/evaluate.json").read_text())["arms"]["s2d"]
+    assert "avg_at_k" in json.loads((dvc_project / "metrics/evaluate.json").read_text())["arms"]["s2d"]
     shown = _run([f"{VENV_BIN}/dvc", "metrics", "show", "--json"], dvc_project)
     assert "evaluate.json" in shown.stdout
 

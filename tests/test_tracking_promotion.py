@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from s2d_pipeline.gate import decide
 
 
@@ -43,12 +46,12 @@ def test_evaluate_registers_challenger_and_promote_moves_champion_only_through_t
     client = MlflowClient()
     name = cfg.tracking.registered_model
     challenger = client.get_model_version_by_alias(name, "challenger")
-    assert float(challenger.tags["s2d.eval.gate_metric"]) == evaluated["arms"]["s2d"]["avg@2"]
+    assert float(challenger.tags["s2d.eval.gate_metric"]) == evaluated["arms"]["s2d"]["avg_at_k"]
     assert challenger.tags["s2d.arm"] == "s2d" and "s2d.git_commit" in challenger.tags
     first = run_stage("promote", cfg)
     assert first["promoted"] is True and first["reasons"] == [] and first["baseline"] is None
     assert client.get_model_version_by_alias(name, "champion").version == challenger.version
-    assert client.get_model_version(name, challenger.version).tags["s2d.promotion"] == "promoted"
+    assert client.get_model_version(name, challenger.version).tags["s2d.promotion"] == "promoted to champion"
 
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     by_id = {r.info.run_id: r for r in runs}
@@ -56,20 +59,53 @@ def test_evaluate_registers_challenger_and_promote_moves_champion_only_through_t
     assert len(parents) == 1 and parents[0].data.tags["s2d.params_hash"] == cfg.params_hash()
     evaluate_run = next(r for r in runs if r.info.run_name == "evaluate")
     assert evaluate_run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-    arm_runs = [r for r in runs if r.info.run_name.startswith("evaluate/")]
-    assert {r.info.run_name for r in arm_runs} >= {f"evaluate/{a}" for a in cfg.arms}
-    assert all(by_id[r.data.tags["mlflow.parentRunId"]].info.run_name == "evaluate" for r in arm_runs)
+    arm_runs = {r.info.run_name: r for r in runs if r.info.run_name.startswith("evaluate/")}
+    assert set(arm_runs) == {f"evaluate/{m}" for m in ["student_raw", *cfg.arms, "teacher_raw", "teacher_rl/s2d"]}
+    # Two levels: every arm run sits directly under the pipeline run, beside the stage runs.
+    assert {by_id[r.data.tags["mlflow.parentRunId"]].info.run_id for r in arm_runs.values()} == {
+        parents[0].info.run_id
+    }
+    s2d_run = arm_runs["evaluate/s2d"].data
+    assert s2d_run.params["teacher"] == "s2d" and s2d_run.params["labels_spent"] == str(cfg.budget)
+    assert s2d_run.params["warmup_steps"] == str(cfg.warmup.steps) and s2d_run.params["opd_steps"] == str(
+        cfg.opd.steps
+    )
+    assert arm_runs["evaluate/no_opd"].data.params["opd_steps"] == "0"
+    assert s2d_run.metrics["avg_at_k"] == evaluated["arms"]["s2d"]["avg_at_k"]
+    assert s2d_run.metrics["C2_kl.after_opd"] == evaluated["arms"]["s2d"]["C2_kl"]["after_opd"]
+
+    # The parent run: named for what it is, with the settings as params and the headline numbers.
+    parent = parents[0]
+    assert parent.info.run_name.startswith(f"{cfg.profile} · budget {cfg.budget} · seed {cfg.seed} · ")
+    assert parent.data.params["k"] == str(cfg.evaluate.k) and parent.data.params["arms"] == "s2d,no_opd"
+    assert parent.data.params["warmup.steps"] == str(cfg.warmup.steps)
+    assert parent.data.metrics["avg_at_k/s2d"] == evaluated["arms"]["s2d"]["avg_at_k"]
+    assert parent.data.metrics["greedy/student_raw"] == evaluated["student_raw"]["greedy"]
+    assert parent.info.status == "FINISHED" and parent.info.end_time >= evaluate_run.info.end_time
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "charts")}
+    assert artifacts == {"charts/accuracy.png", "charts/c2_kl.png"}
+    table = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "comparison.json", str(tmp_path))).read_text()
+    )
+    assert [row[0] for row in table["data"]] == ["student_raw", *cfg.arms, "teacher_raw", "teacher_rl/s2d"]
+
+    # The registry version: the comparison and the gate's decision as its description, few tags.
+    version = client.get_model_version(name, challenger.version)
+    assert version.description.startswith("**Gate (avg_at_k, k = ") and "| s2d |" in version.description
+    assert len(version.tags) <= 8
 
     # The same student again: a tie with the champion is not an improvement.
     run_stage("evaluate", cfg)
     newer = client.get_model_version_by_alias(name, "challenger")
     assert newer.version != challenger.version
     second = run_stage("promote", cfg)
-    metric = evaluated["arms"]["s2d"]["avg@2"]
+    metric = evaluated["arms"]["s2d"]["avg_at_k"]
     assert second["promoted"] is False
     assert second["reasons"] == [f"challenger {metric:.4f} does not beat the champion {metric:.4f}"]
     assert client.get_model_version_by_alias(name, "champion").version == challenger.version
-    assert client.get_model_version(name, newer.version).tags["s2d.promotion"] == second["reasons"][0]
+    assert (
+        client.get_model_version(name, newer.version).tags["s2d.promotion"] == "not promoted: " + second["reasons"][0]
+    )
 
 
 def test_promote_compares_with_grpo_direct_at_the_same_budget(pipeline, tmp_path):
@@ -79,7 +115,7 @@ def test_promote_compares_with_grpo_direct_at_the_same_budget(pipeline, tmp_path
     cfg0, _, _ = pipeline
     cfg = _tracked(cfg0, tmp_path, arms=["s2d", "grpo_direct"])
     evaluated = run_stage("evaluate", cfg)
-    ours, baseline = evaluated["arms"]["s2d"]["avg@2"], evaluated["arms"]["grpo_direct"]["avg@2"]
+    ours, baseline = evaluated["arms"]["s2d"]["avg_at_k"], evaluated["arms"]["grpo_direct"]["avg_at_k"]
     decision = run_stage("promote", cfg)
     assert decision["baseline"] == baseline and decision["challenger"] == ours
     assert decision["promoted"] is (ours > baseline)

@@ -120,7 +120,7 @@ def test_accuracy_metrics_score_known_right_and_wrong_completions():
     rows = [{"prompt": task.problem(58, 67), "answer": "125"}, {"prompt": task.problem(1, 2), "answer": "3"}]
     right, carry_free = task.encode_answer(125), task.encode_answer(115)
     m = accuracy_metrics(task, [right, "3000"], [[right, carry_free], ["0000", "xx"]], rows)
-    assert m == {"greedy": 1.0, "avg@2": 0.25, "pass@2": 0.5}
+    assert m == {"greedy": 1.0, "avg_at_k": 0.25, "pass_at_k": 0.5}
 
 
 def test_opd_lowers_kl_on_a_fixed_batch(pipeline):

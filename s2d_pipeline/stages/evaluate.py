@@ -1,13 +1,15 @@
 """`s2d evaluate`: every arm's student and both teachers on `eval`, plus the paper's diagnostics.
 
-- Accuracy, scored by the task verifier: greedy, avg@k (mean over k samples at `evaluate.temperature`)
-  and pass@k.
+- Accuracy, scored by the task verifier: `greedy`, `avg_at_k` (mean over k samples at
+  `evaluate.temperature`) and `pass_at_k`; `k` is recorded beside them, so the names do not change with it.
 - C1 — the teacher's gain from Stage 1 (RL teacher minus raw teacher).
 - C2 — mean per-token KL(student || teacher) on the student's own samples of unlabeled prompts,
   before warmup (raw student), after warmup and after OPD, for every bridge arm.
 
 Writes `metrics/evaluate.json` (one entry per arm and teacher), `artifacts/evaluate/comparison.md`
-(the comparison table) and `artifacts/evaluate/comparison.csv` (for `dvc plots`).
+(the comparison table), `artifacts/evaluate/comparison.csv` (for `dvc plots`), the same charts as
+PNG (`accuracy.png`, `c2_kl.png`) and `metrics/summary.json` (the headline numbers `dvc metrics show`
+prints).
 
     s2d evaluate
 """
@@ -25,7 +27,7 @@ from s2d_pipeline.tasks import get_task
 
 
 def score(task, model, tokenizer, rows: list[dict], cfg: Config) -> dict:
-    """Greedy accuracy, avg@k and pass@k of one model on labeled rows."""
+    """Greedy accuracy, avg_at_k and pass_at_k of one model on labeled rows."""
     from s2d_pipeline.generation import generate, sample
     from s2d_pipeline.prompts import render
 
@@ -37,15 +39,14 @@ def score(task, model, tokenizer, rows: list[dict], cfg: Config) -> dict:
 
 
 def accuracy_metrics(task, greedy: list[str], sampled: list[list[str]], rows: list[dict]) -> dict:
-    """Greedy accuracy, avg@k and pass@k from completions, scored by the task verifier."""
-    k = len(sampled[0]) if sampled else 0
+    """Greedy accuracy, avg_at_k and pass_at_k from completions, scored by the task verifier."""
     g = [task.verify(c, r["answer"]) for c, r in zip(greedy, rows, strict=True)]
     hits = [[task.verify(c, r["answer"]) for c in cs] for cs, r in zip(sampled, rows, strict=True)]
     n = max(len(rows), 1)
     return {
         "greedy": round(sum(g) / n, 4),
-        f"avg@{k}": round(sum(sum(h) / len(h) for h in hits) / n, 4),
-        f"pass@{k}": round(sum(any(h) for h in hits) / n, 4),
+        "avg_at_k": round(sum(sum(h) / len(h) if h else 0.0 for h in hits) / n, 4),
+        "pass_at_k": round(sum(any(h) for h in hits) / n, 4),
     }
 
 
@@ -137,22 +138,75 @@ def run(cfg: Config) -> dict:
     return result
 
 
+ACCURACY = ("greedy", "avg_at_k", "pass_at_k")
+C2_STEPS = ("before_warmup", "after_warmup", "after_opd")
+
+
+def models_evaluated(result: dict) -> dict[str, dict]:
+    """Every evaluated model in table order: the raw student, the arms, the teachers."""
+    return {"student_raw": result["student_raw"], **result["arms"], **result["teachers"]}
+
+
+def model_params(cfg: Config, name: str) -> dict:
+    """What an evaluated model is, as MLflow params (so the compare view and parallel coordinates
+    can line arms up by teacher, steps and labels spent)."""
+    from s2d_pipeline.io import read_json
+    from s2d_pipeline.layout import ledger_file
+
+    if name not in arm_specs.SPECS:
+        teacher = name.removeprefix("teacher_rl/") if name.startswith("teacher_rl/") else None
+        return {"model": name, "role": "teacher" if name.startswith("teacher") else "student", "rl_teacher": teacher}
+    spec = arm_specs.SPECS[name]
+    warmup, opd = arm_specs.bridge_steps(name, cfg.warmup.steps, cfg.opd.steps) if spec.distils else (0, 0)
+    ledger = read_json(ledger_file(cfg))
+    return {
+        "model": name,
+        "role": "student",
+        "teacher": spec.teacher or "none",
+        "warmup_steps": warmup,
+        "opd_steps": opd,
+        "student_rl": spec.student_rl or "none",
+        "student_rl_steps": getattr(cfg, spec.student_rl).steps if spec.student_rl else 0,
+        "labels_spent": ledger["arms"][name]["spent"],
+        "budget": cfg.budget,
+    }
+
+
+def summary(result: dict) -> dict:
+    """The headline numbers: accuracy per model, C1 and the candidate's gap to the baseline."""
+    from s2d_pipeline.arms import BASELINE_ARM, CANDIDATE_ARM
+
+    out: dict = {"k": result["k"]}
+    out.update({name: {m: v[m] for m in ("greedy", "avg_at_k")} for name, v in models_evaluated(result).items()})
+    arms = result["arms"]
+    if CANDIDATE_ARM in arms and BASELINE_ARM in arms:
+        out[f"{CANDIDATE_ARM}_minus_{BASELINE_ARM}"] = {
+            m: round(arms[CANDIDATE_ARM][m] - arms[BASELINE_ARM][m], 4) for m in ("greedy", "avg_at_k")
+        }
+    out["C1"] = {t: v["avg_at_k"] for t, v in result["C1"].items()}
+    return out
+
+
 def _track(cfg: Config, result: dict) -> None:
-    """One MLflow run per arm and teacher with its metrics; the candidate arm's student is
-    registered and becomes the `challenger` (promotion is `s2d promote`)."""
+    """One MLflow run per evaluated model (params: what it is; metrics: its accuracy and C2), the
+    headline numbers, charts and comparison table on the pipeline's parent run; the candidate arm's
+    student is registered and becomes the `challenger` (promotion is `s2d promote`)."""
     import mlflow
 
     from s2d_pipeline.arms import CANDIDATE_ARM
-    from s2d_pipeline.gate import gate_metric_name
-    from s2d_pipeline.tracking import arm_run, log_flat_metrics, register_student
+    from s2d_pipeline.gate import GATE_METRIC
+    from s2d_pipeline.tracking import arm_run, log_flat_metrics, log_to_pipeline_run, register_student
 
-    metric = gate_metric_name(result)
-    for name, metrics in {**result["arms"], **result["teachers"]}.items():
-        with arm_run(cfg, "evaluate", name):
-            log_flat_metrics(metrics)
+    for name, metrics in models_evaluated(result).items():
+        with arm_run(cfg, "evaluate", name, params=model_params(cfg, name)):
+            log_flat_metrics({k: v for k, v in metrics.items() if k != "model_sha256"})
             if name == CANDIDATE_ARM:
                 version = register_student(
-                    cfg, student_dir(cfg, *arm_specs.final_student_step(name)), name, metric, metrics[metric]
+                    cfg,
+                    student_dir(cfg, *arm_specs.final_student_step(name)),
+                    name,
+                    metrics[GATE_METRIC],
+                    description=(stage_dir(cfg, "evaluate") / "comparison.md").read_text(),
                 )
                 result["registered"] = {
                     "model": cfg.tracking.registered_model,
@@ -160,29 +214,90 @@ def _track(cfg: Config, result: dict) -> None:
                     "alias": "challenger",
                 }
     mlflow.log_artifacts(str(stage_dir(cfg, "evaluate")), artifact_path="comparison")
+    table = [{"model": name, **_table_row(m)} for name, m in models_evaluated(result).items()]
+    log_to_pipeline_run(
+        cfg,
+        metrics=_headline_metrics(result),
+        figures=[stage_dir(cfg, "evaluate") / f for f in ("accuracy.png", "c2_kl.png")],
+        table=table,
+    )
+
+
+def _headline_metrics(result: dict) -> dict[str, float]:
+    """`<metric>/<model>`: the MLflow chart view groups a parent run's metrics by the prefix, so
+    each chart compares the models on one metric."""
+    out = {}
+    for name, values in summary(result).items():
+        if isinstance(values, dict) and name != "C1":
+            out.update({f"{m}/{name.replace('/', '.')}": v for m, v in values.items()})
+    out.update({f"C1_avg_at_k/{t}": v for t, v in summary(result)["C1"].items()})
+    return out
+
+
+def _table_row(m: dict) -> dict:
+    c2 = m.get("C2_kl") or {}
+    return {**{c: m[c] for c in ACCURACY}, **{f"C2_{s}": c2.get(s) for s in C2_STEPS}}
 
 
 def _write_comparison(cfg: Config, result: dict) -> None:
     k = result["k"]
-    cols = ["greedy", f"avg@{k}", f"pass@{k}"]
     lines = [
-        f"# Comparison on eval ({result['eval_problems']} problems, budget {cfg.budget}, seed {cfg.seed})",
+        f"# Comparison on eval ({result['eval_problems']} problems, budget {cfg.budget}, seed {cfg.seed}, k = {k})",
         "",
-        "| model | " + " | ".join(cols) + " | C2 KL before → after warmup → after OPD |",
-        "|---|" + "---|" * (len(cols) + 1),
+        "| model | " + " | ".join(ACCURACY) + " | C2 KL before → after warmup → after OPD |",
+        "|---|" + "---|" * (len(ACCURACY) + 1),
     ]
-    csv = ["model,greedy,avg_at_k,pass_at_k"]
-    rows = [("student_raw", result["student_raw"])] + list(result["arms"].items()) + list(result["teachers"].items())
-    for name, m in rows:
-        c2 = m.get("C2_kl")
-        c2s = (
-            " → ".join(f"{c2[s]:.4f}" for s in ("before_warmup", "after_warmup", "after_opd") if s in c2) if c2 else ""
-        )
-        lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + f" | {c2s} |")
-        csv.append(name + "," + ",".join(str(m[c]) for c in cols))
-    c1 = "; ".join(f"{t}: greedy {v['greedy']:+.3f}, avg@{k} {v[f'avg@{k}']:+.3f}" for t, v in result["C1"].items())
+    csv = ["model,greedy,avg_at_k,pass_at_k,C2_before_warmup,C2_after_warmup,C2_after_opd"]
+    for name, m in models_evaluated(result).items():
+        row = _table_row(m)
+        c2s = " → ".join(f"{row[f'C2_{s}']:.4f}" for s in C2_STEPS if row[f"C2_{s}"] is not None)
+        lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3f}" for c in ACCURACY) + f" | {c2s} |")
+        csv.append(name + "," + ",".join("" if v is None else str(v) for v in row.values()))
+    c1 = "; ".join(f"{t}: greedy {v['greedy']:+.3f}, avg_at_k {v['avg_at_k']:+.3f}" for t, v in result["C1"].items())
     lines += ["", f"C1 (RL teacher minus raw teacher): {c1}"]
     out = stage_dir(cfg, "evaluate")
     for name, text in (("comparison.md", "\n".join(lines) + "\n"), ("comparison.csv", "\n".join(csv) + "\n")):
         with atomic_path(out / name) as tmp:
             tmp.write_text(text)
+    _write_charts(result, out)
+    write_json(cfg.metrics / "summary.json", summary(result))
+
+
+def _write_charts(result: dict, out: Path) -> None:
+    """The comparison as PNG (for readers without a browser's vega, and the MLflow parent run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = models_evaluated(result)
+    names = list(models)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    for offset, metric in ((-0.2, "greedy"), (0.2, "avg_at_k")):
+        ax.barh([i + offset for i in range(len(names))], [models[n][metric] for n in names], height=0.4, label=metric)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"accuracy on {result['eval_problems']} eval problems (avg_at_k: k = {result['k']})")
+    ax.legend(loc="lower right")
+    ax.set_title("Accuracy per model")
+    fig.tight_layout()
+    with atomic_path(out / "accuracy.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for arm, m in result["arms"].items():
+        c2 = m.get("C2_kl")
+        if c2:
+            steps = [s for s in C2_STEPS if s in c2]
+            ax.plot([C2_STEPS.index(s) for s in steps], [c2[s] for s in steps], marker="o", label=arm)
+    ax.set_xticks(range(len(C2_STEPS)), [s.replace("_", " ") for s in C2_STEPS])
+    ax.set_ylabel("KL(student ‖ teacher) per token")
+    ax.set_title("C2: student-teacher KL on the student's own samples")
+    if ax.lines:
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(out / "c2_kl.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

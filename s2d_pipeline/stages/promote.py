@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from s2d_pipeline.arms import BASELINE_ARM
 from s2d_pipeline.config import Config
-from s2d_pipeline.gate import EVAL_SHA_TAG, GATE_METRIC_TAG, decide, gate_metric_name
+from s2d_pipeline.gate import EVAL_SHA_TAG, GATE_METRIC, GATE_METRIC_TAG, decide
 from s2d_pipeline.io import read_json, write_json
 from s2d_pipeline.layout import metrics_file
+
+GATE_LINE = "**Gate"
 
 
 def run(cfg: Config) -> dict:
     result = read_json(metrics_file(cfg, "evaluate"))
-    metric = gate_metric_name(result)
+    metric = GATE_METRIC
     name = cfg.tracking.registered_model
     if not cfg.tracking.enabled:
         out = {"model": name, "promoted": False, "reasons": ["tracking.enabled is false: no model registry"]}
@@ -48,8 +50,15 @@ def run(cfg: Config) -> dict:
     promoted = not reasons
     if promoted:
         client.set_registered_model_alias(name, "champion", challenger.version)
-    client.set_model_version_tag(
-        name, challenger.version, "s2d.promotion", "promoted" if promoted else "; ".join(reasons)
+    decision = "promoted to champion" if promoted else "not promoted: " + "; ".join(reasons)
+    client.set_model_version_tag(name, challenger.version, "s2d.promotion", decision)
+    comparison = challenger.description or ""
+    if comparison.startswith(GATE_LINE):  # promote rerun on the same version: replace the old decision
+        comparison = comparison.split("\n\n", 1)[-1]
+    client.update_model_version(
+        name,
+        challenger.version,
+        description=f"{GATE_LINE} ({metric}, k = {result['k']}): {decision}.**\n\n{comparison}",
     )
     out = {
         "model": name,
