@@ -336,6 +336,23 @@ def _metric(evaluation: dict, name: str, metric: str):
     return evaluation.get(name, {}).get(metric)
 
 
+CURVE_CSV = REPO / "bench" / "results" / "label_efficiency_curve.csv"
+
+
+def write_curve(records: list[dict], out: Path = CURVE_CSV) -> None:
+    """Mean sampled accuracy over seeds per budget, one column per arm (the `dvc plots` curve)."""
+    import numpy as np
+
+    sampled = sampled_metric(records_k(records))
+    budgets = sorted({r["budget"] for r in records})
+    arms = list(records[0]["evaluate"]["arms"])
+    lines = [",".join(["budget", *arms])]
+    for b in budgets:
+        means = [np.mean([_metric(r["evaluate"], a, sampled) for r in records if r["budget"] == b]) for a in arms]
+        lines.append(",".join([str(b), *(f"{m:.4f}" for m in means)]))
+    out.write_text("\n".join(lines) + "\n")
+
+
 def plot(records: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -430,7 +447,8 @@ def main() -> None:
         records = load_records()
         print(report(records))
         plot(records, REPO / "bench" / "label_efficiency.png")
-        print(f"plot: {REPO / 'bench' / 'label_efficiency.png'}", file=sys.stderr)
+        write_curve(records)
+        print(f"plot: {REPO / 'bench' / 'label_efficiency.png'}, curve: {CURVE_CSV}", file=sys.stderr)
 
 
 if __name__ == "__main__":

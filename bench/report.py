@@ -214,6 +214,7 @@ def main() -> None:
                 label_efficiency.ablation_report(ablation_records),
             ]
         label_efficiency.plot(records, REPO / "bench" / "label_efficiency.png")
+        label_efficiency.write_curve(records)
     else:
         parts += ["Not run yet.", ""]
     parts += [

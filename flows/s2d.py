@@ -2,8 +2,10 @@
 
 No stage logic lives here: each task calls `s2d_pipeline.cli.run_stage`. Training stages retry
 with backoff (a worker lost mid-stage reruns it; outputs are written atomically, so a retry never
-sees a half-written model). The flow publishes a progress artifact while it runs and the method
-comparison as a table artifact at the end, and tags the MLflow parent run with its flow-run id.
+sees a half-written model). In a DVC project run with its params.yaml, the flow skips the stages
+`dvc.lock` says are up to date and records those it runs there, so `dvc repro` and the flow share
+state. The flow publishes a progress artifact while it runs, the comparison table and a link to the
+MLflow parent run at the end; a user error fails the run with the error as its state message.
 
     # one machine, no server needed (Prefect starts a temporary one):
     python -m flows.s2d
@@ -12,6 +14,7 @@ comparison as a table artifact at the end, and tags the MLflow parent run with i
     # a worker pool (see prefect.yaml and README "Orchestration"):
     prefect deploy --all && prefect worker start -p s2d-process
     prefect deployment run s2d/train --param overrides='{"budget": 32}' --watch
+    prefect deployment run s2d/train --param params=profiles/smollm2-arith.yaml --watch
 """
 
 from __future__ import annotations
@@ -40,35 +43,126 @@ def run_check_task(name: str, params: str, overrides: dict | None) -> dict:
 
 
 @flow(name="s2d")
-def s2d(params: str = "params.yaml", overrides: dict | None = None) -> dict:
-    """Run the whole pipeline; returns the evaluate stage's metrics."""
-    from s2d_pipeline.config import load_config
-    from s2d_pipeline.stages import PIPELINE
+def s2d(params: str = "params.yaml", overrides: dict | None = None):
+    """Run the whole pipeline; returns the evaluate stage's metrics. A user error (bad params or
+    overrides, bad data, an impossible budget) fails the run with that error as the state message."""
+    from prefect.states import Failed
+
+    from s2d_pipeline.errors import S2DError
 
     logger = get_run_logger()
+    try:
+        return _run_pipeline(params, overrides, logger)
+    except S2DError as exc:
+        logger.error("s2d: %s", exc)
+        return Failed(message=f"s2d: {exc}")
+
+
+def _run_pipeline(params: str, overrides: dict | None, logger) -> dict:
+    from s2d_pipeline.config import load_config
+    from s2d_pipeline.io import read_json
+    from s2d_pipeline.layout import metrics_file
+    from s2d_pipeline.runtime import quiet_offline_env
+    from s2d_pipeline.stages import PIPELINE
     from s2d_pipeline.tracking import preflight
 
-    preflight(load_config(params, overrides))  # fail fast on bad params or tracking, before any task
+    quiet_offline_env()
+    cfg = load_config(params, overrides)
+    preflight(cfg)  # fail fast on an unreachable tracking server, before any task
     run_id = flow_run.get_id()
     if run_id:
         os.environ["S2D_PIPELINE_RUN_ID"] = f"prefect-{run_id}"
+    dvc = DvcState.for_run(cfg, params, overrides, logger)
     progress = create_progress_artifact(0.0, key="s2d-progress", description="s2d pipeline stages done")
     results: dict = {}
     for i, stage in enumerate(PIPELINE):
         name = stage.name
-        # A stage that can fail for reasons outside the user's data (lost worker, OOM) is retried.
-        runner = run_stage_task if stage.transient_failures else run_check_task
-        results[name] = runner(name, params, overrides)
+        if dvc and dvc.up_to_date(name):
+            logger.info("stage %s: up to date in dvc.lock (same params, code and inputs), skipped", name)
+            results[name] = read_json(metrics_file(cfg, name))
+        else:
+            # A stage that can fail for reasons outside the user's data (lost worker, OOM) is retried.
+            runner = run_stage_task if stage.transient_failures else run_check_task
+            results[name] = runner(name, params, overrides)
+            if dvc:
+                dvc.commit(name)
+            logger.info("stage %s done", name)
         update_progress_artifact(progress, 100.0 * (i + 1) / len(PIPELINE))
-        logger.info("stage %s done", name)
     evaluation = results.get("evaluate", {})
     if evaluation:
-        rows = [
-            {"model": name, **{k: v for k, v in m.items() if not isinstance(v, dict)}}
-            for name, m in {**evaluation["arms"], **evaluation["teachers"]}.items()
-        ]
-        create_table_artifact(rows, key="s2d-comparison", description="eval accuracy per arm and teacher")
+        _publish_comparison(cfg, evaluation, results.get("promote", {}))
     return evaluation
+
+
+def _publish_comparison(cfg, evaluation: dict, promotion: dict) -> None:
+    """The comparison as a table artifact, and a markdown artifact linking the MLflow parent run."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from s2d_pipeline.stages.evaluate import comparison_rows
+
+    create_table_artifact(
+        comparison_rows(evaluation), key="s2d-comparison", description="eval accuracy and C2 KL per model"
+    )
+    lines = [f"**Promotion:** {'promoted' if promotion.get('promoted') else 'not promoted'}"]
+    lines += [f"- {r}" for r in promotion.get("reasons", [])]
+    link = _mlflow_parent_link(cfg)
+    if link:
+        lines.append(f"\n[MLflow parent run: params, headline metrics, charts, every model's run]({link})")
+    create_markdown_artifact("\n".join(lines), key="s2d-result", description="promotion and the MLflow run")
+
+
+def _mlflow_parent_link(cfg) -> str | None:
+    """The parent run's page when the tracking store is a server a browser can open."""
+    from s2d_pipeline.runtime import tracking_uri
+
+    uri = tracking_uri(cfg)
+    if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
+        return None
+    from s2d_pipeline.tracking import open_store, parent_run_id
+
+    _, experiment_id = open_store(cfg)
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{parent_run_id(cfg)}"
+
+
+class DvcState:
+    """Keeps `dvc.lock` in step with a flow run, so `dvc repro` and a rerun of the flow skip the
+    stages the flow finished (and the flow skips those `dvc repro` finished). Only when the run is
+    the project's own `params.yaml` without overrides: other settings do not match what DVC tracks."""
+
+    def __init__(self, root, logger):
+        self.root, self.logger = root, logger
+
+    @classmethod
+    def for_run(cls, cfg, params: str, overrides: dict | None, logger) -> DvcState | None:
+        from pathlib import Path
+
+        root = cfg.root
+        if not ((root / "dvc.yaml").exists() and (root / ".dvc").is_dir()):
+            return None
+        if overrides or Path(params).resolve() != (root / "params.yaml").resolve():
+            logger.info(
+                "not a params.yaml run (params %s, overrides %s): dvc.lock is left as it is", params, overrides
+            )
+            return None
+        return cls(root, logger)
+
+    def _dvc(self, *args: str):
+        import subprocess
+
+        return subprocess.run(
+            [sys.executable, "-m", "dvc", *args], cwd=self.root, capture_output=True, text=True, timeout=600
+        )
+
+    def up_to_date(self, stage: str) -> bool:
+        import json
+
+        done = self._dvc("status", "--json", stage)
+        return done.returncode == 0 and json.loads(done.stdout or "{}") == {}
+
+    def commit(self, stage: str) -> None:
+        done = self._dvc("commit", "--force", "--quiet", stage)
+        if done.returncode != 0:  # the stage's outputs are fine; only DVC's record of them is missing
+            self.logger.warning("dvc commit %s failed (dvc repro will rerun it): %s", stage, done.stderr.strip())
 
 
 def prefect_api_preflight(timeout_s: float = 5.0) -> None:

@@ -355,9 +355,15 @@ def load_config(
         raise ConfigError(f"{params}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{params}: top level must be a mapping of keys, got {type(raw).__name__}")
-    if overrides:
-        raw = deep_merge(raw, overrides)
-    return config_from_dict(raw, source=str(params), root=root, check_paths=check_paths)
+    if not overrides:
+        return config_from_dict(raw, source=str(params), root=root, check_paths=check_paths)
+    try:
+        return config_from_dict(deep_merge(raw, overrides), source=str(params), root=root, check_paths=check_paths)
+    except ConfigError:
+        config_from_dict(raw, source=str(params), root=root, check_paths=False)  # the file's own error
+    # The file alone is valid, so the overrides broke it: name them, not the file.
+    source = f"overrides {json.dumps(overrides)} (on {params})"
+    return config_from_dict(deep_merge(raw, overrides), source=source, root=root, check_paths=check_paths)
 
 
 def config_from_dict(

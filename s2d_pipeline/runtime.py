@@ -7,14 +7,30 @@ import random
 
 from s2d_pipeline.config import Config
 
+# s2d never downloads (model and data references must already be on disk) and sends no usage
+# telemetry: offline, each attempt only fills the logs with connection errors. A user's own
+# setting of any of these wins.
+QUIET_OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "TRL_EXPERIMENTAL_SILENCE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def quiet_offline_env() -> None:
+    for key, value in QUIET_OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
 
 def setup(cfg: Config, seed_offset: int = 0) -> None:
-    # s2d never downloads: model and data references must already be on disk.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_offline_env()
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(cfg)
     os.environ["MLFLOW_EXPERIMENT_NAME"] = cfg.tracking.experiment
     import numpy as np

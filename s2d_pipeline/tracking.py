@@ -286,12 +286,16 @@ def register_student(cfg: Config, model_dir, arm: str, gate_value: float, descri
     name = cfg.tracking.registered_model
     record = provenance(cfg)
     mlflow.log_dict(record, "provenance.json")
+    from huggingface_hub import ModelCard
+
     info = mlflow.transformers.log_model(
         transformers_model={"model": load_model(model_dir, cfg), "tokenizer": load_tokenizer(model_dir, cfg)},
         name="student",
         task="text-generation",
         registered_model_name=name,
         pip_requirements=_pinned_requirements(),
+        # Our own card: without one mlflow asks the hub for the base model's (a warning offline).
+        model_card=ModelCard(f"# s2d student (arm {arm})\n\n{description}"),
     )
     version = str(info.registered_model_version)
     client = MlflowClient()

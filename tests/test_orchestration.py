@@ -74,8 +74,22 @@ def test_changing_one_param_reruns_only_dependent_stages(dvc_project):
     ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"evaluate", "promote"}  # promote reads the new evaluation; training is untouched
     assert "avg_at_k" in json.loads((dvc_project / "metrics/evaluate.json").read_text())["arms"]["s2d"]
-    shown = _run([f"{VENV_BIN}/dvc", "metrics", "show", "--json"], dvc_project)
-    assert "evaluate.json" in shown.stdout
+    shown = _run([f"{VENV_BIN}/dvc", "metrics", "show"], dvc_project).stdout
+    assert "metrics/summary.json" in shown and "avg_at_k.s2d" in shown
+    assert max(len(line) for line in shown.splitlines()) <= 120  # fits a terminal
+
+
+def test_dvc_plots_put_the_value_on_the_bar_axis(dvc_project):
+    """Horizontal bars need the number on x and the model on y (the other way round draws nothing)."""
+    shown = json.loads(_run([f"{VENV_BIN}/dvc", "plots", "show", "--json"], dvc_project).stdout)["data"]
+    for plot, metric in (("accuracy_sampled", "avg_at_k"), ("accuracy_greedy", "greedy")):
+        spec = shown[plot][0]["content"]
+        assert spec["encoding"]["x"] == {**spec["encoding"]["x"], "field": metric, "type": "quantitative"}
+        assert spec["encoding"]["y"]["field"] == "model"
+        values = spec["data"]["values"]
+        assert {v["model"] for v in values} >= {"student_raw", "s2d", "teacher_raw"}
+        assert all(0.0 <= float(v[metric]) <= 1.0 for v in values)
+    assert (dvc_project / "artifacts/evaluate/accuracy.png").stat().st_size > 1000
 
 
 def test_prefect_flow_matches_dvc_repro(dvc_project, tmp_path, monkeypatch):
@@ -86,8 +100,24 @@ def test_prefect_flow_matches_dvc_repro(dvc_project, tmp_path, monkeypatch):
     # Same params as the DVC run (before the k change above is undone, use k=3 like the DVC project now).
     root = _make_project(tmp_path / "prefect")
     shutil.copy(dvc_project / "params.yaml", root / "params.yaml")
+    _run(["git", "init", "-q"], root)
+    _run([f"{VENV_BIN}/dvc", "init", "-q"], root)
     monkeypatch.chdir(root)
+    monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")
     with prefect_test_harness(server_startup_timeout=120):
         state = s2d(params="params.yaml", return_state=True)
-    assert state.is_completed(), state
-    assert _eval_metrics(root) == _eval_metrics(dvc_project)
+        assert state.is_completed(), state
+        assert _eval_metrics(root) == _eval_metrics(dvc_project)
+
+        # The flow recorded what it ran in dvc.lock: DVC sees nothing to do ...
+        assert "up to date" in _run([f"{VENV_BIN}/dvc", "status"], root).stdout
+        assert "Running stage" not in _run([f"{VENV_BIN}/dvc", "repro"], root).stdout
+        # ... and a second flow run with the same params skips every stage.
+        before = {p: p.stat().st_mtime_ns for p in (root / "metrics").glob("*.json")}
+        assert s2d(params="params.yaml", return_state=True).is_completed()
+        assert {p: p.stat().st_mtime_ns for p in (root / "metrics").glob("*.json")} == before
+
+        # A typo in an override fails the run with the error as its state message, naming the override.
+        failed = s2d(params="params.yaml", overrides={"budegt": 32}, return_state=True)
+        assert failed.is_failed()
+        assert 'overrides {"budegt": 32}' in failed.message and "unknown key 'budegt'" in failed.message

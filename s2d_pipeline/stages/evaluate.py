@@ -173,18 +173,17 @@ def model_params(cfg: Config, name: str) -> dict:
 
 
 def summary(result: dict) -> dict:
-    """The headline numbers: accuracy per model, C1 and the candidate's gap to the baseline."""
+    """The headline in a few numbers (`metrics/summary.json`, what `dvc metrics show` prints): the
+    candidate's and the baseline's sampled accuracy, their gap, and the RL teachers' C1; the whole
+    table is `comparison.md` and the plots."""
     from s2d_pipeline.arms import BASELINE_ARM, CANDIDATE_ARM
+    from s2d_pipeline.gate import GATE_METRIC
 
-    out: dict = {"k": result["k"]}
-    out.update({name: {m: v[m] for m in ("greedy", "avg_at_k")} for name, v in models_evaluated(result).items()})
     arms = result["arms"]
-    if CANDIDATE_ARM in arms and BASELINE_ARM in arms:
-        out[f"{CANDIDATE_ARM}_minus_{BASELINE_ARM}"] = {
-            m: round(arms[CANDIDATE_ARM][m] - arms[BASELINE_ARM][m], 4) for m in ("greedy", "avg_at_k")
-        }
-    out["C1"] = {t: v["avg_at_k"] for t, v in result["C1"].items()}
-    return out
+    headline = {arm: arms[arm][GATE_METRIC] for arm in (CANDIDATE_ARM, BASELINE_ARM) if arm in arms}
+    if len(headline) == 2:
+        headline["gap"] = round(headline[CANDIDATE_ARM] - headline[BASELINE_ARM], 4)
+    return {GATE_METRIC: headline, f"C1_{GATE_METRIC}": {t: v[GATE_METRIC] for t, v in result["C1"].items()}}
 
 
 def _track(cfg: Config, result: dict) -> None:
@@ -214,7 +213,7 @@ def _track(cfg: Config, result: dict) -> None:
                     "alias": "challenger",
                 }
     mlflow.log_artifacts(str(stage_dir(cfg, "evaluate")), artifact_path="comparison")
-    table = [{"model": name, **_table_row(m)} for name, m in models_evaluated(result).items()]
+    table = comparison_rows(result)
     log_to_pipeline_run(
         cfg,
         metrics=_headline_metrics(result),
@@ -226,12 +225,24 @@ def _track(cfg: Config, result: dict) -> None:
 def _headline_metrics(result: dict) -> dict[str, float]:
     """`<metric>/<model>`: the MLflow chart view groups a parent run's metrics by the prefix, so
     each chart compares the models on one metric."""
-    out = {}
-    for name, values in summary(result).items():
-        if isinstance(values, dict) and name != "C1":
-            out.update({f"{m}/{name.replace('/', '.')}": v for m, v in values.items()})
-    out.update({f"C1_avg_at_k/{t}": v for t, v in summary(result)["C1"].items()})
+    from s2d_pipeline.arms import BASELINE_ARM, CANDIDATE_ARM
+
+    out = {
+        f"{m}/{name.replace('/', '.')}": v[m]
+        for name, v in models_evaluated(result).items()
+        for m in ("greedy", "avg_at_k")
+    }
+    arms = result["arms"]
+    if CANDIDATE_ARM in arms and BASELINE_ARM in arms:
+        for m in ("greedy", "avg_at_k"):
+            out[f"{m}/{CANDIDATE_ARM}_minus_{BASELINE_ARM}"] = round(arms[CANDIDATE_ARM][m] - arms[BASELINE_ARM][m], 4)
+    out.update({f"C1_avg_at_k/{t}": v["avg_at_k"] for t, v in result["C1"].items()})
     return out
+
+
+def comparison_rows(result: dict) -> list[dict]:
+    """One row per evaluated model: accuracy and C2 (the table of MLflow, Prefect and the CSV)."""
+    return [{"model": name, **_table_row(m)} for name, m in models_evaluated(result).items()]
 
 
 def _table_row(m: dict) -> dict:
