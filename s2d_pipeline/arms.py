@@ -152,3 +152,44 @@ def final_student_step(arm: str) -> tuple[str, str]:
     if SPECS[arm].student_rl:
         return arm, STUDENT_RL
     return bridge_final_step(arm)
+
+
+# Stages that run one unit of work per arm (an RL teacher, a teacher's rollouts, a bridge, a
+# student GRPO run); `s2d <stage> --arm NAME` runs the unit NAME needs, and the flow fans out by unit.
+PER_ARM_STAGES = ("teacher_rl", "rollouts", "warmup", "opd", "student_rl")
+
+
+def stage_unit(stage: str, arm: str) -> str | None:
+    """The unit of `stage` that `arm` needs — its RL teacher (`teacher_rl`), its teacher's rollouts
+    (`rollouts`), the bridge it uses (`warmup`, `opd`), itself (`student_rl`) — or None when the arm
+    has no such step."""
+    spec = SPECS[arm]
+    if stage == "teacher_rl":
+        return spec.teacher if spec.teacher not in (None, "raw") else None
+    if stage == "rollouts":
+        return spec.teacher if spec.warmup and spec.teacher else None
+    if stage in ("warmup", "opd"):
+        bridge = spec.bridge or arm
+        return bridge if SPECS[bridge].distils and getattr(SPECS[bridge], stage) else None
+    if stage == STUDENT_RL:
+        return arm if spec.student_rl else None
+    raise ValueError(f"stage '{stage}' does not run per arm (those that do: {', '.join(PER_ARM_STAGES)})")
+
+
+def stage_units(stage: str, arms) -> dict[str, str]:
+    """Each unit of `stage` the configured arms need, with the first arm that needs it."""
+    out: dict[str, str] = {}
+    for arm in arms:
+        unit = stage_unit(stage, arm)
+        if unit is not None:
+            out.setdefault(unit, arm)
+    return out
+
+
+def only_unit(items, stage: str, arm: str | None):
+    """`items` (units, or tuples whose first element is the unit) restricted to what `arm` needs in
+    `stage`; all of them when `arm` is None."""
+    if arm is None:
+        return list(items)
+    unit = stage_unit(stage, arm)
+    return [x for x in items if (x[0] if isinstance(x, tuple) else x) == unit]

@@ -5,6 +5,7 @@
     s2d allocate -S budget=32
     s2d --params profiles/qwen3-math.yaml validate
     s2d run                      # every stage in order
+    s2d warmup --arm no_opd      # one arm's unit of a per-arm stage (what the flow fans out)
 
 Thin by design: load the config, call the stage's `run(cfg)`, print its metrics. A user error
 (bad params, bad data, impossible budget) prints one clear message and exits with status 2.
@@ -13,6 +14,7 @@ Thin by design: load the config, call the stage's `run(cfg)`, print its metrics.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -40,21 +42,40 @@ def _parser() -> argparse.ArgumentParser:
         help="override a param, e.g. -S budget=32 -S teacher_rl.steps=10",
     )
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "--arm",
+        default=None,
+        help="run only what this arm needs of the stage (its RL teacher, rollouts, bridge or student GRPO)",
+    )
     p.add_argument("stage", choices=[*STAGES, "run"], help="stage to run ('run' = all, in order)")
     return p
 
 
-def run_stage(name: str, cfg) -> dict:
-    """Run one stage inside its MLflow child run (under the pipeline's parent) and log its metrics."""
+def check_arm(name: str, cfg, arm: str) -> None:
+    from s2d_pipeline.arms import PER_ARM_STAGES
+
+    if name not in PER_ARM_STAGES:
+        raise S2DError(f"--arm: stage '{name}' runs once for all arms (per-arm stages: {', '.join(PER_ARM_STAGES)})")
+    if arm not in cfg.arms:
+        raise S2DError(f"--arm: '{arm}' is not a configured arm (key 'arms': {', '.join(cfg.arms)})")
+
+
+def run_stage(name: str, cfg, arm: str | None = None) -> dict:
+    """Run one stage (or, with `arm`, the unit of it that arm needs) inside its MLflow child run
+    (under the pipeline's parent) and log its metrics."""
+    if arm is not None:
+        check_arm(name, cfg, arm)
     if STAGE_INFO[name].trains and cfg.runtime.accelerate_config and not os.environ.get(LAUNCHED_ENV):
-        return run_distributed(name, cfg)
+        return run_distributed(name, cfg, arm)
     from s2d_pipeline.tracking import end_pipeline_run, log_flat_metrics, stage_run
 
     entered = time.perf_counter()
     module = importlib.import_module(f"s2d_pipeline.stages.{name}")
-    with stage_run(cfg, name) as run:
+    # One arm's unit logs into its own run under the pipeline run (no stage-level run beside it).
+    tracked = STAGE_INFO[name].tracked and arm is None
+    with stage_run(cfg, name) if tracked else contextlib.nullcontext() as run:
         started = time.perf_counter()
-        metrics = module.run(cfg)
+        metrics = module.run(cfg, arm=arm) if arm is not None else module.run(cfg)
         computed = time.perf_counter()
         if run is not None:
             log_flat_metrics(metrics)
@@ -85,7 +106,7 @@ def _record_timing(name: str, **seconds: float) -> None:
         )
 
 
-def launch_command(name: str, cfg, params_file: str) -> list[str]:
+def launch_command(name: str, cfg, params_file: str, arm: str | None = None) -> list[str]:
     """`accelerate launch` of `s2d <stage>` with the run's resolved params."""
     cmd = [
         sys.executable,
@@ -96,10 +117,10 @@ def launch_command(name: str, cfg, params_file: str) -> list[str]:
     ]
     if cfg.runtime.num_processes:
         cmd += ["--num_processes", str(cfg.runtime.num_processes)]
-    return cmd + ["-m", "s2d_pipeline.cli", "--params", params_file, name]
+    return cmd + ["-m", "s2d_pipeline.cli", "--params", params_file, *(["--arm", arm] if arm else []), name]
 
 
-def run_distributed(name: str, cfg) -> dict:
+def run_distributed(name: str, cfg, arm: str | None = None) -> dict:
     """Run a training stage on every GPU the accelerate config names (DeepSpeed ZeRO-3 / FSDP): the
     same stage code in N processes; rank 0 writes the outputs, metrics and MLflow runs."""
     import subprocess
@@ -118,7 +139,9 @@ def run_distributed(name: str, cfg) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"s2d-{name}-", delete=False) as f:
         yaml.safe_dump(resolved, f)
     try:
-        done = subprocess.run(launch_command(name, cfg, f.name), cwd=cfg.root, env={**os.environ, LAUNCHED_ENV: "1"})
+        done = subprocess.run(
+            launch_command(name, cfg, f.name, arm), cwd=cfg.root, env={**os.environ, LAUNCHED_ENV: "1"}
+        )
     finally:
         os.unlink(f.name)
     if done.returncode != 0:
@@ -126,7 +149,13 @@ def run_distributed(name: str, cfg) -> dict:
             f"{name}: the distributed run exited with status {done.returncode} (its log is above); "
             "a rerun resumes from the last checkpoint"
         )
-    return read_json(metrics_file(cfg, name))
+    metrics = read_json(metrics_file(cfg, name))
+    if arm is None:
+        return metrics
+    from s2d_pipeline.arms import stage_unit
+
+    unit = stage_unit(name, arm)
+    return {unit: metrics[unit]} if unit in metrics else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(args.params, parse_overrides(args.overrides))
         preflight(cfg)
+        if args.arm is not None and args.stage == "run":
+            raise S2DError("--arm runs one stage's unit: name the stage, e.g. `s2d warmup --arm no_opd`")
         for name in STAGES if args.stage == "run" else [args.stage]:
-            metrics = run_stage(name, cfg)
+            metrics = run_stage(name, cfg, args.arm)
             print(json.dumps({"stage": name, **metrics}, default=str))
     except S2DError as exc:
         print(f"s2d {args.stage}: error: {exc}", file=sys.stderr)

@@ -265,6 +265,13 @@ class RuntimeConfig(Section):
     vllm_tensor_parallel_size: int = Field(1, ge=1)
 
 
+class FlowConfig(Section):
+    # The Prefect flow runs each per-arm stage as one task per arm. How many of one stage's arms train
+    # at once, each in its own process: 1 keeps a 2-core machine at one training at a time; on a GPU
+    # worker, one per GPU. Not a stage setting: results do not depend on it.
+    parallel_arms: int = Field(1, ge=1)
+
+
 class Config(Section):
     profile: str = "tiny"
     seed: int = 0
@@ -288,6 +295,7 @@ class Config(Section):
     grpo_direct: GRPOStageConfig = GRPOStageConfig(learning_rate=1e-4)
     evaluate: EvaluateConfig = EvaluateConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    flow: FlowConfig = FlowConfig()
 
     @field_validator("arms")
     @classmethod

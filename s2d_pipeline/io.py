@@ -93,6 +93,24 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def write_stage_metrics(path: str | Path, metrics: dict, partial: bool = False) -> dict:
+    """Write a stage's metrics (one entry per unit); returns them. `partial` (one arm's unit, `s2d
+    <stage> --arm`): merge into the file under a lock, so arms finishing at once on workers sharing
+    the project keep each other's entries."""
+    if not partial:
+        write_json(path, metrics)
+        return metrics
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = {**(json.loads(path.read_text()) if path.exists() else {}), **metrics}
+        write_json(path, merged)
+    return metrics
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)

@@ -108,6 +108,9 @@ def test_prefect_flow_matches_dvc_repro(dvc_project, tmp_path, monkeypatch):
         state = s2d(params="params.yaml", return_state=True)
         assert state.is_completed(), state
         assert _eval_metrics(root) == _eval_metrics(dvc_project)
+        # Per-arm stages fan out: one task run per unit (an RL teacher, a bridge, a student GRPO run).
+        names = _task_run_names(state.state_details.flow_run_id)
+        assert {"warmup/s2d", "opd/s2d", "teacher_rl/s2d", "prepare", "evaluate"} <= names
 
         # The flow recorded what it ran in dvc.lock: DVC sees nothing to do ...
         assert "up to date" in _run([f"{VENV_BIN}/dvc", "status"], root).stdout
@@ -121,3 +124,30 @@ def test_prefect_flow_matches_dvc_repro(dvc_project, tmp_path, monkeypatch):
         failed = s2d(params="params.yaml", overrides={"budegt": 32}, return_state=True)
         assert failed.is_failed()
         assert 'overrides {"budegt": 32}' in failed.message and "unknown key 'budegt'" in failed.message
+
+
+def _task_run_names(flow_run_id) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name for r in runs}
+
+
+def test_arms_trained_in_parallel_processes_give_the_sequential_results(dvc_project, tmp_path, monkeypatch):
+    """`flow.parallel_arms: 2`: two arms of a stage train at once, each in its own `s2d <stage>
+    --arm` process; the evaluation equals the sequential DVC run's."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.s2d import s2d
+
+    root = _make_project(tmp_path / "parallel")
+    shutil.copy(dvc_project / "params.yaml", root / "params.yaml")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")
+    with prefect_test_harness(server_startup_timeout=120):
+        state = s2d(params="params.yaml", overrides={"flow": {"parallel_arms": 2}}, return_state=True)
+        assert state.is_completed(), state
+        assert {"warmup/s2d", "opd/no_warmup"} <= _task_run_names(state.state_details.flow_run_id)
+    assert _eval_metrics(root) == _eval_metrics(dvc_project)

@@ -14,12 +14,15 @@ class StageInfo:
     name: str  # also the module under s2d_pipeline.stages and the DVC stage name
     trains: bool = False  # runs a trainer: relaunched under `accelerate launch` with runtime.accelerate_config
     transient_failures: bool = False  # may fail for reasons outside the user's data (lost worker, OOM): retried
+    # Opens an MLflow run. The data checks and the ledger do not: their reports are DVC outputs, and
+    # importing mlflow and opening the store is most of such a stage's wall time.
+    tracked: bool = True
 
 
 PIPELINE: tuple[StageInfo, ...] = (
     StageInfo("prepare"),
-    StageInfo("validate"),
-    StageInfo("allocate"),
+    StageInfo("validate", tracked=False),
+    StageInfo("allocate", tracked=False),
     StageInfo("teacher_rl", trains=True, transient_failures=True),
     StageInfo("rollouts", transient_failures=True),
     StageInfo("warmup", trains=True, transient_failures=True),

@@ -13,12 +13,12 @@ from functools import partial
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import write_json
+from s2d_pipeline.io import write_stage_metrics
 from s2d_pipeline.layout import base_model_dir, metrics_file, student_dir, teacher_dir
 from s2d_pipeline.tasks import get_task
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, arm: str | None = None) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.data import load_split
     from s2d_pipeline.prompts import trainer_prompt
@@ -28,17 +28,17 @@ def run(cfg: Config) -> dict:
     task = get_task(cfg.task)
     prompts = [trainer_prompt(cfg, task, r["prompt"]) for r in load_split(cfg, task, "prompts")]
     metrics: dict = {}
-    for arm, spec, steps in arm_specs.bridge_stage_arms("opd", cfg.arms, cfg.warmup.steps, cfg.opd.steps):
-        start = student_dir(cfg, arm, "warmup") if spec.warmup else base_model_dir(cfg, "student")
-        metrics[arm] = train_arm(
+    units = arm_specs.bridge_stage_arms("opd", cfg.arms, cfg.warmup.steps, cfg.opd.steps)
+    for unit, spec, steps in arm_specs.only_unit(units, "opd", arm):
+        start = student_dir(cfg, unit, "warmup") if spec.warmup else base_model_dir(cfg, "student")
+        metrics[unit] = train_arm(
             cfg,
             "opd",
-            arm,
-            student_dir(cfg, arm, "opd"),
-            partial(train_opd, cfg, start, teacher_dir(cfg, spec.teacher), prompts, steps, f"opd/{arm}"),
+            unit,
+            student_dir(cfg, unit, "opd"),
+            partial(train_opd, cfg, start, teacher_dir(cfg, spec.teacher), prompts, steps, f"opd/{unit}"),
             summarise_loss_history,
             teacher=spec.teacher,
             steps=steps,
         )
-    write_json(metrics_file(cfg, "opd"), metrics)
-    return metrics
+    return write_stage_metrics(metrics_file(cfg, "opd"), metrics, partial=arm is not None)

@@ -14,7 +14,7 @@ import time
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import write_json, write_jsonl
+from s2d_pipeline.io import write_jsonl, write_stage_metrics
 from s2d_pipeline.layout import metrics_file, rollouts_file, teacher_dir
 from s2d_pipeline.tasks import get_task
 
@@ -23,7 +23,7 @@ from s2d_pipeline.tasks import get_task
 ROLLOUT_COLUMNS = ("prompt_id", "prompt", "completion", "finished", "num_tokens", "teacher_logprob", "teacher")
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, arm: str | None = None) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.data import load_split
     from s2d_pipeline.generation import completion_token_stats, generate_vllm, sample
@@ -35,7 +35,7 @@ def run(cfg: Config) -> dict:
     r = cfg.rollouts
     pool = load_split(cfg, task, "prompts")[: r.max_prompts]  # unlabeled: ids and prompts only
     metrics: dict = {}
-    for teacher in arm_specs.rollout_teachers(cfg.arms):
+    for teacher in arm_specs.only_unit(arm_specs.rollout_teachers(cfg.arms), "rollouts", arm):
         started = time.perf_counter()
         path = teacher_dir(cfg, teacher)
         tokenizer = load_tokenizer(path, cfg)
@@ -79,5 +79,4 @@ def run(cfg: Config) -> dict:
             "wall_s": round(time.perf_counter() - started, 2),
             "mean_teacher_logprob": round(sum(stats["teacher_logprob"]) / max(len(rows), 1), 4),
         }
-    write_json(metrics_file(cfg, "rollouts"), metrics)
-    return metrics
+    return write_stage_metrics(metrics_file(cfg, "rollouts"), metrics, partial=arm is not None)

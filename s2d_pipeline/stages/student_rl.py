@@ -16,12 +16,12 @@ from functools import partial
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import write_json
+from s2d_pipeline.io import write_stage_metrics
 from s2d_pipeline.layout import base_model_dir, metrics_file, student_dir
 from s2d_pipeline.tasks import get_task
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, arm: str | None = None) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.ledger import STUDENT_RL, labeled_rows
     from s2d_pipeline.training import summarise_rl_history, train_arm, train_grpo
@@ -29,22 +29,23 @@ def run(cfg: Config) -> dict:
     runtime.setup(cfg)
     task = get_task(cfg.task)
     metrics: dict = {}
-    for arm in arm_specs.student_rl_arms(cfg.arms):
-        spec = arm_specs.SPECS[arm]
+    for unit in arm_specs.only_unit(arm_specs.student_rl_arms(cfg.arms), "student_rl", arm):
+        spec = arm_specs.SPECS[unit]
         # After the bridge when the arm distils (Stage 3), else from the raw student (direct GRPO).
-        start = student_dir(cfg, *arm_specs.bridge_final_step(arm)) if spec.distils else base_model_dir(cfg, "student")
-        rows, settings = labeled_rows(cfg, arm, STUDENT_RL), getattr(cfg, spec.student_rl)
-        metrics[arm] = train_arm(
+        start = (
+            student_dir(cfg, *arm_specs.bridge_final_step(unit)) if spec.distils else base_model_dir(cfg, "student")
+        )
+        rows, settings = labeled_rows(cfg, unit, STUDENT_RL), getattr(cfg, spec.student_rl)
+        metrics[unit] = train_arm(
             cfg,
             "student_rl",
-            arm,
-            student_dir(cfg, *arm_specs.final_student_step(arm)),
-            partial(train_grpo, cfg, task, start, rows, settings, f"student_rl/{arm}"),
+            unit,
+            student_dir(cfg, *arm_specs.final_student_step(unit)),
+            partial(train_grpo, cfg, task, start, rows, settings, f"student_rl/{unit}"),
             summarise_rl_history,
             labels_seen=len(rows),
             new_labels=spec.labels is not arm_specs.LabelUse.TEACHER_AND_REPLAY,
             settings=spec.student_rl,
             steps=settings.steps,
         )
-    write_json(metrics_file(cfg, "student_rl"), metrics)
-    return metrics
+    return write_stage_metrics(metrics_file(cfg, "student_rl"), metrics, partial=arm is not None)

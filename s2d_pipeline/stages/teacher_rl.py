@@ -13,12 +13,12 @@ from functools import partial
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import write_json
+from s2d_pipeline.io import write_stage_metrics
 from s2d_pipeline.layout import base_model_dir, metrics_file, rl_teacher_dir
 from s2d_pipeline.tasks import get_task
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, arm: str | None = None) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.ledger import TEACHER_RL, labeled_rows
     from s2d_pipeline.training import summarise_rl_history, train_arm, train_grpo
@@ -26,7 +26,7 @@ def run(cfg: Config) -> dict:
     runtime.setup(cfg)
     task = get_task(cfg.task)
     metrics: dict = {}
-    for key in arm_specs.rl_teachers(cfg.arms):
+    for key in arm_specs.only_unit(arm_specs.rl_teachers(cfg.arms), "teacher_rl", arm):
         rows = labeled_rows(cfg, arm_specs.ledger_arm_for_teacher(key, cfg.arms), TEACHER_RL)
         metrics[key] = train_arm(
             cfg,
@@ -37,5 +37,4 @@ def run(cfg: Config) -> dict:
             summarise_rl_history,
             labels_used=len(rows),
         )
-    write_json(metrics_file(cfg, "teacher_rl"), metrics)
-    return metrics
+    return write_stage_metrics(metrics_file(cfg, "teacher_rl"), metrics, partial=arm is not None)

@@ -13,23 +13,24 @@ from functools import partial
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import read_jsonl, write_json
+from s2d_pipeline.io import read_jsonl, write_stage_metrics
 from s2d_pipeline.layout import base_model_dir, metrics_file, rollouts_file, student_dir, teacher_dir
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config, arm: str | None = None) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.training import summarise_loss_history, train_arm, train_forward_kl
 
     runtime.setup(cfg)
     metrics: dict = {}
-    for arm, spec, steps in arm_specs.bridge_stage_arms("warmup", cfg.arms, cfg.warmup.steps, cfg.opd.steps):
+    units = arm_specs.bridge_stage_arms("warmup", cfg.arms, cfg.warmup.steps, cfg.opd.steps)
+    for unit, spec, steps in arm_specs.only_unit(units, "warmup", arm):
         rollouts = read_jsonl(rollouts_file(cfg, spec.teacher))
-        metrics[arm] = train_arm(
+        metrics[unit] = train_arm(
             cfg,
             "warmup",
-            arm,
-            student_dir(cfg, arm, "warmup"),
+            unit,
+            student_dir(cfg, unit, "warmup"),
             partial(
                 train_forward_kl,
                 cfg,
@@ -38,12 +39,11 @@ def run(cfg: Config) -> dict:
                 teacher_dir(cfg, spec.teacher),
                 rollouts,
                 steps,
-                f"warmup/{arm}",
+                f"warmup/{unit}",
             ),
             summarise_loss_history,
             teacher=spec.teacher,
             steps=steps,
             loss=cfg.warmup.loss,
         )
-    write_json(metrics_file(cfg, "warmup"), metrics)
-    return metrics
+    return write_stage_metrics(metrics_file(cfg, "warmup"), metrics, partial=arm is not None)

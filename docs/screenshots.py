@@ -1,0 +1,145 @@
+"""Screenshots of the MLflow UI over the latest pipeline run, taken with headless Chromium.
+
+    make screenshots                     # after `make run`: writes docs/mlflow-*.png
+    python -m docs.screenshots --root /path/to/project
+
+Starts a real `mlflow ui` on the project's tracking store (127.0.0.1, a free port), opens the
+views the README points to — the runs table, the arms compared side by side, the parent run's
+charts and the registered model — in Debian's `chromium`, and saves each as a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # Offline machines refuse these connections; without the flags Chromium retries them at length.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1600,1000",
+    "--virtual-time-budget=25000",  # let the UI's requests finish and the page render
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"mlflow ui exited with status {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"mlflow ui at {url} did not answer /health within {timeout_s:.0f} s")
+
+
+def views(root: Path) -> dict[str, str]:
+    """Screenshot name -> UI route (after `#`) for the latest pipeline run in the project's store."""
+    os.chdir(root)
+    from mlflow import MlflowClient
+
+    from s2d_pipeline.config import load_config
+    from s2d_pipeline.stages.evaluate import models_evaluated
+    from s2d_pipeline.tracking import PIPELINE_KEY_TAG, open_store
+
+    cfg = load_config()
+    _, experiment = open_store(cfg)
+    client = MlflowClient()
+    parents = client.search_runs(
+        [experiment], filter_string=f"tags.`{PIPELINE_KEY_TAG}` != ''", order_by=["attributes.start_time DESC"]
+    )
+    if not parents:
+        raise SystemExit(f"no pipeline run in {cfg.tracking.uri}: run `make run` first")
+    parent = parents[0].info.run_id
+    evaluated = json.loads((cfg.metrics / "evaluate.json").read_text())
+    names = {f"evaluate/{name}" for name in models_evaluated(evaluated)}
+    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    compared = [r.info.run_id for r in children if r.info.run_name in names]
+    name = cfg.tracking.registered_model
+    version = client.get_model_version_by_alias(name, "challenger").version
+    compare = urllib.parse.urlencode({"runs": json.dumps(compared), "experiments": json.dumps([experiment])})
+    return {
+        "mlflow-runs": f"/experiments/{experiment}/runs?compareRunsMode=TABLE",
+        "mlflow-compare-arms": f"/compare-runs?{compare}",
+        "mlflow-parent-charts": f"/experiments/{experiment}/runs/{parent}/artifacts/charts/accuracy.png",
+        "mlflow-parent-metrics": f"/experiments/{experiment}/runs/{parent}/model-metrics",
+        "mlflow-registered-model": f"/models/{name}/versions/{version}",
+    }
+
+
+def shoot(url: str, out: Path, chromium: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="s2d-chromium-") as profile, tempfile.TemporaryDirectory() as tmp:
+        shot = Path(tmp) / "shot.png"
+        subprocess.run(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", url],
+            capture_output=True,
+            timeout=180,
+            check=True,
+        )
+        shutil.move(shot, out)  # only a finished screenshot replaces the committed one
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m docs.screenshots", description=__doc__.split("\n")[0])
+    p.add_argument("--root", type=Path, default=DOCS.parent, help="the project whose MLflow store to show")
+    p.add_argument("--out", type=Path, default=DOCS)
+    args = p.parse_args(argv)
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        raise SystemExit("needs Debian's chromium: `apt-get install -y chromium` (make screenshots does it)")
+    root, out = args.root.resolve(), args.out.resolve()
+    routes = views(root)
+    from s2d_pipeline.config import load_config
+    from s2d_pipeline.runtime import tracking_uri
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(load_config()), "--host", "127.0.0.1"]
+        + ["--port", str(port)],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_healthy(base, server)
+        for name, route in routes.items():
+            shoot(f"{base}/#{route}", out / f"{name}.png", chromium)
+            print(f"wrote {out / name}.png  ({route})")
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
