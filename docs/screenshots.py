@@ -123,7 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(load_config()), "--host", "127.0.0.1"]
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            tracking_uri(load_config()),
+            "--host",
+            "127.0.0.1",
+        ]
         + ["--port", str(port)],
         cwd=root,
         stdout=subprocess.DEVNULL,
