@@ -26,8 +26,9 @@ VENV_BIN = Path(sys.executable).parent
 PG_USER, PG_PASSWORD = "s2d", "s2d-test-only"  # a throwaway cluster that lives as long as the test module
 S3_KEY, S3_SECRET = "s2d-test", "s2d-test-secret"
 PG_HELP = (
-    "PostgreSQL 15 server binaries (initdb, postgres) are not on PATH. Install them with "
-    "`apt-get install -y postgresql-15` and add /usr/lib/postgresql/15/bin to PATH."
+    "tests/test_services.py starts a throwaway PostgreSQL 15 cluster and needs its server binaries (initdb, "
+    "postgres) on PATH, and setpriv (util-linux) when run as root: `apt-get install -y postgresql-15`, then "
+    "add /usr/lib/postgresql/15/bin to PATH."
 )
 
 
@@ -96,10 +97,8 @@ class Server:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
@@ -170,9 +169,9 @@ class ServiceStack:
 
     # ---- PostgreSQL
     def init_postgres(self) -> None:
-        for tool in ("initdb", "postgres"):
+        for tool in ("initdb", "postgres", *(["setpriv"] if os.geteuid() == 0 else [])):
             if shutil.which(tool) is None:
-                raise AssertionError(PG_HELP)
+                raise AssertionError(f"{tool} not found. {PG_HELP}")
         (self.pg_dir / "pw").write_text(PG_PASSWORD + "\n")
         if os.geteuid() == 0:
             shutil.chown(self.pg_dir, "nobody", "nogroup")
@@ -294,8 +293,7 @@ class ServiceStack:
         return self
 
     def stop(self) -> None:
+        """Last started first (the worker before its server); throwaway servers get 5 s to go."""
         for server in reversed(list(self.servers.values())):
-            started = time.monotonic()
-            server.stop(signal.SIGINT if server.name == "postgres" else signal.SIGTERM)
-            print(f"stopped {server.name} in {time.monotonic() - started:.1f} s")
+            server.stop(signal.SIGINT if server.name == "postgres" else signal.SIGTERM, timeout_s=5)
         shutil.rmtree(self.pg_dir, ignore_errors=True)
