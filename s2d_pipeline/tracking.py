@@ -141,12 +141,22 @@ def pipeline_key(cfg: Config) -> str:
     return hashlib.sha256(repr(sorted(tags.items())).encode()).hexdigest()[:16]
 
 
+# MLflow's client retries a failed request 7 times with doubling waits (built for rate-limited hosted
+# servers): against a tracking server that has died, a stage hung ~8 minutes before its traceback.
+# Four retries after waits of 0, 2, 4 and 8 s (plus jitter) ride out a quick restart and fail a stage in
+# under a minute. The request timeout stays MLflow's (120 s): proxied uploads of large models need it.
+# Either variable set in the environment wins.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
 def open_store(cfg: Config):
     """mlflow, pointed at the project's store and experiment; returns (mlflow, experiment id)."""
     import mlflow
 
     from s2d_pipeline.runtime import tracking_uri
 
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     mlflow.set_tracking_uri(tracking_uri(cfg))
     experiment = mlflow.set_experiment(cfg.tracking.experiment)
     return mlflow, experiment.experiment_id
@@ -213,20 +223,47 @@ def stage_run(cfg: Config, stage: str, arm: str | None = None, metrics: dict | N
     if not cfg.tracking.enabled or not is_main_process():
         yield None
         return
-    mlflow, _ = open_store(cfg)
-    parent = parent_run_id(cfg)
-    name = f"{stage}/{arm}" if arm else stage
+    with server_guard(cfg, stage):
+        mlflow, _ = open_store(cfg)
+        parent = parent_run_id(cfg)
+        name = f"{stage}/{arm}" if arm else stage
+        try:
+            with mlflow.start_run(
+                run_name=name,
+                parent_run_id=parent,
+                nested=True,
+                tags={"s2d.stage": stage, "s2d.arm": arm or "", **run_tags(cfg)},
+            ) as run:
+                yield run
+        except BaseException:
+            # Best effort: the tracking server may be what failed, and its error is the one to report.
+            with contextlib.suppress(Exception):
+                mlflow.MlflowClient().set_terminated(parent, status="FAILED")
+            raise
+
+
+@contextlib.contextmanager
+def server_guard(cfg: Config, stage: str) -> Iterator[None]:
+    """A stage that fails while the tracking server is down fails with the URL and what to do (the
+    preflight only sees a server that is down before the stage starts); any other error passes."""
+    from s2d_pipeline.errors import S2DError
+
     try:
-        with mlflow.start_run(
-            run_name=name,
-            parent_run_id=parent,
-            nested=True,
-            tags={"s2d.stage": stage, "s2d.arm": arm or "", **run_tags(cfg)},
-        ) as run:
-            yield run
-    except BaseException:
-        mlflow.MlflowClient().set_terminated(parent, status="FAILED")
+        yield
+    except S2DError:
         raise
+    except Exception as exc:
+        from s2d_pipeline.runtime import health_problem, tracking_uri
+
+        uri = tracking_uri(cfg)
+        problem = health_problem(uri) if uri.startswith(("http://", "https://")) else None
+        if problem is None:
+            raise
+        raise S2DError(
+            f"MLflow tracking server {uri} stopped answering during stage '{stage}' ({problem}). Restart it "
+            f"(infra/README.md), then rerun this stage and the ones after it (`s2d {stage}`, ..., or `dvc repro`, "
+            "which reruns only what is not up to date); the earlier stages' outputs are kept."
+        ) from exc
 
 
 def log_flat_metrics(metrics: dict, prefix: str = "") -> None:

@@ -76,3 +76,20 @@ def test_unreachable_tracking_server_is_reported_before_any_stage(project):
     assert done.returncode == 2
     assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in done.stderr
     assert not (project / "data").exists()  # nothing ran
+
+
+def test_tracking_server_lost_during_a_stage_is_reported_with_what_to_do(micro_cfg):
+    """The preflight passed, then the server went away: the stage's error names the URL and the rerun
+    (tests/test_services.py does it against a real server); other errors pass through untouched."""
+    from s2d_pipeline.errors import S2DError
+    from s2d_pipeline.tracking import server_guard
+
+    dead = micro_cfg.model_copy(
+        update={"tracking": micro_cfg.tracking.model_copy(update={"uri": "http://127.0.0.1:9"})}
+    )
+    with pytest.raises(S2DError, match=r"http://127.0.0.1:9 stopped answering during stage 'warmup'.*`s2d warmup`"):
+        with server_guard(dead, "warmup"):
+            raise ConnectionError("refused")
+    with pytest.raises(ConnectionError):  # a local store: nothing to blame on a server
+        with server_guard(micro_cfg, "warmup"):
+            raise ConnectionError("refused")

@@ -1,0 +1,321 @@
+"""The team-server setup of infra/, for real, without Docker: PostgreSQL (a throwaway cluster) backs
+the MLflow tracking server and the Prefect server, an S3 server (moto) holds MLflow's artifacts and the
+DVC remote, and a Prefect process worker runs the `s2d/train` deployment on micro settings. Then the
+faults: the MLflow server dies mid-stage, PostgreSQL restarts between stages.
+
+Everything binds 127.0.0.1 on free ports and is stopped by the module's fixtures, even on failure
+(tests/services.py). The steps follow infra/README.md "Without Docker".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import REPO, STAGE_MICRO
+from tests.services import VENV_BIN, Server, ServiceStack, wait_until
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+# Micro settings, two arms (the candidate and the gate's baseline) and barely pretrained base models:
+# what is under test is the servers and the wiring, not the numbers.
+SERVICES_MICRO = {
+    "arms": ["s2d", "grpo_direct"],
+    "tracking": {"enabled": True},
+    "prepare": {"teacher": {"steps": 30}, "student": {"steps": 30}},
+}
+TRAINING_STAGES = ("prepare", "teacher_rl", "rollouts", "warmup", "opd", "student_rl")
+
+
+def run(
+    cmd: list[str], cwd: Path, env: dict, timeout_s: float = 300, check: bool = True
+) -> subprocess.CompletedProcess:
+    try:
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{cmd} still running after {timeout_s} s:\n{exc.stdout}\n{exc.stderr}") from None
+    if check:
+        assert done.returncode == 0, f"{cmd} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def tree_digest(root: Path, parts: tuple[str, ...]) -> dict[str, str]:
+    """sha256 of every file under the given project paths."""
+    out = {}
+    for part in parts:
+        for path in sorted(p for p in (root / part).rglob("*") if p.is_file()):
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    services = ServiceStack(tmp_path_factory.mktemp("services"))
+    try:
+        yield services.start()
+    finally:
+        services.stop()
+
+
+@pytest.fixture(scope="module")
+def project(stack, tmp_path_factory) -> Path:
+    """A git + DVC checkout of this repository's pipeline, flow and prefect.yaml, with micro params."""
+    from s2d_pipeline.config import deep_merge
+
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "prefect.yaml"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("s2d_pipeline", "flows"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = deep_merge(deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), STAGE_MICRO), SERVICES_MICRO)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = project_env(stack, root)
+    run(["git", "init", "-q"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "micro project"], root, env)
+    return root
+
+
+def project_env(stack: ServiceStack, root: Path) -> dict[str, str]:
+    """The stack's client settings, the project's code first on the path (as infra's worker image
+    does), and a git identity for the commits."""
+    return {
+        **stack.client_env(),
+        "PYTHONPATH": str(root),
+        "PWD": str(root),  # prefect.yaml's working directory is `{{ $PWD }}`: the shell's, not the process cwd
+        "GIT_AUTHOR_NAME": "s2d-test",
+        "GIT_AUTHOR_EMAIL": "s2d-test@localhost",
+        "GIT_COMMITTER_NAME": "s2d-test",
+        "GIT_COMMITTER_EMAIL": "s2d-test@localhost",
+    }
+
+
+@pytest.fixture(scope="module")
+def flow_run(stack, project) -> dict:
+    """README "Orchestration": work pool, `prefect deploy`, a process worker, `prefect deployment run`."""
+    env = project_env(stack, project)
+    prefect = str(VENV_BIN / "prefect")
+    run([prefect, "work-pool", "create", "s2d-process", "--type", "process"], project, env)
+    run([prefect, "--no-prompt", "deploy", "-n", "train"], project, env)
+    worker = Server(
+        "prefect-worker",
+        [prefect, "worker", "start", "-p", "s2d-process", "--type", "process"],
+        stack.workdir / "prefect-worker.log",
+        env={**env, "PREFECT_WORKER_QUERY_SECONDS": "2"},  # pick the run up in seconds, not 10
+        cwd=project,
+    )
+    stack.servers["worker"] = worker.start()  # stopped with the stack
+    started = time.monotonic()
+    done = run(
+        [prefect, "deployment", "run", "s2d/train", "--flow-run-name", "services-micro",
+         "--watch", "--watch-interval", "2", "--watch-timeout", "300"],
+        project, env, timeout_s=360, check=False,
+    )  # fmt: skip
+    rows = stack.psql("prefect", "SELECT id, state_type, deployment_id FROM flow_run WHERE name = 'services-micro'")
+    assert len(rows) == 1 and rows[0][1] == "COMPLETED", (
+        f"flow run: {rows}\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}\n{worker.log_tail(80)}"
+    )
+    return {"id": str(rows[0][0]), "deployment_id": str(rows[0][2]), "seconds": time.monotonic() - started}
+
+
+def test_deployment_runs_the_micro_pipeline_through_the_worker(stack, project, flow_run):
+    # The deployment, its pool and the run are rows in Prefect's PostgreSQL database.
+    deployment = stack.psql(
+        "prefect",
+        "SELECT d.name, w.name FROM deployment d JOIN work_queue q ON d.work_queue_id = q.id "
+        "JOIN work_pool w ON q.work_pool_id = w.id WHERE d.id = %s",
+        (flow_run["deployment_id"],),
+    )
+    assert deployment == [("train", "s2d-process")]
+    tasks = stack.psql("prefect", "SELECT name, state_type FROM task_run WHERE flow_run_id = %s", (flow_run["id"],))
+    assert {name for name, _ in tasks} >= {"prepare", "teacher_rl", "evaluate", "promote"}, tasks
+    assert {state for _, state in tasks} == {"COMPLETED"}, tasks
+    for stage in (*TRAINING_STAGES, "evaluate", "promote"):
+        assert (project / "metrics" / f"{stage}.json").is_file(), stage
+    assert not (project / "mlflow.db").exists()  # tracking went to the server, not a local store
+
+
+def test_runs_metrics_and_registered_model_are_in_mlflows_postgres(stack, project, flow_run):
+    run_ids = stack.psql(
+        "mlflow",
+        "SELECT r.run_uuid, r.status, t.value FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+        "JOIN tags t ON t.run_uuid = r.run_uuid WHERE e.name = 's2d' AND t.key = 's2d.stage'",
+    )
+    stages = {stage for _, _, stage in run_ids}
+    assert stages >= {*TRAINING_STAGES, "validate", "allocate", "evaluate", "promote"}, stages
+    assert {status for _, status, _ in run_ids} == {"FINISHED"}
+    # The flow tagged its pipeline's parent run with the flow-run id.
+    parents = stack.psql("mlflow", "SELECT value FROM tags WHERE key = 's2d.pipeline_key'")
+    assert (f"prefect-{flow_run['id']}",) in parents
+    metrics = dict(
+        stack.psql(
+            "mlflow",
+            "SELECT t.value, m.value FROM metrics m JOIN tags t ON t.run_uuid = m.run_uuid "
+            "WHERE t.key = 'mlflow.runName' AND m.key = 'avg_at_2'",
+        )
+    )
+    evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
+    for arm in ("s2d", "grpo_direct"):
+        assert metrics[f"evaluate/{arm}"] == pytest.approx(evaluation["arms"][arm]["avg@2"]), metrics
+    assert stack.psql("mlflow", "SELECT count(*) FROM metrics WHERE key LIKE '%%loss%%'")[0][0] > 0  # TRL's curves
+
+    aliases = dict(
+        stack.psql("mlflow", "SELECT alias, version FROM registered_model_aliases WHERE name = 's2d-student'")
+    )
+    promote = json.loads((project / "metrics" / "promote.json").read_text())
+    assert aliases["challenger"] == int(promote["challenger_version"]) == _newest_version_from("evaluate/s2d", stack)
+    # `champion` exists exactly when the gate promoted the challenger (micro numbers rarely pass it).
+    assert ("champion" in aliases) == promote["promoted"], (aliases, promote)
+    decision = stack.psql(
+        "mlflow",
+        "SELECT value FROM model_version_tags WHERE name = 's2d-student' AND version = %s AND key = 's2d.promotion'",
+        (aliases["challenger"],),
+    )
+    assert decision == [("promoted" if promote["promoted"] else "; ".join(promote["reasons"]),)]
+
+
+def _newest_version_from(run_name: str, stack: ServiceStack) -> int:
+    """The newest registered version, checked to come from a finished run of that name."""
+    version, status, name = stack.psql(
+        "mlflow",
+        "SELECT v.version, r.status, t.value FROM model_versions v JOIN runs r ON r.run_uuid = v.run_id "
+        "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'mlflow.runName' "
+        "WHERE v.name = 's2d-student' ORDER BY v.version DESC LIMIT 1",
+    )[0]
+    assert (status, name) == ("FINISHED", run_name)
+    return version
+
+
+def test_registered_model_files_are_in_the_s3_bucket(stack, project, flow_run):
+    from safetensors.torch import load, load_file
+
+    (location,) = stack.psql(
+        "mlflow",
+        "SELECT v.storage_location FROM model_versions v JOIN registered_model_aliases a "
+        "ON a.name = v.name AND a.version = v.version WHERE a.alias = 'challenger'",
+    )[0]
+    keys = stack.s3_keys("mlflow")
+    weights = [k for k in keys if k.endswith("model.safetensors")]
+    assert weights, f"no model weights in s3://mlflow ({len(keys)} objects; version at {location})"
+    # The registered weights are the evaluated s2d student's, tensor for tensor.
+    body = stack.s3().get_object(Bucket="mlflow", Key=weights[-1])["Body"].read()
+    local = load_file(project / "artifacts" / "opd" / "s2d" / "model.safetensors")
+    remote = load(body)
+    assert remote.keys() == local.keys() and all((remote[k] == local[k]).all() for k in local)
+
+
+def test_dvc_push_to_s3_and_a_fresh_clone_pulls_identical_outputs(stack, project, flow_run, tmp_path):
+    """The flow writes the stages' outputs but not dvc.lock (only `dvc repro` does, for now), so the
+    outputs are recorded with `dvc commit -f` when `dvc status` is not clean, then pushed."""
+    env = project_env(stack, project)
+    dvc = str(VENV_BIN / "dvc")
+    if "up to date" not in run([dvc, "status"], project, env).stdout:
+        run([dvc, "commit", "-f"], project, env)
+    run([dvc, "remote", "add", "-d", "s3", "s3://dvc/s2d"], project, env)
+    run([dvc, "remote", "modify", "s3", "endpointurl", stack.s3_url], project, env)
+    run(["git", "add", "-A"], project, env)  # dvc.lock, the remote, the (uncached) metrics
+    run(["git", "commit", "-q", "-m", "outputs of the flow run"], project, env)
+    run([dvc, "push"], project, env)
+    assert len(stack.s3_keys("dvc")) > 10
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path, env)
+    run([dvc, "pull"], clone, env)
+    outs = ("data", "artifacts")
+    pulled, original = tree_digest(clone, outs), tree_digest(project, outs)
+    assert pulled == original and any(k.endswith("model.safetensors") for k in pulled)
+    status = run([dvc, "status"], clone, env).stdout
+    assert "Data and pipelines are up to date" in status, status
+
+
+def _evaluate_run_is_open(stack: ServiceStack) -> bool:
+    return bool(
+        stack.psql(
+            "mlflow",
+            "SELECT 1 FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            "WHERE t.key = 'mlflow.runName' AND t.value = 'evaluate' AND r.status = 'RUNNING'",
+        )
+    )
+
+
+def test_mlflow_server_stopped_mid_stage_fails_clearly_and_a_rerun_loses_nothing(stack, project, flow_run):
+    env = project_env(stack, project)
+    s2d = str(VENV_BIN / "s2d")
+    trained = tree_digest(project, ("data", *(f"artifacts/{s}" for s in TRAINING_STAGES)))
+    trained_metrics = {s: (project / "metrics" / f"{s}.json").read_bytes() for s in TRAINING_STAGES}
+    finished_before = stack.psql("mlflow", "SELECT run_uuid FROM runs WHERE status = 'FINISHED'")
+    version_before = stack.psql("mlflow", "SELECT max(version) FROM model_versions WHERE name = 's2d-student'")[0][0]
+
+    # `s2d evaluate` passes the preflight and opens its run on the live server; the server then dies
+    # while the stage scores the models, before it logs them.
+    err = stack.workdir / "evaluate-killed.err"
+    with open(err, "w") as stderr:
+        stage = subprocess.Popen([s2d, "evaluate"], cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_until(lambda: stage.poll() is not None or _evaluate_run_is_open(stack), 180, "evaluate's run to open")
+        assert stage.poll() is None, f"evaluate ended before the server was stopped:\n{err.read_text()[-3000:]}"
+        stopped = time.monotonic()
+        stack.servers["mlflow"].stop()
+        try:
+            status = stage.wait(120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"evaluate still running 120 s after the server stopped:\n{err.read_text()[-3000:]}"
+            ) from None
+        failed_after = time.monotonic() - stopped
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+    message = err.read_text()
+    assert status == 2 and "Traceback" not in message, message[-3000:]
+    assert f"s2d evaluate: error: MLflow tracking server {stack.mlflow_url} stopped answering" in message, message
+    assert "Restart it" in message and "`s2d evaluate`" in message
+    assert failed_after < 60, f"took {failed_after:.0f} s to fail"  # was ~8.5 min of retries, then a traceback
+
+    stack.start_mlflow()
+    stack.wait_mlflow()
+    run([s2d, "evaluate"], project, env)
+    # Nothing lost, nothing retrained: the training stages' outputs and metrics are byte-identical, the
+    # earlier runs are all still finished, and the rerun registered the next version as challenger.
+    assert tree_digest(project, ("data", *(f"artifacts/{s}" for s in TRAINING_STAGES))) == trained
+    assert {s: (project / "metrics" / f"{s}.json").read_bytes() for s in TRAINING_STAGES} == trained_metrics
+    finished = stack.psql("mlflow", "SELECT run_uuid FROM runs WHERE status = 'FINISHED'")
+    assert set(finished_before) < set(finished)
+    aliases = dict(stack.psql("mlflow", "SELECT alias, version FROM registered_model_aliases"))
+    assert aliases["challenger"] == _newest_version_from("evaluate/s2d", stack) == version_before + 1
+
+
+def test_postgres_restarted_between_stages_the_pipeline_goes_on(stack, project, flow_run):
+    env = project_env(stack, project)
+    promotes_before = stack.psql(
+        "mlflow", "SELECT count(*) FROM tags WHERE key = 'mlflow.runName' AND value = 'promote'"
+    )[0][0]
+    stack.stop_postgres()
+    stack.start_postgres()
+    stack.wait_postgres()
+
+    run([str(VENV_BIN / "s2d"), "promote"], project, env)
+    promote = json.loads((project / "metrics" / "promote.json").read_text())
+    # The stage's run and its decision went through the MLflow server into the restarted database.
+    assert (
+        stack.psql("mlflow", "SELECT count(*) FROM tags WHERE key = 'mlflow.runName' AND value = 'promote'")[0][0]
+        == promotes_before + 1
+    )
+    decision = stack.psql(
+        "mlflow",
+        "SELECT value FROM model_version_tags WHERE name = 's2d-student' AND version = %s AND key = 's2d.promotion'",
+        (promote["challenger_version"],),
+    )
+    assert decision == [("promoted" if promote["promoted"] else "; ".join(promote["reasons"]),)]
+    # The Prefect server reads its restarted database as well.
+    with urllib.request.urlopen(f"{stack.prefect_api}/flow_runs/{flow_run['id']}", timeout=10) as response:
+        assert json.loads(response.read())["state_type"] == "COMPLETED"
