@@ -199,10 +199,10 @@ def _mlflow_parent_link(cfg) -> str | None:
     uri = tracking_uri(cfg)
     if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
         return None
-    from s2d_pipeline.tracking import open_store, parent_run_id
+    from s2d_pipeline.tracking import find_pipeline_run
 
-    _, experiment_id = open_store(cfg)
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{parent_run_id(cfg)}"
+    run = find_pipeline_run(cfg)  # never `parent_run_id`: that would set the ended run RUNNING again
+    return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" if run else None
 
 
 class DvcState:

@@ -67,13 +67,16 @@ def run_stage(name: str, cfg, arm: str | None = None) -> dict:
         check_arm(name, cfg, arm)
     if STAGE_INFO[name].trains and cfg.runtime.accelerate_config and not os.environ.get(LAUNCHED_ENV):
         return run_distributed(name, cfg, arm)
+    from s2d_pipeline.arms import stage_unit
     from s2d_pipeline.tracking import end_pipeline_run, log_flat_metrics, stage_run
 
     entered = time.perf_counter()
     module = importlib.import_module(f"s2d_pipeline.stages.{name}")
-    # One arm's unit logs into its own run under the pipeline run (no stage-level run beside it).
-    tracked = STAGE_INFO[name].tracked and arm is None
-    with stage_run(cfg, name) if tracked else contextlib.nullcontext() as run:
+    # One arm's unit runs in one run `stage/unit` under the pipeline run (trainers log into it too).
+    unit = None if arm is None else stage_unit(name, arm)
+    if arm is not None and unit is None:
+        return {}  # the arm has no such step (e.g. `warmup --arm no_warmup`)
+    with stage_run(cfg, name, unit) if STAGE_INFO[name].tracked else contextlib.nullcontext() as run:
         started = time.perf_counter()
         metrics = module.run(cfg, arm=arm) if arm is not None else module.run(cfg)
         computed = time.perf_counter()

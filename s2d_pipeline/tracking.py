@@ -188,22 +188,30 @@ def parent_run_id(cfg: Config) -> str:
     """The pipeline's parent run, created by the first stage and RUNNING until `promote` (the last
     stage) or a failed stage ends it; a stage rerun after a failure sets it RUNNING again."""
     mlflow, experiment_id = open_store(cfg)
-    key = pipeline_key(cfg)
-    found = mlflow.search_runs(
-        [experiment_id], filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}'", max_results=1, output_format="list"
-    )
     client = mlflow.MlflowClient()
-    if found:
-        if found[0].info.status != "RUNNING":
-            client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
-    run = client.create_run(
-        experiment_id, run_name=pipeline_run_name(cfg), tags={PIPELINE_KEY_TAG: key, **run_tags(cfg)}
-    )
+    found = find_pipeline_run(cfg)
+    if found is not None:
+        if found.info.status != "RUNNING":
+            client.update_run(found.info.run_id, status="RUNNING")
+        return found.info.run_id
+    tags = {PIPELINE_KEY_TAG: pipeline_key(cfg), **run_tags(cfg)}
+    run = client.create_run(experiment_id, run_name=pipeline_run_name(cfg), tags=tags)
     from mlflow.entities import Param
 
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in pipeline_params(cfg).items()])
     return run.info.run_id
+
+
+def find_pipeline_run(cfg: Config):
+    """The pipeline's parent run, or None before its first stage (nothing is created or changed)."""
+    mlflow, experiment_id = open_store(cfg)
+    found = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{pipeline_key(cfg)}'",
+        max_results=1,
+        output_format="list",
+    )
+    return found[0] if found else None
 
 
 def end_pipeline_run(cfg: Config, status: str = "FINISHED") -> None:
@@ -236,10 +244,16 @@ def stage_run(cfg: Config, stage: str, arm: str | None = None, metrics: dict | N
             ) as run:
                 yield run
         except BaseException:
-            # Best effort: the tracking server may be what failed, and its error is the one to report.
-            with contextlib.suppress(Exception):
+            if _store_answers(cfg):  # a server that went away is the error to report, not to retry
                 mlflow.MlflowClient().set_terminated(parent, status="FAILED")
             raise
+
+
+def _store_answers(cfg: Config) -> bool:
+    from s2d_pipeline.runtime import health_problem, tracking_uri
+
+    uri = tracking_uri(cfg)
+    return not uri.startswith(("http://", "https://")) or health_problem(uri, timeout_s=2.0) is None
 
 
 @contextlib.contextmanager
@@ -294,7 +308,14 @@ def arm_run(cfg: Config, stage: str, arm: str, params: dict | None = None) -> It
         return
     import mlflow
 
-    if mlflow.active_run() is None:  # stage called directly (tests, notebooks): attach to the pipeline
+    active = mlflow.active_run()
+    if active is not None and (active.data.tags.get("s2d.stage"), active.data.tags.get("s2d.arm")) == (stage, arm):
+        # `s2d <stage> --arm`: the one-arm stage run is this arm's run.
+        if params:
+            mlflow.log_params({k: str(v) for k, v in params.items()})
+        yield active
+        return
+    if active is None:  # stage called directly (tests, notebooks): attach to the pipeline
         with stage_run(cfg, stage, arm) as run:
             if params:
                 mlflow.log_params({k: str(v) for k, v in params.items()})
