@@ -14,19 +14,21 @@ class StageInfo:
     name: str  # also the module under s2d_pipeline.stages and the DVC stage name
     trains: bool = False  # runs a trainer: relaunched under `accelerate launch` with runtime.accelerate_config
     transient_failures: bool = False  # may fail for reasons outside the user's data (lost worker, OOM): retried
+    # loads the models (checked at start); validate, allocate and promote read data and metrics only
+    uses_models: bool = True
 
 
 PIPELINE: tuple[StageInfo, ...] = (
     StageInfo("prepare"),
-    StageInfo("validate"),
-    StageInfo("allocate"),
+    StageInfo("validate", uses_models=False),
+    StageInfo("allocate", uses_models=False),
     StageInfo("teacher_rl", trains=True, transient_failures=True),
     StageInfo("rollouts", transient_failures=True),
     StageInfo("warmup", trains=True, transient_failures=True),
     StageInfo("opd", trains=True, transient_failures=True),
     StageInfo("student_rl", trains=True, transient_failures=True),
     StageInfo("evaluate", transient_failures=True),
-    StageInfo("promote"),
+    StageInfo("promote", uses_models=False),
 )
 STAGES: tuple[str, ...] = tuple(s.name for s in PIPELINE)
 STAGE_INFO: dict[str, StageInfo] = {s.name: s for s in PIPELINE}
