@@ -375,8 +375,15 @@ def _run_gx(
     """Build and run one GX suite per readable split, all in one fresh ephemeral context."""
     # Offline machines: no telemetry attempts (must be set before GX is imported).
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import logging
+
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    # That module sets its own logger to INFO ("Created temporary directory ... for ephemeral docs
+    # site" on every run); its warnings and errors still show, and `s2d -v` keeps the INFO lines.
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
     # A fresh ephemeral context per validation: GX names must be unique within a context.
     context = gx.get_context(mode="ephemeral")
@@ -535,8 +542,8 @@ def _rule_entry(rule: _Rule, res: Any, by_line: dict[int, dict], frame: Any, bou
             twins = [
                 x for x, r in by_line.items() if x != line and isinstance(r.get("id"), str) and r["id"] == stripped
             ]
-            failure["detail"] = "ids are compared as written; remove the surrounding whitespace" + (
-                f" (then it equals the id on line {twins[0]})" if twins else ""
+            failure["detail"] = "ids are compared as written: remove the surrounding whitespace" + (
+                f"; stripped, it equals the id on line {twins[0]}" if twins else ""
             )
         elif rule.name == RULE_PROMPT_FITS:
             failure["detail"] = (
