@@ -159,13 +159,15 @@ def main(argv: list[str] | None = None) -> int:
             from s2d_pipeline.tracking import preflight
 
             preflight(cfg)
+        # Under `accelerate launch` (run_distributed) the launching process prints the plan and summary.
+        human = not args.json and not os.environ.get(LAUNCHED_ENV)
         for name in stages:
-            if not args.json:
+            if human:
                 print(console.announce(name, cfg), flush=True)
             metrics = run_stage(name, cfg)
             if args.json:
                 print(json.dumps({"stage": name, **metrics}, default=str), flush=True)
-            elif lines := console.summary(name, metrics, cfg):
+            elif human and (lines := console.summary(name, metrics, cfg)):
                 print("\n".join(lines), flush=True)
         if args.stage == "report" or (args.stage == "run" and not args.json):
             print(("\n" if stages else "") + console.report(cfg), flush=True)

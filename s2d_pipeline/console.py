@@ -15,6 +15,7 @@ Only the standard library is imported at module level (the CLI must start fast).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -99,6 +100,27 @@ def quiet_libraries() -> None:
     # read `model.is_gradient_checkpointing`, which transformers 5 deprecates: one FutureWarning per
     # generation step that s2d cannot act on. Only that message is ignored.
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # evaluate registers the student from a local directory; MLflow's transformers flavour then looks
+    # for a hub model card and license for that path and warns twice that it is not a hub repo id.
+    mlflow_transformers = logging.getLogger("mlflow.transformers")
+    if not any(isinstance(f, _DropMessages) for f in mlflow_transformers.filters):
+        mlflow_transformers.addFilter(
+            _DropMessages(
+                "The model card could not be retrieved from the hub",
+                "Unable to find license information for this model",
+            )
+        )
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of `prefixes` (one logger, exact texts)."""
+
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
 
 
 # ---- stage plans -------------------------------------------------------------------------------
