@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-## make run: set up, then run the whole pipeline on the embedded default (offline, CPU).
+## make run: set up, then run the whole pipeline on the embedded default (offline, CPU); it ends with
+## the comparison table and the promotion decision (`s2d report`).
 run: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+	@$(VENV)/bin/s2d report
 
 ## make run-smollm2: the whole pipeline with real weights (profiles/smollm2-arith.yaml) on the CPU.
 run-smollm2: $(STAMP)

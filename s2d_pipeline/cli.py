@@ -4,10 +4,13 @@
     s2d validate
     s2d allocate -S budget=32
     s2d --params profiles/qwen3-math.yaml validate
-    s2d run                      # every stage in order
+    s2d run                      # every stage in order, then the report
+    s2d report                   # the comparison table and the promotion decision
+    s2d --json allocate          # the stage's metrics as one JSON line (for scripts)
     s2d warmup --arm no_opd      # one arm's unit of a per-arm stage (what the flow fans out)
 
-Thin by design: load the config, call the stage's `run(cfg)`, print its metrics. A user error
+Thin by design: load the config, say what the stage will do, call its `run(cfg)`, print a short
+summary (`s2d_pipeline/console.py`; the full metrics are in metrics/<stage>.json). A user error
 (bad params, bad data, impossible budget) prints one clear message and exits with status 2.
 """
 
@@ -41,13 +44,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a param, e.g. -S budget=32 -S teacher_rl.steps=10",
     )
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="library INFO logs too")
+    p.add_argument(
+        "--json", action="store_true", help="print each stage's metrics as one JSON line instead of a summary"
+    )
     p.add_argument(
         "--arm",
         default=None,
         help="run only what this arm needs of the stage (its RL teacher, rollouts, bridge or student GRPO)",
     )
-    p.add_argument("stage", choices=[*STAGES, "run"], help="stage to run ('run' = all, in order)")
+    p.add_argument(
+        "stage",
+        choices=[*STAGES, "run", "report"],
+        help="stage to run ('run' = all, in order; 'report' = print the comparison and promotion decision)",
+    )
     return p
 
 
@@ -167,17 +177,36 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    if not args.verbose:  # MLflow configures its own loggers at INFO ("Creating initial MLflow database tables")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
+        from s2d_pipeline import console
         from s2d_pipeline.config import load_config, parse_overrides
-        from s2d_pipeline.tracking import preflight
 
-        cfg = load_config(args.params, parse_overrides(args.overrides))
-        preflight(cfg)
-        if args.arm is not None and args.stage == "run":
+        stages = list(STAGES) if args.stage == "run" else [] if args.stage == "report" else [args.stage]
+        cfg = load_config(
+            args.params,
+            parse_overrides(args.overrides),
+            check_models=any(STAGE_INFO[name].uses_models for name in stages),
+        )
+        if args.arm is not None and args.stage in ("run", "report"):
             raise S2DError("--arm runs one stage's unit: name the stage, e.g. `s2d warmup --arm no_opd`")
-        for name in STAGES if args.stage == "run" else [args.stage]:
+        if stages:
+            from s2d_pipeline.tracking import preflight
+
+            preflight(cfg)
+        # Under `accelerate launch` (run_distributed) the launching process prints the plan and summary.
+        human = not args.json and not os.environ.get(LAUNCHED_ENV)
+        for name in stages:
+            if human:
+                print(console.announce(name, cfg), flush=True)
             metrics = run_stage(name, cfg, args.arm)
-            print(json.dumps({"stage": name, **metrics}, default=str))
+            if args.json:
+                print(json.dumps({"stage": name, **metrics}, default=str), flush=True)
+            elif human and (lines := console.summary(name, metrics, cfg)):
+                print("\n".join(lines), flush=True)
+        if args.stage == "report" or (args.stage == "run" and not args.json):
+            print(("\n" if stages else "") + console.report(cfg), flush=True)
     except S2DError as exc:
         print(f"s2d {args.stage}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -280,7 +281,7 @@ class Config(Section):
     metrics_dir: str = "metrics"
     checkpoints_dir: str = "checkpoints"  # trainer checkpoints of unfinished runs (not a DVC output)
     # Which arms of the comparison to run (s2d_pipeline/arms.py defines them).
-    arms: list[str] = Field(default_factory=lambda: list(SPECS), min_length=1)
+    arms: list[str] = Field(default_factory=lambda: list(SPECS))
     tracking: TrackingConfig = TrackingConfig()
     task: TaskConfig = ArithmeticTaskConfig()
     data: DataConfig = DataConfig()
@@ -300,6 +301,8 @@ class Config(Section):
     @field_validator("arms")
     @classmethod
     def _known_arms(cls, arms: list[str]) -> list[str]:
+        if not arms:
+            raise ValueError(f"no arm to run: list at least one of {list(SPECS)}")
         unknown = [a for a in arms if a not in SPECS]
         if unknown:
             raise ValueError(f"unknown arm(s) {unknown}; known arms: {list(SPECS)}")
@@ -349,10 +352,12 @@ def load_config(
     *,
     root: str | Path | None = None,
     check_paths: bool = True,
+    check_models: bool = True,
 ) -> Config:
     """Load and validate params (default: `$S2D_PARAMS` or ./params.yaml).
 
-    `overrides` is a nested dict applied on top (used by tests and flow parameters).
+    `overrides` is a nested dict applied on top (used by tests and flow parameters); `check_models`
+    False skips the model checks of `check_inputs_exist` (for stages that read data only).
     """
     params = Path(params or os.environ.get("S2D_PARAMS", DEFAULT_PARAMS))
     if not params.exists():
@@ -364,18 +369,31 @@ def load_config(
     if not isinstance(raw, dict):
         raise ConfigError(f"{params}: top level must be a mapping of keys, got {type(raw).__name__}")
     if not overrides:
-        return config_from_dict(raw, source=str(params), root=root, check_paths=check_paths)
+        return config_from_dict(raw, source=str(params), root=root, check_paths=check_paths, check_models=check_models)
     try:
-        return config_from_dict(deep_merge(raw, overrides), source=str(params), root=root, check_paths=check_paths)
+        return config_from_dict(
+            deep_merge(raw, overrides),
+            source=str(params),
+            root=root,
+            check_paths=check_paths,
+            check_models=check_models,
+        )
     except ConfigError:
         config_from_dict(raw, source=str(params), root=root, check_paths=False)  # the file's own error
     # The file alone is valid, so the overrides broke it: name them, not the file.
     source = f"overrides {json.dumps(overrides)} (on {params})"
-    return config_from_dict(deep_merge(raw, overrides), source=source, root=root, check_paths=check_paths)
+    return config_from_dict(
+        deep_merge(raw, overrides), source=source, root=root, check_paths=check_paths, check_models=check_models
+    )
 
 
 def config_from_dict(
-    raw: dict, *, source: str = "<params>", root: str | Path | None = None, check_paths: bool = True
+    raw: dict,
+    *,
+    source: str = "<params>",
+    root: str | Path | None = None,
+    check_paths: bool = True,
+    check_models: bool = True,
 ) -> Config:
     if "root" in raw:
         raise ConfigError(f"{source}: invalid params:\n  - unknown key 'root'")
@@ -385,7 +403,7 @@ def config_from_dict(
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
     if check_paths:
-        check_inputs_exist(cfg, source)
+        check_inputs_exist(cfg, source, models=check_models)
     return cfg
 
 
@@ -463,22 +481,53 @@ def resolve_model_ref(ref: str, root: Path) -> Path | None:
     return None
 
 
-def check_inputs_exist(cfg: Config, source: str = "params") -> None:
-    """Fail at start, with a clear message, when a real profile's models or data are missing."""
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def looks_like_path(ref: str, root: Path) -> bool:
+    """True when a model reference can only be a local path, not a hub id (`org/name`): absolute,
+    relative with `.`/`~`, no or several slashes, or under a directory that exists in the project."""
+    if Path(ref).is_absolute() or ref.startswith((".", "~")) or "\\" in ref or not _HUB_ID.match(ref):
+        return True
+    return (root / ref.split("/", 1)[0]).is_dir()
+
+
+def missing_model_problem(key: str, ref: str, root: Path, role: str) -> str:
+    """Why `ref` is not a usable model, and what to do: a path names what is missing there; only a
+    reference that can be a hub id gets the hint to fetch it (s2d never downloads)."""
+    p = Path(ref).expanduser()
+    p = p if p.is_absolute() else root / p
+    if p.is_dir():
+        return (
+            f"key '{key}': {p} has no config.json, so it is not a Transformers model directory "
+            "(save the model there with `save_pretrained`, or point the key at the directory that has it)"
+        )
+    if p.exists():
+        return f"key '{key}': {p} is a file; point the key at the model's directory (config.json, *.safetensors)"
+    if looks_like_path(ref, root):
+        return (
+            f"key '{key}': the path '{ref}' does not exist ({p}); point the key at a local model directory "
+            "(s2d never downloads)"
+        )
+    return (
+        f"key '{key}': '{ref}' is neither a local model directory ({p} does not exist) nor a model in the "
+        f"local Hugging Face cache. s2d never downloads: fetch it yourself (e.g. `hf download {ref} "
+        f"--local-dir models/{role}`) and point the key at that directory"
+    )
+
+
+def check_inputs_exist(cfg: Config, source: str = "params", *, models: bool = True) -> None:
+    """Fail at start, with a clear message, when a real profile's models or data are missing.
+    `models=False` skips the model checks (stages that read only data: validate, allocate, promote)."""
     problems: list[str] = []
-    if cfg.models.source == "path":
+    if models and cfg.models.source == "path":
         for role in ("teacher", "student"):
             spec: ModelSpec = getattr(cfg.models, role)
             if not spec.path:
                 problems.append(f"key 'models.{role}.path' is required when models.source is 'path'")
             elif resolve_model_ref(spec.path, cfg.root) is None:
-                problems.append(
-                    f"key 'models.{role}.path': '{spec.path}' is neither a local model directory "
-                    "(with config.json) nor in the local Hugging Face cache. s2d never downloads: "
-                    f"fetch it yourself (e.g. `hf download {spec.path} --local-dir models/{role}`) "
-                    "and point the key at that directory"
-                )
-    if cfg.models.source == "gguf":
+                problems.append(missing_model_problem(f"models.{role}.path", spec.path, cfg.root, role))
+    if models and cfg.models.source == "gguf":
         if not cfg.models.teacher.gguf:
             problems.append("key 'models.teacher.gguf' is required when models.source is 'gguf'")
         else:
@@ -496,6 +545,10 @@ def check_inputs_exist(cfg: Config, source: str = "params") -> None:
     if cfg.data.split_from:
         if cfg.data.generate:
             problems.append("keys 'data.split_from' and 'data.generate' exclude each other: set data.generate: false")
+        elif cfg.path(cfg.data.split_from).is_dir():
+            problems.append(
+                f"key 'data.split_from': '{cfg.data.split_from}' is a directory; point the key at the .jsonl file itself"
+            )
         elif not cfg.path(cfg.data.split_from).is_file():
             problems.append(f"key 'data.split_from': file '{cfg.data.split_from}' does not exist")
     elif not cfg.data.generate:
@@ -503,6 +556,8 @@ def check_inputs_exist(cfg: Config, source: str = "params") -> None:
             rel = getattr(cfg.data, key)
             if not cfg.path(rel).exists():
                 problems.append(f"key 'data.{key}': file '{rel}' does not exist")
+            elif not cfg.path(rel).is_file():
+                problems.append(f"key 'data.{key}': '{rel}' is a directory; point the key at the .jsonl file itself")
     from s2d_pipeline.tasks import get_task
 
     if cfg.data.generate and not get_task(cfg.task).can_generate:

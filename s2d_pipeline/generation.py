@@ -25,10 +25,12 @@ def generate(
     batch_size: int = 256,
     seed: int | None = None,
     with_finished: bool = False,
+    desc: str | None = None,
 ):
     """Completions per prompt (`num_return_sequences` each), decoded without special tokens. With
     `with_finished`, also whether each one ended with the end token (an instruct model's end of
-    turn) rather than at `max_new_tokens`: (completions, finished), shaped alike."""
+    turn) rather than at `max_new_tokens`: (completions, finished), shaped alike. `desc` shows a
+    progress bar over the prompts."""
     import torch
 
     if seed is not None:
@@ -37,6 +39,11 @@ def generate(
     model.eval()
     out: list[list[str]] = []
     ended: list[list[bool]] = []
+    bar = None
+    if desc:
+        from s2d_pipeline.console import progress
+
+        bar = progress(total=len(prompts), desc=desc, unit="prompt")
     try:
         with torch.no_grad():
             for start in range(0, len(prompts), batch_size):
@@ -60,14 +67,28 @@ def generate(
                 for i in range(len(chunk)):
                     out.append(texts[i * num_return_sequences : (i + 1) * num_return_sequences])
                     ended.append(stops[i * num_return_sequences : (i + 1) * num_return_sequences])
+                if bar is not None:
+                    bar.update(len(chunk))
     finally:
         model.train(was_training)
+        if bar is not None:
+            bar.close()
     return (out, ended) if with_finished else out
 
 
-def sample(model, tokenizer, prompts: Sequence[str], settings, *, n: int, seed: int, with_finished: bool = False):
+def sample(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    settings,
+    *,
+    n: int,
+    seed: int,
+    with_finished: bool = False,
+    desc: str | None = None,
+):
     """`n` sampled completions per prompt with a stage's settings (its max_completion_length,
-    temperature and batch_size)."""
+    temperature and batch_size); `desc` shows a progress bar."""
     return generate(
         model,
         tokenizer,
@@ -79,6 +100,7 @@ def sample(model, tokenizer, prompts: Sequence[str], settings, *, n: int, seed: 
         batch_size=settings.batch_size,
         seed=seed,
         with_finished=with_finished,
+        desc=desc,
     )
 
 

@@ -146,7 +146,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    raw = path.read_bytes()
+    if not path.is_file():
+        raise DataError(
+            f"{path}: rule 'a JSONL file' failed: this path is a directory, not a file "
+            "(point the data key at the .jsonl file itself)"
+        )
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read: {exc.strerror}") from exc
     rows: list[dict] = []
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():

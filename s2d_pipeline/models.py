@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from s2d_pipeline.errors import ConfigError
+from s2d_pipeline.errors import ConfigError, S2DError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -75,20 +75,56 @@ def load_model(path: str | Path, cfg: Config, *, for_inference: bool = False):
     Trainers place (or shard) the models they are given, so training callers get the model on the
     CPU; `for_inference` moves it to the run's device for the sampling and scoring stages.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path),
-        dtype=torch_dtype(cfg),
-        trust_remote_code=cfg.models.trust_remote_code,
-        use_safetensors=True,
-        local_files_only=True,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path),
+            dtype=torch_dtype(cfg),
+            trust_remote_code=cfg.models.trust_remote_code,
+            use_safetensors=True,
+            local_files_only=True,
+        )
+    except SafetensorError as exc:
+        raise S2DError(unreadable_weights_message(Path(path), cfg, str(exc))) from None
+    except OSError:
+        if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+            raise S2DError(unreadable_weights_message(Path(path), cfg, "no *.safetensors weights")) from None
+        raise
     if for_inference:
         from s2d_pipeline.runtime import device
 
         model.to(device(cfg))
     return model
+
+
+def unreadable_weights_message(model_dir: Path, cfg: Config, problem: str) -> str:
+    """`<file>: rule 'readable safetensors weights' failed: <problem>` and how to get the file back:
+    an s2d output names the stage that rebuilds it; a user's model, the key that points at it."""
+    from safetensors import SafetensorError, safe_open
+
+    bad = None
+    for f in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except (SafetensorError, OSError):
+            bad = f
+            break
+    where = bad or model_dir
+    try:
+        rel = model_dir.resolve().relative_to(cfg.artifacts.resolve())
+        stage = rel.parts[0]
+        shown = where.resolve().relative_to(cfg.root)
+        fix = (
+            f"`s2d {stage}` wrote it: rebuild it with `dvc repro -f -s {stage}` (or `s2d {stage}`), "
+            f"or restore DVC's cached copy with `dvc checkout {cfg.artifacts_dir}/{stage}`"
+        )
+    except ValueError:
+        shown = where
+        fix = "it is the model a `models.*.path` key points at: save or fetch that model again"
+    return f"{shown}: rule 'readable safetensors weights' failed: {problem} (truncated or corrupt?); {fix}"
 
 
 def load_tokenizer(path: str | Path, cfg: Config):

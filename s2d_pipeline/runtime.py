@@ -36,6 +36,10 @@ def setup(cfg: Config, seed_offset: int = 0) -> None:
     import numpy as np
     import torch
 
+    from s2d_pipeline.console import quiet_libraries
+
+    quiet_libraries()
+
     if cfg.runtime.torch_threads:
         torch.set_num_threads(cfg.runtime.torch_threads)
     seed = cfg.seed + seed_offset

@@ -37,7 +37,7 @@ def data_hashes(cfg: Config) -> dict[str, str]:
     out = {}
     for split in SPLITS:
         path = data_file(cfg, split)
-        if path.exists():
+        if path.is_file():  # a directory in its place is the stage's error to report, not a crash here
             stat = path.stat()
             out[split] = _file_hash(str(path), stat.st_size, stat.st_mtime_ns)
     return out

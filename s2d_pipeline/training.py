@@ -117,7 +117,10 @@ def fit(trainer, cfg: Config, inputs: list[Path], rows: list[dict]) -> None:
     trainer.accelerator.wait_for_everyone()
     if resume:
         logging.getLogger(__name__).warning("%s: resuming from %s", trainer.args.run_name, resume)
+    from s2d_pipeline.console import TrainerProgress
+
     trainer.add_callback(_NoFinalCheckpoint())
+    trainer.add_callback(TrainerProgress(trainer.args.run_name))
     quiet(trainer).train(resume_from_checkpoint=resume)
 
 
@@ -156,7 +159,8 @@ def _weights_stamp(model_dir: Path) -> list:
 
 
 def quiet(trainer):
-    """Drop the stdout printer that `disable_tqdm` installs: metrics go to MLflow and JSON."""
+    """Drop the stdout printer that `disable_tqdm` installs (one dict per logging step): metrics go to
+    MLflow and the metrics files, progress to `console.TrainerProgress`."""
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)

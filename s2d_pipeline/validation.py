@@ -32,6 +32,7 @@ RULE_REQUIRED = "required columns present"
 RULE_EXTRA = "no unexpected columns"
 RULE_ID_NOT_NULL = "id is not null"
 RULE_ID_UNIQUE = "id is unique"
+RULE_ID_STRIPPED = "id has no leading or trailing whitespace"
 RULE_PROMPT_NOT_NULL = "prompt is not null"
 RULE_PROMPT_TEXT = "prompt is non-empty text"
 RULE_ANSWER_NOT_NULL = "answer is not null"
@@ -57,6 +58,7 @@ MAX_MESSAGE_LINES = 50
 _H_MISSING = "__missing_columns"
 _H_EXTRA = "__unexpected_columns"
 _H_ID_KEY = "__id_key"
+_H_ID_STRIPPED = "__id_stripped"
 _H_PROMPT_TEXT = "__prompt_has_text"
 _H_PROMPT_NORM = "__prompt_norm"
 _H_ANSWER_NOT_EMPTY = "__answer_not_empty"
@@ -96,6 +98,15 @@ def _rules(split: str, bounds: tuple[int, int], prompt_token_limit: int) -> list
         ),
         _Rule(RULE_ID_NOT_NULL, "ExpectColumnValuesToNotBeNull", "id", "id", "id"),
         _Rule(RULE_ID_UNIQUE, "ExpectColumnValuesToBeUnique", _H_ID_KEY, "id", "id"),
+        # " lab-1" and "lab-1" would otherwise be two different labels to the ledger.
+        _Rule(
+            RULE_ID_STRIPPED,
+            "ExpectColumnValuesToBeInSet",
+            _H_ID_STRIPPED,
+            "id",
+            "id",
+            (("value_set", [True]),),
+        ),
         _Rule(RULE_PROMPT_NOT_NULL, "ExpectColumnValuesToNotBeNull", "prompt", "prompt", "prompt"),
         _Rule(
             RULE_PROMPT_TEXT,
@@ -308,6 +319,7 @@ def _helper_columns(
             _H_MISSING,
             _H_EXTRA,
             _H_ID_KEY,
+            _H_ID_STRIPPED,
             _H_PROMPT_TEXT,
             _H_PROMPT_NORM,
             _H_ANSWER_NOT_EMPTY,
@@ -325,6 +337,8 @@ def _helper_columns(
         cols[_H_MISSING].append(", ".join(missing) or None)
         cols[_H_EXTRA].append(", ".join(extra) or None)
         cols[_H_ID_KEY].append(_id_key(row.get("id")))
+        row_id = row.get("id")
+        cols[_H_ID_STRIPPED].append(row_id == row_id.strip() if isinstance(row_id, str) else None)
         cols[_H_PROMPT_TEXT].append(None if is_missing(prompt) else norm is not None)
         cols[_H_PROMPT_NORM].append(norm)
         cols[_H_ANSWER_NOT_EMPTY].append(
@@ -361,8 +375,15 @@ def _run_gx(
     """Build and run one GX suite per readable split, all in one fresh ephemeral context."""
     # Offline machines: no telemetry attempts (must be set before GX is imported).
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import logging
+
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    # That module sets its own logger to INFO ("Created temporary directory ... for ephemeral docs
+    # site" on every run); its warnings and errors still show, and `s2d -v` keeps the INFO lines.
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
     # A fresh ephemeral context per validation: GX names must be unique within a context.
     context = gx.get_context(mode="ephemeral")
@@ -459,7 +480,10 @@ def _prompt_token_counter(cfg: Config, task: Task):
 
     model_dir = base_model_dir(cfg, "student")
     if not (model_dir / "tokenizer_config.json").exists() and not (model_dir / "tokenizer.json").exists():
-        return None, f"no tokenizer at {model_dir} yet (run `s2d prepare`)"
+        how = (
+            "models.student.path" if cfg.models.source == "path" else "run `s2d prepare` first to check prompt lengths"
+        )
+        return None, f"no tokenizer found at {model_dir} ({how})"
     from s2d_pipeline.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir, cfg)
@@ -513,6 +537,14 @@ def _rule_entry(rule: _Rule, res: Any, by_line: dict[int, dict], frame: Any, bou
             eval_id = json.loads(_helper_at(frame, _H_LEAK, line))
             failure["eval_id"] = eval_id
             failure["detail"] = f"same prompt as eval id={eval_id}"
+        elif rule.name == RULE_ID_STRIPPED:
+            stripped = str(row.get("id")).strip()
+            twins = [
+                x for x, r in by_line.items() if x != line and isinstance(r.get("id"), str) and r["id"] == stripped
+            ]
+            failure["detail"] = "ids are compared as written: remove the surrounding whitespace" + (
+                f"; stripped, it equals the id on line {twins[0]}" if twins else ""
+            )
         elif rule.name == RULE_PROMPT_FITS:
             failure["detail"] = (
                 f"at most {dict(rule.kwargs)['max_value']}: models.max_seq_len minus the longest "

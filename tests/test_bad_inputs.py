@@ -134,6 +134,17 @@ def nothing(project: Path):
     pass
 
 
+def truncate_weights(model_dir: str):
+    """Cut a saved model's safetensors file in half, as a killed copy or a full disk leaves it."""
+
+    def apply(project: Path):
+        path = project / model_dir / "model.safetensors"
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+    return apply
+
+
 CASES = {
     # --- data files (s2d validate): file:line (id=...) and the rule
     "invalid JSONL": (
@@ -160,6 +171,17 @@ CASES = {
         ["validate"],
         edit_row("labels", 6, id="lab-00000"),
         ["data/labels.jsonl:6", "rule 'id is unique'"],
+    ),
+    # " lab-00000" and "lab-00000" would be two labels to the ledger: refused, not compared stripped.
+    "id with surrounding whitespace": (
+        ["validate"],
+        edit_row("labels", 6, id=" lab-00000"),
+        [
+            "data/labels.jsonl:6",
+            "rule 'id has no leading or trailing whitespace'",
+            "' lab-00000'",
+            "stripped, it equals the id on line 1",
+        ],
     ),
     "empty answer": (
         ["validate"],
@@ -207,6 +229,16 @@ CASES = {
         lambda p: (p / "data" / "labels.jsonl").unlink(),
         ["labels.jsonl", "not found"],
     ),
+    "labels path is a directory (own data)": (
+        ["validate"],
+        params(**{"data.generate": False, "data.labels": "data"}),
+        ["key 'data.labels'", "'data' is a directory", ".jsonl file itself"],
+    ),
+    "labels path is a directory (read by validate)": (
+        ["validate"],
+        params(**{"data.labels": "data"}),
+        ["data: rule 'a JSONL file' failed", "is a directory"],
+    ),
     # --- label budget (s2d allocate): the key and the rule
     "budget above the labels available": (
         ["allocate", "-S", "budget=100000"],
@@ -224,11 +256,33 @@ CASES = {
     "mistyped param (-S)": (["allocate", "-S", "budgt=3"], nothing, ["unknown key 'budgt'"]),
     "wrong type": (["allocate"], params(**{"teacher_rl.steps": "ten"}), ["teacher_rl.steps", "ten"]),
     "params not YAML": (["allocate"], raw_params("budget: [1, 2\n"), ["params.yaml", "not valid YAML"]),
+    "no arms": (["allocate"], params(arms=[]), ["key 'arms'", "no arm to run", "s2d_stage3"]),
     # --- models
     "missing model path": (
         ["prepare"],
         models_by_path("models/nope-teacher", "artifacts/prepare/student"),
         ["models.teacher.path", "models/nope-teacher", "never downloads"],
+    ),
+    # A path that does not exist is named as one; `hf download` is suggested only for hub ids.
+    "missing model path (clearly a path)": (
+        ["prepare"],
+        models_by_path("./models/nope-teacher", "artifacts/prepare/student"),
+        ["key 'models.teacher.path'", "the path './models/nope-teacher' does not exist"],
+    ),
+    "model path is a directory without a model": (
+        ["prepare"],
+        models_by_path("data", "artifacts/prepare/student"),
+        ["key 'models.teacher.path'", "has no config.json"],
+    ),
+    "truncated safetensors file": (
+        ["teacher_rl"],
+        truncate_weights("artifacts/prepare/teacher"),
+        [
+            "artifacts/prepare/teacher/model.safetensors",
+            "rule 'readable safetensors weights' failed",
+            "dvc repro -f -s prepare",
+            "s2d prepare",
+        ],
     ),
     "teacher/student vocabulary mismatch": (
         ["prepare"],
@@ -299,3 +353,35 @@ def test_bad_input_is_refused_clearly_and_nothing_is_lost(name, good_project, tm
     # Only a failure report may be added; no half-written output appears.
     added = set(after) - set(before)
     assert added <= {"artifacts/validate/report.failed.json"}, added
+
+
+def test_only_hub_ids_get_the_fetch_hint(tmp_path):
+    from s2d_pipeline.config import missing_model_problem
+
+    (tmp_path / "models").mkdir()
+    for ref in ("./m", "/abs/m", "models/m", "a/b/c", "gpt2-local"):
+        message = missing_model_problem("models.teacher.path", ref, tmp_path, "teacher")
+        assert "does not exist" in message and "hf download" not in message, message
+    message = missing_model_problem("models.teacher.path", "Qwen/Qwen3-1.7B", tmp_path, "teacher")
+    assert "hf download Qwen/Qwen3-1.7B" in message
+
+
+def test_validate_checks_the_data_without_model_weights(good_project, tmp_path, monkeypatch, capsys):
+    """The data needs no model: with the model paths missing, validate still checks the data and says
+    which rule it skipped and why (the other stages still refuse to start)."""
+    from s2d_pipeline.cli import main
+
+    project = tmp_path / "project"
+    shutil.copytree(good_project, project)
+    models_by_path("models/none-teacher", "models/none-student")(project)
+    monkeypatch.chdir(project)
+    capsys.readouterr()
+    assert main(["validate"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "skipped rule 'prompt fits the model context': no tokenizer found at" in out, out
+    assert str(project / "models" / "none-student") in out
+    report = json.loads((project / "artifacts/validate/report.json").read_text())
+    skipped = [r for r in report["splits"]["labels"]["rules"] if r["passed"] is None]
+    assert [r["rule"] for r in skipped] == ["prompt fits the model context"]
+    assert main(["teacher_rl"]) == 2
+    assert "models.teacher.path" in capsys.readouterr().err

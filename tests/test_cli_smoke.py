@@ -28,11 +28,17 @@ def test_whole_pipeline_through_cli(project):
     _write_micro_params(project)
     done = _s2d(project, "run")
     assert done.returncode == 0, done.stderr[-3000:]
-    stages = [json.loads(line)["stage"] for line in done.stdout.splitlines() if line.startswith("{")]
     from s2d_pipeline.stages import STAGES
 
-    assert stages == list(STAGES)
+    # One plan line per stage, in order, each followed by its summary; the run ends with the result.
+    lines = done.stdout.splitlines()
+    announced = [line.split(":", 1)[0] for line in lines if line.split(":", 1)[0] in STAGES]
+    assert announced == list(STAGES), done.stdout
+    assert not any(line.startswith("{") for line in lines), done.stdout
     assert (project / "artifacts/evaluate/comparison.md").exists()
+    assert "| s2d |" in done.stdout
+    assert lines[-1].startswith("Promotion: not promoted"), lines[-1]
+    assert "FutureWarning" not in done.stderr and "Writing model shards" not in done.stderr
 
     from transformers import AutoModelForCausalLM
 

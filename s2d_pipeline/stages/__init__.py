@@ -17,19 +17,21 @@ class StageInfo:
     # Opens an MLflow run. The data checks and the ledger do not: their reports are DVC outputs, and
     # importing mlflow and opening the store is most of such a stage's wall time.
     tracked: bool = True
+    # loads the models (checked at start); validate, allocate and promote read data and metrics only
+    uses_models: bool = True
 
 
 PIPELINE: tuple[StageInfo, ...] = (
     StageInfo("prepare"),
-    StageInfo("validate", tracked=False),
-    StageInfo("allocate", tracked=False),
+    StageInfo("validate", tracked=False, uses_models=False),
+    StageInfo("allocate", tracked=False, uses_models=False),
     StageInfo("teacher_rl", trains=True, transient_failures=True),
     StageInfo("rollouts", transient_failures=True),
     StageInfo("warmup", trains=True, transient_failures=True),
     StageInfo("opd", trains=True, transient_failures=True),
     StageInfo("student_rl", trains=True, transient_failures=True),
     StageInfo("evaluate", transient_failures=True),
-    StageInfo("promote"),
+    StageInfo("promote", uses_models=False),
 )
 STAGES: tuple[str, ...] = tuple(s.name for s in PIPELINE)
 STAGE_INFO: dict[str, StageInfo] = {s.name: s for s in PIPELINE}

@@ -97,8 +97,12 @@ def run(cfg: Config) -> dict:
     teachers = {"teacher_raw": base_model_dir(cfg, "teacher")}
     teachers.update({f"teacher_rl/{k}": rl_teacher_dir(cfg, k) for k in arm_specs.rl_teachers(cfg.arms)})
     result: dict = {"eval_problems": len(rows), "k": cfg.evaluate.k, "teachers": {}, "arms": {}}
+    from s2d_pipeline.console import progress
+
+    bar = progress(total=len(teachers) + 1 + len(cfg.arms), desc="evaluate", unit="model")
     for name, path in teachers.items():
         result["teachers"][name] = score(task, model(path), tokenizer, rows, cfg)
+        bar.update()
     raw = result["teachers"]["teacher_raw"]
     result["C1"] = {
         k.split("/", 1)[1]: {m: round(v[m] - raw[m], 4) for m in v}
@@ -108,6 +112,7 @@ def run(cfg: Config) -> dict:
 
     base_student = model(base_model_dir(cfg, "student"))
     result["student_raw"] = score(task, base_student, tokenizer, rows, cfg)
+    bar.update()
     for arm in cfg.arms:
         final = student_dir(cfg, *arm_specs.final_student_step(arm))
         entry = score(task, model(final), tokenizer, rows, cfg)
@@ -127,6 +132,8 @@ def run(cfg: Config) -> dict:
                 )
             entry["C2_kl"] = c2
         result["arms"][arm] = entry
+        bar.update()
+    bar.close()
     from s2d_pipeline.tracking import provenance
 
     result["provenance"] = provenance(cfg)

@@ -128,7 +128,16 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
         save_model(student, tokenizer, derived)
         pool = load_split(cfg, task, "prompts")[: heal.prompts]
         prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in pool]
-        samples, finished = sample(teacher, tokenizer, prompts, cfg.rollouts, n=1, seed=cfg.seed, with_finished=True)
+        samples, finished = sample(
+            teacher,
+            tokenizer,
+            prompts,
+            cfg.rollouts,
+            n=1,
+            seed=cfg.seed,
+            with_finished=True,
+            desc="heal: teacher samples",
+        )
         rollouts = [
             {"prompt": p, "completion": c[0], "finished": f[0]}
             for p, c, f in zip(prompts, samples, finished, strict=True)
@@ -199,7 +208,7 @@ def _build_base_models(cfg: Config, task, eval_rows: list[dict]) -> dict:
         for attempt in range(p.max_retries + 1):
             seed = cfg.seed * 1000 + role_index * 100 + attempt
             t0 = time.perf_counter()
-            model = _pretrain(cfg, corpus, tokenizer, spec, getattr(p, role), seed)
+            model = _pretrain(cfg, corpus, tokenizer, spec, getattr(p, role), seed, role)
             gate_acc = accuracy(cfg, task, model, tokenizer, gate_rows, max_new_tokens=corpus.answer_len)
             attempts.append(
                 {
@@ -236,12 +245,13 @@ def _gate_problems(cfg: Config, task, exclude: set[str]) -> list[dict]:
     return [{"prompt": q, "answer": str(task.solve(q))} for q in prompts]
 
 
-def _pretrain(cfg: Config, corpus, tokenizer, spec, schedule, seed: int):
+def _pretrain(cfg: Config, corpus, tokenizer, spec, schedule, seed: int, role: str = "model"):
     """Next-token pretraining on the answer tokens of the task's (noisy) pretraining corpus."""
     import numpy as np
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
+    from s2d_pipeline.console import progress
     from s2d_pipeline.models import build_tiny_model
 
     p = cfg.prepare
@@ -250,7 +260,7 @@ def _pretrain(cfg: Config, corpus, tokenizer, spec, schedule, seed: int):
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=p.learning_rate, weight_decay=0.01)
     sched = get_cosine_schedule_with_warmup(opt, p.warmup_steps, schedule.steps)
-    for _ in range(schedule.steps):
+    for _ in progress(range(schedule.steps), desc=f"pretrain {role} (seed {seed})", unit="step"):
         input_ids = torch.from_numpy(corpus.batch(rng, p.batch_size, schedule.noise_rate)).long()
         labels = input_ids.clone()
         labels[:, : corpus.prompt_len] = -100  # learn the answer, not the (uniform random) operands

@@ -53,7 +53,14 @@ def run(cfg: Config, arm: str | None = None) -> dict:
         model = load_model(path, cfg, for_inference=True)
         if not cfg.runtime.use_vllm:
             samples, finished = sample(
-                model, tokenizer, prompts, r, n=r.samples_per_prompt, seed=cfg.seed, with_finished=True
+                model,
+                tokenizer,
+                prompts,
+                r,
+                n=r.samples_per_prompt,
+                seed=cfg.seed,
+                with_finished=True,
+                desc=f"rollouts/{teacher}",
             )
         flat_prompts = [p for p, cs in zip(prompts, samples, strict=True) for _ in cs]
         flat = [c for cs in samples for c in cs]
