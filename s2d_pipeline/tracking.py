@@ -135,9 +135,10 @@ def run_tags(cfg: Config) -> dict[str, str]:
 def pipeline_key(cfg: Config) -> str:
     if os.environ.get("S2D_PIPELINE_RUN_ID"):
         return os.environ["S2D_PIPELINE_RUN_ID"]
-    # Not the dirty flag: `dvc repro` rewrites a committed dvc.lock after each stage, which would
-    # split one pipeline's stages across parent runs.
-    tags = {k: v for k, v in run_tags(cfg).items() if k != "s2d.git_dirty"}
+    # Not the dirty flag: `dvc repro` rewrites a committed dvc.lock after each stage; nor the data
+    # hashes: `prepare` writes the data. Either would split one pipeline's stages across parent runs
+    # (the data hashes are still tags of every run).
+    tags = {k: v for k, v in run_tags(cfg).items() if k != "s2d.git_dirty" and not k.startswith("s2d.data_sha.")}
     return hashlib.sha256(repr(sorted(tags.items())).encode()).hexdigest()[:16]
 
 
