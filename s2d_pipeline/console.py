@@ -69,9 +69,10 @@ def TrainerProgress(desc: str):  # noqa: N802 - a class built on demand (transfo
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.bar is None or not logs:
                 return
-            shown = {k: f"{logs[k]:.3g}" for k in ("reward", "loss") if isinstance(logs.get(k), (int, float))}
-            if shown:
-                self.bar.set_postfix(shown, refresh=False)
+            # GRPO: the reward (its loss is ~0 by construction); distillation: the loss.
+            key = next((k for k in ("reward", "loss") if isinstance(logs.get(k), (int, float))), None)
+            if key:
+                self.bar.set_postfix({key: f"{logs[key]:.3g}"}, refresh=False)
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.bar is not None:
