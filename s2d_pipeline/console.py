@@ -4,8 +4,9 @@ progress bars with an ETA for the long loops, a short summary when a stage ends,
 - `announce(name, cfg)`: the stage's one-line plan ("teacher_rl: GRPO on the teacher, ...").
 - `summary(name, metrics, cfg)`: a few human lines from the stage's metrics (the metrics files and
   `s2d --json` keep the machine-readable form).
-- `progress(...)`: a tqdm bar on stderr; to a terminal it redraws in place, to a log or pipe it
-  writes at most one update every `LOG_INTERVAL_S` seconds.
+- `progress(...)`: a tqdm bar on stderr; to a terminal it redraws in place and is cleared when done
+  (the stage's summary says how it went), to a log or pipe it writes at most one update every
+  `LOG_INTERVAL_S` seconds and stays as one line.
 - `TrainerProgress`: the same bar for a TRL / Transformers trainer (steps, reward or loss, ETA).
 - `quiet_libraries()`: library progress bars and warnings that say nothing about the run.
 - `report(cfg)`: the comparison table and the promotion decision (`s2d report`, the end of `make run`).
@@ -30,7 +31,7 @@ def _tty() -> bool:
         return False
 
 
-def progress(iterable=None, *, total: int | None = None, desc: str, unit: str = "it", leave: bool = True):
+def progress(iterable=None, *, total: int | None = None, desc: str, unit: str = "it"):
     """A progress bar with ETA on stderr (`S2D_PROGRESS=0` turns bars off)."""
     from tqdm.auto import tqdm
 
@@ -40,7 +41,7 @@ def progress(iterable=None, *, total: int | None = None, desc: str, unit: str = 
         total=total,
         desc=desc,
         unit=unit,
-        leave=leave,
+        leave=not tty,
         dynamic_ncols=tty,
         mininterval=0.2 if tty else LOG_INTERVAL_S,
         disable=os.environ.get("S2D_PROGRESS", "1") == "0",
@@ -69,9 +70,10 @@ def TrainerProgress(desc: str):  # noqa: N802 - a class built on demand (transfo
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.bar is None or not logs:
                 return
-            shown = {k: f"{logs[k]:.3g}" for k in ("reward", "loss") if isinstance(logs.get(k), (int, float))}
-            if shown:
-                self.bar.set_postfix(shown, refresh=False)
+            # GRPO: the reward (its loss is ~0 by construction); distillation: the loss.
+            key = next((k for k in ("reward", "loss") if isinstance(logs.get(k), (int, float))), None)
+            if key:
+                self.bar.set_postfix({key: f"{logs[key]:.3g}"}, refresh=False)
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.bar is not None:
@@ -254,10 +256,12 @@ def summary(name: str, metrics: dict, cfg) -> list[str]:
             m = metrics.get(role)
             if isinstance(m, dict):
                 acc = m.get("eval_greedy_accuracy")
-                tries = len(m.get("attempts", [])) or 1
+                attempts = m.get("attempts", [])
+                seconds = sum(a.get("pretrain_s", 0) for a in attempts) or m.get("import_s")
                 lines.append(
                     f"{role}: {m.get('parameters', 0):,} parameters, eval greedy accuracy {acc}"
-                    + (f" ({tries} attempts)" if tries > 1 else "")
+                    + (f", {len(attempts)} attempts" if len(attempts) > 1 else "")
+                    + (f" ({seconds:.0f} s)" if seconds else "")
                 )
     elif name == "validate":
         rows = metrics.get("rows", {})
