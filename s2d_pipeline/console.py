@@ -215,7 +215,7 @@ def announce(name: str, cfg) -> str:
         problems = min(d.n_eval, e.max_problems or d.n_eval) if d.generate or d.split_from else "the"
         models = len(arms) + len(arm_specs.rl_teachers(arms)) + 2
         return (
-            f"evaluate: greedy, avg@{e.k} and pass@{e.k} of {models} models on {problems} eval problems, "
+            f"evaluate: greedy, avg_at_k and pass_at_k (k = {e.k}) of {models} models on {problems} eval problems, "
             "and the C1/C2 diagnostics"
         )
     if name == "promote":
@@ -322,15 +322,16 @@ def _skipped_rules(cfg) -> dict[str, str]:
 
 def _headline(result: dict) -> str:
     from s2d_pipeline.arms import BASELINE_ARM, CANDIDATE_ARM
+    from s2d_pipeline.gate import GATE_METRIC
 
-    k = result.get("k")
-    metric = f"avg@{k}"
+    metric = GATE_METRIC
     arms = result.get("arms", {})
     shown = [f"{a} {arms[a][metric]:.3f}" for a in (CANDIDATE_ARM, BASELINE_ARM) if a in arms and metric in arms[a]]
     raw = result.get("student_raw", {}).get(metric)
     if raw is not None:
         shown.append(f"raw student {raw:.3f}")
-    return f"{metric} on {result.get('eval_problems')} eval problems: " + ", ".join(shown) if shown else ""
+    where = f"{metric} (k = {result.get('k')}) on {result.get('eval_problems')} eval problems"
+    return f"{where}: " + ", ".join(shown) if shown else ""
 
 
 def _decision(promote: dict) -> str:

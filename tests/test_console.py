@@ -141,3 +141,16 @@ def test_report_prints_the_table_and_the_promotion_decision(trained_project, cap
     assert out.startswith(table.rstrip())
     assert "| s2d |" in out and "| grpo_direct |" in out
     assert out.rstrip().endswith("Promotion: not promoted: tracking.enabled is false: no model registry")
+
+
+def test_evaluate_summary_names_the_gate_metric_and_both_arms(micro_cfg):
+    from s2d_pipeline.console import summary
+
+    result = {
+        "k": 4,
+        "eval_problems": 10,
+        "arms": {"s2d": {"avg_at_k": 0.75}, "grpo_direct": {"avg_at_k": 0.5}},
+        "student_raw": {"avg_at_k": 0.25},
+    }
+    lines = summary("evaluate", result, micro_cfg)
+    assert lines[0] == "  avg_at_k (k = 4) on 10 eval problems: s2d 0.750, grpo_direct 0.500, raw student 0.250"
