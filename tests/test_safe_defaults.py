@@ -37,7 +37,9 @@ def test_models_are_written_and_read_as_safetensors_only(pipeline, tmp_path):
 
     torch.save(load_file(str(pickled / "model.safetensors")), pickled / "pytorch_model.bin")
     (pickled / "model.safetensors").unlink()
-    with pytest.raises(OSError):
+    from s2d_pipeline.errors import S2DError
+
+    with pytest.raises(S2DError, match=r"pickled: rule 'readable safetensors weights' failed: no \*\.safetensors"):
         load_model(pickled, cfg)
 
 

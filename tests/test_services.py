@@ -280,7 +280,7 @@ def test_mlflow_server_stopped_mid_stage_fails_clearly_and_a_rerun_loses_nothing
     finally:
         if stage.poll() is None:
             stage.kill()
-        if not stack.servers["mlflow"].alive():  # whatever happened, the next tests get a server
+        if not stack.servers["mlflow"].alive:  # whatever happened, the next tests get a server
             stack.start_mlflow()
             stack.wait_mlflow()
     message = err.read_text()
