@@ -2,8 +2,10 @@
 
     python -m bench.label_efficiency run                  # 4 budgets x 3 seeds, ~50 min on 2 CPU cores
     python -m bench.label_efficiency run --budgets 64 --seeds 0
+    python -m bench.label_efficiency --params profiles/trace.yaml run     # another task (own results file)
     python -m bench.label_efficiency report               # tables and plot (RESULTS.md: `python -m bench.report`)
     python -m bench.label_efficiency ablation             # s2d vs no_warmup / no_opd with fewer bridge steps
+    python -m bench.label_efficiency compute --budget 64  # grpo_direct run longer: accuracy vs student compute
 
 Run from the repository root.
 
@@ -13,7 +15,9 @@ budget), then the stages after it through `evaluate` run per budget (the stage l
 from `s2d_pipeline.stages`). Within one seed every arm therefore starts from the same base models and
 draws from the same N labels. Tracking is off (this measures the method, not the store). Accuracy is
 read as `avg_at_k` with the evaluate stage's `k`, as recorded in each run's `metrics/evaluate.json`.
-Finished (seed, budget) cells are appended to `bench/results/label_efficiency.jsonl`; a rerun skips them.
+Finished (seed, budget) cells are appended to `bench/results/label_efficiency.jsonl` (with `--params
+profiles/<name>.yaml`: `label_efficiency_<name>.jsonl`); a rerun skips them. Each record keeps the
+students' training tokens per stage (from the trainers' logs) and the C1 gate's measurement.
 """
 
 from __future__ import annotations
@@ -30,10 +34,20 @@ from bench.common import REPO, machine
 from s2d_pipeline.stages import STAGES, stages_through
 
 RESULTS = REPO / "bench" / "results" / "label_efficiency.jsonl"
+PARAMS = REPO / "params.yaml"
 # Run once per seed, shared by every budget: data, base models, validation report.
 SEED_STAGES = stages_through("validate")
 # Run per (seed, budget): every stage after the shared ones, up to and including evaluate.
 BUDGET_STAGES = stages_through("evaluate")[len(SEED_STAGES) :]
+# The claims of the principle, as (left arm, right arm) whose difference (left minus right) the paper
+# predicts positive; the report gives each a verdict over all cells (`claim_verdicts`).
+CLAIMS = [
+    ("s2d", "raw_bridge"),
+    ("s2d", "no_warmup"),
+    ("s2d", "no_opd"),
+    ("s2d_stage3", "s2d_stage3_replay"),
+    ("s2d", "grpo_direct"),
+]
 # (left arm, right arm): the paired differences reported, left minus right.
 PAIRS = [
     ("s2d", "grpo_direct"),
@@ -46,18 +60,28 @@ PAIRS = [
 ]
 
 
-def _config(root: Path, seed: int, budget: int):
+# Every cell runs to the end: a teacher that fails the C1 gate is still distilled (the benchmark measures
+# what that costs), and metrics/teacher_rl.json keeps the gate's measurement.
+NO_STOPS = {"tracking": {"enabled": False}, "gates": {"c1": {"override": True}}}
+
+
+def results_file(params: Path = PARAMS) -> Path:
+    """Where a profile's cells go: the default's file, or one named after the profile."""
+    if params.resolve() == PARAMS.resolve():
+        return RESULTS
+    return RESULTS.with_name(f"{RESULTS.stem}_{params.stem}.jsonl")
+
+
+def _config(root: Path, seed: int, budget: int, params: Path = PARAMS):
     from s2d_pipeline.config import load_config
 
-    return load_config(
-        REPO / "params.yaml", {"seed": seed, "budget": budget, "tracking": {"enabled": False}}, root=root
-    )
+    return load_config(params, {"seed": seed, "budget": budget, **NO_STOPS}, root=root)
 
 
-def _run_stages(root: Path, seed: int, budget: int, stages) -> dict:
+def _run_stages(root: Path, seed: int, budget: int, stages, params: Path = PARAMS) -> dict:
     from s2d_pipeline.cli import run_stage
 
-    cfg = _config(root, seed, budget)
+    cfg = _config(root, seed, budget, params)
     times = {}
     for name in stages:
         t0 = time.perf_counter()
@@ -66,19 +90,31 @@ def _run_stages(root: Path, seed: int, budget: int, stages) -> dict:
     return times
 
 
-def _done() -> set[tuple[int, int]]:
-    if not RESULTS.exists():
+def _done(results: Path) -> set[tuple[int, int]]:
+    if not results.exists():
         return set()
-    return {(r["seed"], r["budget"]) for r in map(json.loads, RESULTS.read_text().splitlines()) if r}
+    return {(r["seed"], r["budget"]) for r in map(json.loads, results.read_text().splitlines()) if r}
 
 
-def run(seeds: list[int], budgets: list[int], workdir: Path) -> None:
-    done = _done()
+def _train_tokens(root: Path) -> dict:
+    """Tokens each training run processed, by stage and unit (the trainers' own counts)."""
+    out = {}
+    for stage in ("teacher_rl", "warmup", "opd", "student_rl"):
+        path = root / "metrics" / f"{stage}.json"
+        if path.exists():
+            metrics = json.loads(path.read_text())
+            out[stage] = {u: m.get("train_tokens") for u, m in metrics.items() if isinstance(m, dict)}
+    return out
+
+
+def run(seeds: list[int], budgets: list[int], workdir: Path, params: Path = PARAMS) -> None:
+    results = results_file(params)
+    done = _done(results)
     for seed in seeds:
         seed_root = workdir / f"seed{seed}"
         if not (seed_root / "metrics" / f"{SEED_STAGES[-1]}.json").exists():
             seed_root.mkdir(parents=True, exist_ok=True)
-            seed_times = _run_stages(seed_root, seed, 64, SEED_STAGES)
+            seed_times = _run_stages(seed_root, seed, 64, SEED_STAGES, params)
             (seed_root / "times.json").write_text(json.dumps(seed_times))
         seed_times = json.loads((seed_root / "times.json").read_text())
         for budget in budgets:
@@ -92,7 +128,7 @@ def run(seeds: list[int], budgets: list[int], workdir: Path) -> None:
             for stage in SEED_STAGES:  # shared per seed: same splits, base models, validation report
                 (root / "artifacts" / stage).symlink_to(seed_root / "artifacts" / stage)
             t0 = time.perf_counter()
-            times = _run_stages(root, seed, budget, BUDGET_STAGES)
+            times = _run_stages(root, seed, budget, BUDGET_STAGES, params)
             evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
             prepare = json.loads((seed_root / "metrics" / "prepare.json").read_text())
             sampled = sampled_metric(evaluation["k"])
@@ -102,14 +138,20 @@ def run(seeds: list[int], budgets: list[int], workdir: Path) -> None:
                 "wall_s": round(time.perf_counter() - t0, 1),
                 "stage_s": {**seed_times, **times},
                 "evaluate": evaluation,
+                "train_tokens": _train_tokens(root),
+                "c1_gate": {
+                    k: m.get("c1_gate")
+                    for k, m in json.loads((root / "metrics" / "teacher_rl.json").read_text()).items()
+                },
+                "params": str(params.relative_to(REPO) if params.is_relative_to(REPO) else params),
                 "base_models": {
                     r: {"eval_greedy": prepare[r]["eval_greedy_accuracy"], "attempts": len(prepare[r]["attempts"])}
                     for r in ("teacher", "student")
                 },
                 **_provenance(),
             }
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            with RESULTS.open("a") as f:
+            results.parent.mkdir(parents=True, exist_ok=True)
+            with results.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(
                 f"seed {seed} budget {budget}: {sampled} s2d {evaluation['arms'].get('s2d', {}).get(sampled)} "
@@ -147,7 +189,23 @@ ABLATION_STAGES = stages_through("evaluate")[STAGES.index("warmup") :]
 ABLATION_SHARED = STAGES[: STAGES.index("warmup")]
 
 
-def ablation(seeds: list[int], budget: int, bridge_steps: list[tuple[int, int]], workdir: Path) -> None:
+def _rerun_root(workdir: Path, seed: int, budget: int, name: str, shared: list[str]) -> Path:
+    """A fresh scratch root for rerunning later stages of a finished (seed, budget) cell: the seed's data
+    and the cell's outputs of the `shared` stages are linked in, read-only by convention."""
+    cell = workdir / f"seed{seed}" / f"budget{budget}"
+    root = workdir / f"seed{seed}" / name
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "artifacts").mkdir(parents=True)
+    (root / "metrics").mkdir()
+    (root / "data").symlink_to((workdir / f"seed{seed}" / "data").resolve())
+    for stage in shared:
+        (root / "artifacts" / stage).symlink_to((cell / "artifacts" / stage).resolve())
+    return root
+
+
+def ablation(
+    seeds: list[int], budget: int, bridge_steps: list[tuple[int, int]], workdir: Path, params: Path = PARAMS
+) -> None:
     """Do the ablations bite when distillation steps are scarce? Re-runs ABLATION_STAGES (warmup through
     evaluate) for s2d / no_warmup / no_opd on the finished (seed, budget) cells with other (warmup, opd)
     step counts (the ablations still get the removed stage's steps); same RL teacher, rollouts and eval."""
@@ -155,21 +213,15 @@ def ablation(seeds: list[int], budget: int, bridge_steps: list[tuple[int, int]],
     from s2d_pipeline.config import load_config
 
     for seed in seeds:
-        cell = workdir / f"seed{seed}" / f"budget{budget}"
         for warmup_steps, opd_steps in bridge_steps:
-            root = workdir / f"seed{seed}" / f"ablation-b{budget}-w{warmup_steps}-o{opd_steps}"
-            shutil.rmtree(root, ignore_errors=True)
-            (root / "artifacts").mkdir(parents=True)
-            (root / "metrics").mkdir()
-            (root / "data").symlink_to((workdir / f"seed{seed}" / "data").resolve())
-            for stage in ABLATION_SHARED:
-                (root / "artifacts" / stage).symlink_to((cell / "artifacts" / stage).resolve())
+            name = f"ablation-b{budget}-w{warmup_steps}-o{opd_steps}"
+            root = _rerun_root(workdir, seed, budget, name, ABLATION_SHARED)
             cfg = load_config(
-                REPO / "params.yaml",
+                params,
                 {
                     "seed": seed,
                     "budget": budget,
-                    "tracking": {"enabled": False},
+                    **NO_STOPS,
                     "arms": ABLATION_ARMS,
                     # LR warmup scaled with the run, else short runs never reach
                     # the peak LR and the two-stage arm is handicapped twice
@@ -199,6 +251,93 @@ def ablation(seeds: list[int], budget: int, bridge_steps: list[tuple[int, int]],
                 + ", ".join(f"{a} {evaluation['arms'][a][sampled]}" for a in ABLATION_ARMS),
                 flush=True,
             )
+
+
+COMPUTE_RESULTS = REPO / "bench" / "results" / "compute_view.jsonl"
+COMPUTE_SHARED = STAGES[: STAGES.index("student_rl")]
+
+
+def compute_view(seeds: list[int], budget: int, grpo_steps: list[int], workdir: Path, params: Path = PARAMS) -> None:
+    """Accuracy against the student's training compute: `grpo_direct` rerun with more GRPO steps on
+    finished (seed, budget) cells (same base student, same N labels), beside `s2d`'s bridge from the
+    cell. Compute is what the trainers logged: tokens processed (prompt + completion) by the student's
+    training runs; the teacher's own RL, which every distilling arm shares, is not counted."""
+    from s2d_pipeline.cli import run_stage
+    from s2d_pipeline.config import load_config
+
+    cells = {(r["seed"], r["budget"]): r for r in load_records(results_file(params))}
+    for seed in seeds:
+        cell = cells[(seed, budget)]
+        for steps in grpo_steps:
+            root = _rerun_root(workdir, seed, budget, f"compute-b{budget}-g{steps}", COMPUTE_SHARED)
+            cfg = load_config(
+                params,
+                {"seed": seed, "budget": budget, **NO_STOPS, "arms": ["grpo_direct"], "grpo_direct": {"steps": steps}},
+                root=root,
+            )
+            for stage in ("student_rl", "evaluate"):
+                run_stage(stage, cfg)
+            evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+            record = {
+                "seed": seed,
+                "budget": budget,
+                "params": cell.get("params", "params.yaml"),
+                "k": evaluation["k"],
+                "grpo_direct": {
+                    "steps": steps,
+                    "train_tokens": _train_tokens(root)["student_rl"]["grpo_direct"],
+                    **_scores(evaluation["arms"]["grpo_direct"]),
+                },
+                "grpo_direct_in_cell": {
+                    "steps": _config(root, seed, budget, params).grpo_direct.steps,
+                    "train_tokens": cell["train_tokens"]["student_rl"]["grpo_direct"],
+                    **_scores(cell["evaluate"]["arms"]["grpo_direct"]),
+                },
+                "s2d": {
+                    "train_tokens": sum(cell["train_tokens"][s]["s2d"] or 0 for s in ("warmup", "opd")),
+                    **_scores(cell["evaluate"]["arms"]["s2d"]),
+                },
+                **_provenance(),
+            }
+            COMPUTE_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            with COMPUTE_RESULTS.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"seed {seed} grpo_direct {steps} steps: {record['grpo_direct']} vs s2d {record['s2d']}", flush=True)
+
+
+def _scores(entry: dict) -> dict:
+    return {m: entry[m] for m in ("greedy", "avg_at_k", "pass_at_k")}
+
+
+def compute_report(records: list[dict]) -> str:
+    """Per seed: s2d's bridge (student tokens, avg_at_k) and grpo_direct's curve (the cell's run and the
+    longer ones); the student compute grpo_direct needs to reach s2d's accuracy, as a multiple of
+    s2d's (linear between measured points), or that it did not within the longest run."""
+    lines = [
+        "| seed | s2d bridge: tokens, avg_at_k | grpo_direct: steps: tokens, avg_at_k | compute to reach s2d |",
+        "|---|---|---|---|",
+    ]
+    for seed in sorted({r["seed"] for r in records}):
+        rs = [r for r in records if r["seed"] == seed]
+        s2d = rs[0]["s2d"]
+        runs = {r["grpo_direct_in_cell"]["steps"]: r["grpo_direct_in_cell"] for r in rs}
+        runs.update({r["grpo_direct"]["steps"]: r["grpo_direct"] for r in rs})
+        curve = [(g["train_tokens"], g["avg_at_k"], steps) for steps, g in sorted(runs.items())]
+        ratio = f"not reached by {curve[-1][0] / s2d['train_tokens']:.1f}×"
+        previous = (0, None)
+        for tokens, acc, _ in curve:
+            if acc >= s2d["avg_at_k"]:
+                t0, a0 = previous
+                at = tokens if a0 is None or acc == a0 else t0 + (tokens - t0) * (s2d["avg_at_k"] - a0) / (acc - a0)
+                ratio = f"{at / s2d['train_tokens']:.1f}×"
+                break
+            previous = (tokens, acc)
+        lines.append(
+            f"| {seed} | {s2d['train_tokens']:,}, {s2d['avg_at_k']:.3f} | "
+            + "; ".join(f"{st}: {t:,}, {a:.3f}" for t, a, st in curve)
+            + f" | {ratio} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _ablation_k(record: dict) -> int:
@@ -257,8 +396,8 @@ def bootstrap_ci(diffs: list[float], n_boot: int = 10_000, seed: int = 0) -> tup
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def load_records() -> list[dict]:
-    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+def load_records(results: Path = RESULTS) -> list[dict]:
+    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
 
 
 def records_k(records: list[dict]) -> int:
@@ -322,7 +461,53 @@ def report(records: list[dict]) -> str:
                 f"| {a} − {b} | {budget} | {', '.join(f'{x:+.3f}' for x in d)} | {np.mean(d):+.3f} | "
                 f"[{lo:+.3f}, {hi:+.3f}] | {sum(x > 0 for x in d)}/{len(d)} |"
             )
+    lines += [
+        "",
+        f"**The claims over all cells ({sampled})**: mean paired difference over every (seed, budget) cell; "
+        "95 % bootstrap interval resampling seeds (a seed's cells share its base models); verdict: "
+        "reproduces (interval above 0), reversed (below 0) or not shown",
+        "",
+        "| claim | cells | mean | 95 % CI | cells won | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in claim_verdicts(records, sampled):
+        lines.append(
+            f"| {v['left']} > {v['right']} | {v['cells']} | {v['mean']:+.3f} | [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] "
+            f"| {v['won']}/{v['cells']} | {v['verdict']} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def claim_verdicts(records: list[dict], metric: str) -> list[dict]:
+    """Each claim in CLAIMS over every cell where both arms ran: the mean paired difference, a bootstrap
+    interval over seeds (each seed's mean over its budgets, resampled), cells won, and the verdict of
+    bench/findings.md's decision rule."""
+    import numpy as np
+
+    out = []
+    for left, right in CLAIMS:
+        per_seed: dict[int, list[float]] = {}
+        for r in records:
+            a, b = _metric(r["evaluate"], left, metric), _metric(r["evaluate"], right, metric)
+            if a is not None and b is not None:
+                per_seed.setdefault(r["seed"], []).append(a - b)
+        cells = [d for ds in per_seed.values() for d in ds]
+        if not cells:
+            continue
+        lo, hi = bootstrap_ci([float(np.mean(ds)) for ds in per_seed.values()])
+        verdict = "reproduces" if lo > 0 else "reversed" if hi < 0 else "not shown"
+        out.append(
+            {
+                "left": left,
+                "right": right,
+                "cells": len(cells),
+                "mean": float(np.mean(cells)),
+                "ci": (lo, hi),
+                "won": sum(d > 0 for d in cells),
+                "verdict": verdict,
+            }
+        )
+    return out
 
 
 def _metric(evaluation: dict, name: str, metric: str):
@@ -416,8 +601,14 @@ def plot(records: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def workdir_for(workdir: Path, params: Path) -> Path:
+    """A profile's scratch cells live beside the default's, never mixed with them."""
+    return workdir if params == PARAMS.resolve() else workdir.with_name(f"{workdir.name}-{params.stem}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.label_efficiency", description=__doc__.split("\n")[0])
+    p.add_argument("--params", type=Path, default=PARAMS, help="params file or profile (default: params.yaml)")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -426,6 +617,14 @@ def main() -> None:
         "--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "s2d-bench-label-efficiency"
     )
     sub.add_parser("report")
+    c = sub.add_parser("compute", help="accuracy against student training compute: grpo_direct run longer")
+    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    c.add_argument("--budget", type=int, default=64)
+    c.add_argument("--grpo-steps", type=int, nargs="+", default=[300, 600, 1200])
+    c.add_argument(
+        "--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "s2d-bench-label-efficiency"
+    )
+    sub.add_parser("compute-report")
     a = sub.add_parser("ablation")
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a.add_argument("--budget", type=int, default=64)
@@ -439,16 +638,23 @@ def main() -> None:
         "--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "s2d-bench-label-efficiency"
     )
     args = p.parse_args()
+    params = args.params.resolve()
     if args.cmd == "run":
-        run(args.seeds, args.budgets, args.workdir)
+        run(args.seeds, args.budgets, workdir_for(args.workdir, params), params)
     elif args.cmd == "ablation":
-        ablation(args.seeds, args.budget, [tuple(map(int, x.split(","))) for x in args.bridge_steps], args.workdir)
+        pairs = [tuple(map(int, x.split(","))) for x in args.bridge_steps]
+        ablation(args.seeds, args.budget, pairs, workdir_for(args.workdir, params), params)
+    elif args.cmd == "compute":
+        compute_view(args.seeds, args.budget, args.grpo_steps, workdir_for(args.workdir, params), params)
+    elif args.cmd == "compute-report":
+        print(compute_report([json.loads(x) for x in COMPUTE_RESULTS.read_text().splitlines() if x.strip()]))
     else:
-        records = load_records()
+        records = load_records(results_file(params))
         print(report(records))
-        plot(records, REPO / "bench" / "label_efficiency.png")
-        write_curve(records)
-        print(f"plot: {REPO / 'bench' / 'label_efficiency.png'}, curve: {CURVE_CSV}", file=sys.stderr)
+        if params == PARAMS.resolve():
+            plot(records, REPO / "bench" / "label_efficiency.png")
+            write_curve(records)
+            print(f"plot: {REPO / 'bench' / 'label_efficiency.png'}, curve: {CURVE_CSV}", file=sys.stderr)
 
 
 if __name__ == "__main__":

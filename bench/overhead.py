@@ -1,6 +1,6 @@
 """Pipeline overhead: where the wall time of the embedded default goes, through DVC and through Prefect.
 
-    python -m bench.overhead            # ~15 min on 2 CPU cores: two full pipeline runs + a no-op repro
+    python -m bench.overhead            # ~25 min on 2 CPU cores: three full pipeline runs + a no-op repro
 
 Run from the repository root.
 
@@ -11,6 +11,9 @@ Works on fresh clones of the committed HEAD (so the numbers are those of a user'
    and what is left of the total is DVC itself (hashing, locking, spawning).
 2. a second `dvc repro` (nothing changed: must be a no-op).
 3. the Prefect flow (`python -m flows.s2d`, temporary local server) in another clone, same split.
+4. the same flow with `flow.parallel_arms: 2` (each per-arm stage fans out to `s2d <stage> --arm`
+   processes, two at a time) in a third clone: its wall time against step 3's, and whether its
+   evaluation equals the sequential flow's.
 Also timed: the heavy imports every training process pays (torch, transformers, trl, datasets) and
 `s2d --help` (the CLI must start without them). Results: bench/results/overhead.json.
 """
@@ -91,6 +94,12 @@ def breakdown(total_s: float, timings: list[dict], one_process: bool) -> dict:
     }
 
 
+def _arm_scores(repo: Path) -> dict:
+    """Every evaluated model's accuracy (what a fanned-out run must reproduce; wall times differ)."""
+    result = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    return {k: result[k] for k in ("teachers", "student_raw", "arms", "C1")}
+
+
 def main() -> None:
     argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0]).parse_args()
     out = REPO / "bench" / "results" / "overhead.json"
@@ -121,6 +130,18 @@ def main() -> None:
         total = _timed([python, "-m", "flows.s2d"], repo, _env(repo, timings))
         records = [json.loads(line) for line in timings.read_text().splitlines()]
         result["prefect_flow"] = breakdown(total, records, one_process=True)
+        sequential = _arm_scores(repo)
+        print(json.dumps(result, indent=1), flush=True)
+
+        repo = _clone(tmp / "fan-out")
+        params = repo / "params.yaml"
+        params.write_text(params.read_text().replace("parallel_arms: 1 ", "parallel_arms: 2 ", 1))
+        total = _timed([python, "-m", "flows.s2d"], repo, _env(repo, tmp / "fan-out-timings.jsonl"))
+        result["prefect_flow_parallel_arms_2"] = {
+            "total_s": round(total, 1),
+            "vs_sequential_flow": round(total / result["prefect_flow"]["total_s"], 3),
+            "evaluation_equals_sequential": _arm_scores(repo) == sequential,
+        }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

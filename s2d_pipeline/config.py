@@ -209,10 +209,16 @@ class RolloutsConfig(Section):
 
 class WarmupConfig(Section):
     loss: Literal["forward_kl", "sft"] = "forward_kl"
-    steps: int = Field(100, ge=1)
+    steps: int = Field(100, ge=1)  # the step count, or the cap when kl_target is set
     learning_rate: float = Field(3e-4, gt=0)
     warmup_steps: int = Field(20, ge=0)
     batch_size: int = Field(128, ge=1)
+    # C2 as a stopping rule: with a target, warmup stops once KL(student || teacher) on the student's
+    # own samples of `kl_prompts` unlabeled prompts (evaluate's C2 measure) falls below it, checked
+    # every `kl_check_every` steps. null: a fixed step count, which keeps the arms compute-matched.
+    kl_target: float | None = Field(None, gt=0)
+    kl_check_every: int = Field(10, ge=1)
+    kl_prompts: int = Field(64, ge=1)
 
 
 class OPDConfig(Section):
@@ -245,6 +251,22 @@ class EvaluateConfig(Section):
     # Prompts (from the unlabeled pool) on which C2's teacher-student KL is measured.
     kl_prompts: int = Field(256, ge=1)
     batch_size: int = Field(256, ge=1)
+
+
+class C1GateConfig(Section):
+    """Stage 1 must improve the teacher before distillation spends compute on it: on the first
+    `problems` eval problems, the RL teacher's avg_at_k (k samples at teacher_rl's temperature and
+    completion length) must beat the raw teacher's by more than `min_gain`, or the stages that distil
+    from it stop with a report."""
+
+    min_gain: float = Field(0.02, ge=-1.0, le=1.0)
+    problems: int = Field(128, ge=1)
+    k: int = Field(8, ge=1)
+    override: bool = False  # true: distil anyway (the stage metrics still record the failed gate)
+
+
+class GatesConfig(Section):
+    c1: C1GateConfig = C1GateConfig()
 
 
 class RuntimeConfig(Section):
@@ -295,6 +317,7 @@ class Config(Section):
     student_rl: StudentRLConfig = StudentRLConfig()
     grpo_direct: GRPOStageConfig = GRPOStageConfig(learning_rate=1e-4)
     evaluate: EvaluateConfig = EvaluateConfig()
+    gates: GatesConfig = GatesConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     flow: FlowConfig = FlowConfig()
 

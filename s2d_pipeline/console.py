@@ -284,10 +284,14 @@ def summary(name: str, metrics: dict, cfg) -> list[str]:
                 continue
             trend = _trend(m, "reward") or _trend(m, "loss")
             size = [f"{m['steps']} steps"] if "steps" in m else []
+            if "steps_taken" in m and m.get("c2_checks"):  # warmup under the C2 stopping rule
+                size = [f"{m['steps_taken']} of {m.get('steps')} steps (C2 {m['c2_checks'][-1][1]:.3g})"]
             for key, word in (("labels_used", "labels"), ("labels_seen", "labels")):
                 if key in m:
                     size.append(f"{m[key]} {word}" + ("" if m.get("new_labels", True) else " (replayed)"))
             lines.append(f"{arm}: {', '.join(x for x in [trend, *size] if x)}{_secs(m)}")
+            if isinstance(m.get("c1_gate"), dict) and name == "teacher_rl":
+                lines.append(_c1_line(m["c1_gate"], cfg.gates.c1))
     elif name == "rollouts":
         for teacher, m in metrics.items():
             lines.append(
@@ -300,6 +304,14 @@ def summary(name: str, metrics: dict, cfg) -> list[str]:
     elif name == "promote":
         lines.append(_decision(metrics))
     return ["  " + line for line in lines if line]
+
+
+def _c1_line(c1: dict, gate) -> str:
+    verdict = "passes" if c1["gain"] > gate.min_gain else "fails" + (", overridden" if gate.override else "")
+    return (
+        f"  C1: {c1['metric']} {c1['raw_teacher']:.3f} → {c1['rl_teacher']:.3f} ({c1['gain']:+.3f}) on "
+        f"{c1['problems']} eval problems; the gate (> {gate.min_gain:+g}) {verdict}"
+    )
 
 
 def _skipped_rules(cfg) -> dict[str, str]:

@@ -17,3 +17,8 @@ class DataError(S2DError):
 
 class BudgetError(S2DError):
     """The label budget cannot be spent as asked (too large, non-positive, double-spent)."""
+
+
+class GateError(S2DError):
+    """A pipeline gate stopped the run: going on would spend compute for nothing (the message says why
+    and which param lets a user go on anyway)."""

@@ -1,8 +1,14 @@
-"""The promotion gate, shared by `evaluate` (which registers the challenger) and `promote`.
+"""The pipeline's gates.
 
-On `eval` and at the same label budget, the challenger (the candidate arm's final student) must
+The promotion gate, shared by `evaluate` (which registers the challenger) and `promote`: on `eval`
+and at the same label budget, the challenger (the candidate arm's final student) must
 1. beat the baseline arm (the same labels spent on direct student GRPO), and
 2. beat the current champion, whose metric was recorded on the same eval set (same data hash).
+
+The C1 gate, before distillation: `teacher_rl` scores each RL teacher and the raw teacher on the
+first `gates.c1.problems` eval problems (`c1_measurement`); `rollouts` and `opd` distil from an RL
+teacher only when it gained more than `gates.c1.min_gain` (`require_improved_teacher`), else they stop
+with a report, unless `gates.c1.override` is set.
 """
 
 from __future__ import annotations
@@ -29,3 +35,52 @@ def decide(candidate: float, baseline: float | None, champion: float | None, sam
         elif not candidate > champion:
             reasons.append(f"challenger {candidate:.4f} does not beat the champion {champion:.4f}")
     return reasons
+
+
+def c1_measurement(raw: dict, rl: dict, problems: int, k: int) -> dict:
+    """What `teacher_rl` records for the C1 gate: both teachers' GATE_METRIC on the same problems."""
+    return {
+        "metric": GATE_METRIC,
+        "k": k,
+        "problems": problems,
+        "raw_teacher": raw[GATE_METRIC],
+        "rl_teacher": rl[GATE_METRIC],
+        "gain": round(rl[GATE_METRIC] - raw[GATE_METRIC], 4),
+    }
+
+
+def require_improved_teacher(cfg, teacher: str) -> dict | None:
+    """The C1 decision for distilling from `teacher` (None for the raw teacher, which no gate guards):
+    the measurement with `min_gain` and `passed`. Raises GateError when the RL teacher did not gain
+    more than `gates.c1.min_gain` and `gates.c1.override` is off."""
+    import logging
+
+    from s2d_pipeline.errors import GateError, S2DError
+    from s2d_pipeline.io import read_json
+    from s2d_pipeline.layout import metrics_file
+
+    if teacher == "raw":
+        return None
+    path = metrics_file(cfg, "teacher_rl")
+    measured = (read_json(path).get(teacher) or {}).get("c1_gate") if path.exists() else None
+    if measured is None:
+        raise S2DError(
+            f"C1 gate: {path} has no measurement for the RL teacher '{teacher}'; run `s2d teacher_rl` first"
+        )
+    gate = cfg.gates.c1
+    decision = {**measured, "min_gain": gate.min_gain, "passed": measured["gain"] > gate.min_gain}
+    if decision["passed"]:
+        return decision
+    report = (
+        f"C1 gate: Stage 1 did not improve the teacher '{teacher}'. On {measured['problems']} held-out eval "
+        f"problems its {measured['metric']} (k = {measured['k']}) is {measured['rl_teacher']:.4f} against the raw "
+        f"teacher's {measured['raw_teacher']:.4f}: a gain of {measured['gain']:+.4f}, not more than "
+        f"gates.c1.min_gain = {gate.min_gain}. Distilling an unimproved teacher spends compute for nothing"
+    )
+    if not gate.override:
+        raise GateError(
+            f"{report}, so the pipeline stops before distillation. Improve Stage 1 (teacher_rl.steps, "
+            "teacher_rl.learning_rate, a larger budget) and rerun, or set gates.c1.override: true to distil anyway."
+        )
+    logging.getLogger("s2d").warning("%s; distilling anyway (gates.c1.override: true).", report)
+    return {**decision, "overridden": True}

@@ -294,15 +294,51 @@ class PromptCompletionCollator:
         return {"input_ids": input_ids, "attention_mask": attention, "labels": label_t}
 
 
+def kl_stop_callback(cfg: Config, teacher, tokenizer, prompts: list[str], target: float, every: int):
+    """C2 as a stopping rule: every `every` steps (and at the last), the mean per-token
+    KL(student || teacher) on the student's own samples of `prompts` (evaluate's C2 measure) is logged
+    as `c2_kl`; training stops once it is below `target`."""
+    from transformers import TrainerCallback
+
+    from s2d_pipeline.stages.evaluate import student_teacher_kl
+
+    class KLStop(TrainerCallback):
+        trainer = None  # set after the trainer is built: the callback logs through it
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every and state.global_step < state.max_steps:
+                return
+            was_training = model.training
+            kl = student_teacher_kl(cfg, None, model, teacher, tokenizer, prompts)
+            model.train(was_training)
+            self.trainer.log({"c2_kl": kl})
+            if kl < target:
+                control.should_training_stop = True
+
+    return KLStop()
+
+
 def train_forward_kl(
-    cfg: Config, settings, student_dir: Path, teacher_dir: Path, rollouts: list[dict], steps: int, run_name: str
+    cfg: Config,
+    settings,
+    student_dir: Path,
+    teacher_dir: Path,
+    rollouts: list[dict],
+    steps: int,
+    run_name: str,
+    kl_prompts: list[str] | None = None,
 ):
     """Forward KL on teacher samples: full-distribution forward KL (GKD, lmbda=0, beta=0), or SFT with
-    `loss: sft`. Stage 2a (`settings` = cfg.warmup) and the healing of a derived student (cfg.prepare.heal)."""
+    `loss: sft`. Stage 2a (`settings` = cfg.warmup) and the healing of a derived student (cfg.prepare.heal).
+    With `settings.kl_target` set, `steps` is a cap and training stops once C2 on `kl_prompts` is below
+    the target (`kl_stop_callback`)."""
     from s2d_pipeline.models import load_model, load_tokenizer
 
     w = settings
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
+    forward_kl = getattr(w, "loss", "forward_kl") == "forward_kl"
+    kl_target = getattr(w, "kl_target", None)
+    teacher = load_model(teacher_dir, cfg) if forward_kl or kl_target is not None else None
     train_rows = epoch_rows(
         [
             {"prompt": r["prompt"], "completion": r["completion"], "finished": bool(r.get("finished"))}
@@ -317,7 +353,7 @@ def train_forward_kl(
     common["remove_unused_columns"] = False
     common["include_num_input_tokens_seen"] = "non_padding"  # GRPO and OPD count their own tokens
     common["train_sampling_strategy"] = "sequential"  # epoch_rows already shuffled, resumably
-    if getattr(w, "loss", "forward_kl") == "forward_kl":
+    if forward_kl:
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
         args = GKDConfig(
@@ -325,7 +361,7 @@ def train_forward_kl(
         )
         trainer = GKDTrainer(
             model=student,
-            teacher_model=load_model(teacher_dir, cfg),
+            teacher_model=teacher,
             args=args,
             data_collator=collator,
             train_dataset=dataset,
@@ -338,6 +374,10 @@ def train_forward_kl(
         trainer = SFTTrainer(
             model=student, args=args, data_collator=collator, train_dataset=dataset, processing_class=tokenizer
         )
+    if kl_target is not None:
+        stop = kl_stop_callback(cfg, teacher, tokenizer, kl_prompts or [], kl_target, w.kl_check_every)
+        stop.trainer = trainer
+        trainer.add_callback(stop)
     fit(trainer, cfg, [student_dir, teacher_dir], train_rows)
     return trainer
 
@@ -437,9 +477,12 @@ def summarise_rl_history(history: list[dict]) -> dict:
 def summarise_loss_history(history: list[dict]) -> dict:
     """First and last logged training loss (distillation stages), and training throughput."""
     losses = [h["loss"] for h in history if "loss" in h]
+    checks = [[h["step"], h["c2_kl"]] for h in history if "c2_kl" in h]
     return {
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
+        # The C2 stopping rule's checks (step, KL) and the steps it took (warmup.kl_target set).
+        **({"c2_checks": checks, "steps_taken": history[-1]["step"]} if checks else {}),
         **summarise_throughput(history),
     }
 

@@ -122,8 +122,11 @@ def test_training_stage_shows_progress_and_no_deprecation_warnings(trained_proje
     out = captured.out.splitlines()
     assert out[0] == "teacher_rl: GRPO on the teacher, 2 RL teachers × 3 steps (s2d: 16 labels, s2d_stage3: 12 labels)"
     assert re.fullmatch(r"  s2d: reward [\d.]+ → [\d.]+, 16 labels \(\d+ s\)", out[1]), out[1]
-    assert re.fullmatch(r"  s2d_stage3: reward [\d.]+ → [\d.]+, 12 labels \(\d+ s\)", out[2]), out[2]
-    assert len(out) == 3, out
+    c1 = r"    C1: avg_at_k [\d.]+ → [\d.]+ \([+-][\d.]+\) on 8 eval problems; the gate \(> \+0.02\) (passes|fails, overridden)"
+    assert re.fullmatch(c1, out[2]), out[2]
+    assert re.fullmatch(r"  s2d_stage3: reward [\d.]+ → [\d.]+, 12 labels \(\d+ s\)", out[3]), out[3]
+    assert re.fullmatch(c1, out[4]), out[4]
+    assert len(out) == 5, out
     for run in ("teacher_rl/s2d", "teacher_rl/s2d_stage3"):
         assert f"{run}: 100%" in captured.err and "3/3" in captured.err, captured.err
     assert "Writing model shards" not in captured.err

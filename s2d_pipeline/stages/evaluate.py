@@ -26,12 +26,13 @@ from s2d_pipeline.layout import base_model_dir, metrics_file, rl_teacher_dir, st
 from s2d_pipeline.tasks import get_task
 
 
-def score(task, model, tokenizer, rows: list[dict], cfg: Config) -> dict:
-    """Greedy accuracy, avg_at_k and pass_at_k of one model on labeled rows."""
+def score(task, model, tokenizer, rows: list[dict], cfg: Config, settings=None) -> dict:
+    """Greedy accuracy, avg_at_k and pass_at_k of one model on labeled rows, sampled with `settings`
+    (k, temperature, max_completion_length, batch_size; default: the evaluate section)."""
     from s2d_pipeline.generation import generate, sample
     from s2d_pipeline.prompts import render
 
-    e = cfg.evaluate
+    e = settings or cfg.evaluate
     prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in rows]
     greedy = generate(model, tokenizer, prompts, max_new_tokens=e.max_completion_length, batch_size=e.batch_size)
     sampled = sample(model, tokenizer, prompts, e, n=e.k, seed=cfg.seed)

@@ -2,7 +2,7 @@
 
 For every arm with OPD, the student (after warmup where the arm has one) samples on unlabeled
 prompts and minimises per-token reverse KL to the arm's teacher (TRL DistillationTrainer, beta=1).
-Needs no labels.
+Needs no labels. An RL teacher that fails the C1 gate (`s2d_pipeline.gate`) stops the stage first.
 
     s2d opd
 """
@@ -21,6 +21,7 @@ from s2d_pipeline.tasks import get_task
 def run(cfg: Config, arm: str | None = None) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.data import load_split
+    from s2d_pipeline.gate import require_improved_teacher
     from s2d_pipeline.prompts import trainer_prompt
     from s2d_pipeline.training import summarise_loss_history, train_arm, train_opd
 
@@ -30,6 +31,7 @@ def run(cfg: Config, arm: str | None = None) -> dict:
     metrics: dict = {}
     units = arm_specs.bridge_stage_arms("opd", cfg.arms, cfg.warmup.steps, cfg.opd.steps)
     for unit, spec, steps in arm_specs.only_unit(units, "opd", arm):
+        c1 = require_improved_teacher(cfg, spec.teacher)
         start = student_dir(cfg, unit, "warmup") if spec.warmup else base_model_dir(cfg, "student")
         metrics[unit] = train_arm(
             cfg,
@@ -41,4 +43,6 @@ def run(cfg: Config, arm: str | None = None) -> dict:
             teacher=spec.teacher,
             steps=steps,
         )
+        if c1:
+            metrics[unit]["c1_gate"] = c1
     return write_stage_metrics(metrics_file(cfg, "opd"), metrics, partial=arm is not None)

@@ -3,7 +3,8 @@
 For each teacher a configured arm warms up from (the RL teacher, or the raw one for `raw_bridge`),
 samples `rollouts.samples_per_prompt` completions per prompt and writes
 `artifacts/rollouts/<teacher>.jsonl` with `prompt_id`, `prompt`, `completion`, `num_tokens` and
-`teacher_logprob` (sum over completion tokens), which DVC versions.
+`teacher_logprob` (sum over completion tokens), which DVC versions. An RL teacher that fails the C1
+gate (`s2d_pipeline.gate`) is not sampled: the stage stops with the gate's report.
 
     s2d rollouts
 """
@@ -26,6 +27,7 @@ ROLLOUT_COLUMNS = ("prompt_id", "prompt", "completion", "finished", "num_tokens"
 def run(cfg: Config, arm: str | None = None) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.data import load_split
+    from s2d_pipeline.gate import require_improved_teacher
     from s2d_pipeline.generation import completion_token_stats, generate_vllm, sample
     from s2d_pipeline.models import load_model, load_tokenizer
     from s2d_pipeline.prompts import render
@@ -36,6 +38,7 @@ def run(cfg: Config, arm: str | None = None) -> dict:
     pool = load_split(cfg, task, "prompts")[: r.max_prompts]  # unlabeled: ids and prompts only
     metrics: dict = {}
     for teacher in arm_specs.only_unit(arm_specs.rollout_teachers(cfg.arms), "rollouts", arm):
+        c1 = require_improved_teacher(cfg, teacher)
         started = time.perf_counter()
         path = teacher_dir(cfg, teacher)
         tokenizer = load_tokenizer(path, cfg)
@@ -85,5 +88,6 @@ def run(cfg: Config, arm: str | None = None) -> dict:
             "rows": len(rows),
             "wall_s": round(time.perf_counter() - started, 2),
             "mean_teacher_logprob": round(sum(stats["teacher_logprob"]) / max(len(rows), 1), 4),
+            **({"c1_gate": c1} if c1 else {}),
         }
     return write_stage_metrics(metrics_file(cfg, "rollouts"), metrics, partial=arm is not None)

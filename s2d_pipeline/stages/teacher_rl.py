@@ -4,6 +4,9 @@ Spends the ledger's teacher labels (and nothing else) on the raw teacher and sav
 One RL teacher serves every arm whose ledger gives its teacher the same labels (`s2d`, `no_warmup`,
 `no_opd`); the Stage-3 arms hold labels out, so their teacher is trained separately.
 
+Then the C1 gate's measurement: each RL teacher and the raw teacher are scored (avg_at_k, k =
+`gates.c1.k` samples as Stage 1 samples) on the first `gates.c1.problems` eval problems; `rollouts` and `opd` read it before distilling (`s2d_pipeline.gate`).
+
     s2d teacher_rl                 # every RL teacher the configured arms need
 """
 
@@ -20,12 +23,33 @@ from s2d_pipeline.tasks import get_task
 
 def run(cfg: Config, arm: str | None = None) -> dict:
     from s2d_pipeline import runtime
+    from s2d_pipeline.data import load_split
+    from s2d_pipeline.gate import c1_measurement
     from s2d_pipeline.ledger import TEACHER_RL, labeled_rows
+    from s2d_pipeline.models import load_model, load_tokenizer
+    from s2d_pipeline.stages.evaluate import score
     from s2d_pipeline.training import summarise_rl_history, train_arm, train_grpo
 
     runtime.setup(cfg)
     task = get_task(cfg.task)
     metrics: dict = {}
+    gate_rows = load_split(cfg, task, "eval")[: cfg.gates.c1.problems]
+    raw_teacher = base_model_dir(cfg, "teacher")
+    tokenizer = load_tokenizer(raw_teacher, cfg)
+
+    # Sampled as in Stage 1 (its temperature and completion length), k per problem.
+    sampling = cfg.evaluate.model_copy(
+        update={
+            "k": cfg.gates.c1.k,
+            "temperature": cfg.teacher_rl.temperature,
+            "max_completion_length": cfg.teacher_rl.max_completion_length,
+        }
+    )
+
+    def gate_score(model_dir) -> dict:
+        return score(task, load_model(model_dir, cfg, for_inference=True), tokenizer, gate_rows, cfg, sampling)
+
+    raw_scores = None
     for key in arm_specs.only_unit(arm_specs.rl_teachers(cfg.arms), "teacher_rl", arm):
         rows = labeled_rows(cfg, arm_specs.ledger_arm_for_teacher(key, cfg.arms), TEACHER_RL)
         metrics[key] = train_arm(
@@ -36,5 +60,9 @@ def run(cfg: Config, arm: str | None = None) -> dict:
             partial(train_grpo, cfg, task, base_model_dir(cfg, "teacher"), rows, cfg.teacher_rl, f"teacher_rl/{key}"),
             summarise_rl_history,
             labels_used=len(rows),
+        )
+        raw_scores = raw_scores or gate_score(raw_teacher)
+        metrics[key]["c1_gate"] = c1_measurement(
+            raw_scores, gate_score(rl_teacher_dir(cfg, key)), len(gate_rows), cfg.gates.c1.k
         )
     return write_stage_metrics(metrics_file(cfg, "teacher_rl"), metrics, partial=arm is not None)

@@ -2,7 +2,10 @@
 
 For every arm with a warmup, starts from the raw student and trains on the rollouts of that arm's
 teacher: token-level forward KL against the teacher's full distribution (TRL GKD, lmbda=0, beta=0),
-or plain SFT on the sampled tokens with `warmup.loss: sft`. Needs no labels.
+or plain SFT on the sampled tokens with `warmup.loss: sft`. Needs no labels. With `warmup.kl_target`
+set, warmup runs until C2 (KL(student || teacher) on the student's own samples of the last
+`warmup.kl_prompts` unlabeled prompts, the same pool as evaluate's C2) falls below it, with
+`warmup.steps` as the cap; the metrics record each check and the steps taken.
 
     s2d warmup
 """
@@ -23,6 +26,7 @@ def run(cfg: Config, arm: str | None = None) -> dict:
 
     runtime.setup(cfg)
     metrics: dict = {}
+    kl_prompts = _kl_prompts(cfg) if cfg.warmup.kl_target is not None else None
     units = arm_specs.bridge_stage_arms("warmup", cfg.arms, cfg.warmup.steps, cfg.opd.steps)
     for unit, spec, steps in arm_specs.only_unit(units, "warmup", arm):
         rollouts = read_jsonl(rollouts_file(cfg, spec.teacher))
@@ -40,10 +44,26 @@ def run(cfg: Config, arm: str | None = None) -> dict:
                 rollouts,
                 steps,
                 f"warmup/{unit}",
+                kl_prompts,
             ),
             summarise_loss_history,
             teacher=spec.teacher,
             steps=steps,
             loss=cfg.warmup.loss,
+            **({"kl_target": cfg.warmup.kl_target} if kl_prompts else {}),
         )
     return write_stage_metrics(metrics_file(cfg, "warmup"), metrics, partial=arm is not None)
+
+
+def _kl_prompts(cfg: Config) -> list[str]:
+    """The rendered prompts the C2 stopping rule samples on: the last `warmup.kl_prompts` of the pool."""
+    from s2d_pipeline.data import load_split
+    from s2d_pipeline.models import load_tokenizer
+    from s2d_pipeline.prompts import render
+    from s2d_pipeline.tasks import get_task
+
+    task = get_task(cfg.task)
+    tokenizer = load_tokenizer(base_model_dir(cfg, "student"), cfg)
+    return [
+        render(cfg, task, tokenizer, r["prompt"]) for r in load_split(cfg, task, "prompts")[-cfg.warmup.kl_prompts :]
+    ]
