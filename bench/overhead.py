@@ -67,7 +67,9 @@ def _timed(cmd: list[str], repo: Path, env: dict) -> float:
 
 
 def breakdown(total_s: float, timings: list[dict], one_process: bool) -> dict:
-    compute = {r["stage"]: r["compute_s"] for r in timings}
+    compute: dict[str, float] = {}  # a per-arm stage writes one record per unit: summed
+    for r in timings:
+        compute[r["stage"]] = compute.get(r["stage"], 0.0) + r["compute_s"]
     tracking = sum(r["tracking_s"] for r in timings)
     training = sum(v for k, v in compute.items() if k in TRAINING)
     validation = compute.get(VALIDATION, 0.0)
