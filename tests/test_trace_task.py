@@ -152,3 +152,28 @@ def test_config_and_profile():
     }
     assert set(lengths.values()) == {trace.completion_len}, lengths
     assert 12 + trace.completion_len <= cfg.models.max_seq_len
+
+
+def test_prepare_pretrains_each_role_on_its_own_format(monkeypatch, tmp_path):
+    """prepare builds the corpus per role: the teacher learns `;`, the student `,` (nothing trains:
+    pretraining, the gate and saving are stubbed)."""
+    from s2d_pipeline import generation, models
+    from s2d_pipeline.config import config_from_dict
+    from s2d_pipeline.stages import prepare
+
+    cfg = config_from_dict({"task": {"name": "arithmetic_trace"}}, root=tmp_path, check_paths=False)
+    seen: dict[str, str] = {}
+
+    def fake_pretrain(cfg, corpus, tokenizer, spec, schedule, seed, role="model"):
+        ids = corpus.batch(np.random.default_rng(seed), 1, schedule.noise_rate)[0]
+        seen[role] = "".join(tokenizer.convert_ids_to_tokens(ids.tolist()))
+        return object()
+
+    monkeypatch.setattr(prepare, "_pretrain", fake_pretrain)
+    monkeypatch.setattr(generation, "accuracy", lambda *args, **kwargs: 0.5)
+    monkeypatch.setattr(models, "save_model", lambda model, tokenizer, path: None)
+    monkeypatch.setattr(models, "count_parameters", lambda model: 0)
+    prepare._build_base_models(cfg, task, task.generate_splits(0, 1, 1, 20)["eval"])
+    assert set(seen) == {"teacher", "student"}
+    assert seen["teacher"][12:].count(";") == 3 and "," not in seen["teacher"]
+    assert seen["student"][12:].count(",") == 3 and ";" not in seen["student"]
