@@ -47,11 +47,11 @@ def measure(task_name: str, root: Path, reuse: bool) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.cli import run_stage
     from s2d_pipeline.data import load_split
-    from s2d_pipeline.generation import completion_token_stats, generate
+    from s2d_pipeline.generation import completion_token_stats
     from s2d_pipeline.layout import base_model_dir, metrics_file
     from s2d_pipeline.models import load_model, load_tokenizer
     from s2d_pipeline.prompts import render
-    from s2d_pipeline.stages.evaluate import student_teacher_kl
+    from s2d_pipeline.stages.evaluate import own_samples, student_teacher_kl
     from s2d_pipeline.tasks import get_task
 
     root.mkdir(parents=True, exist_ok=True)
@@ -72,20 +72,8 @@ def measure(task_name: str, root: Path, reuse: bool) -> dict:
     t0 = time.perf_counter()
     c2 = student_teacher_kl(cfg, task, student, teacher, tokenizer, prompts)
 
-    def samples_of(model) -> list[str]:  # as student_teacher_kl draws them
-        return [
-            s[0]
-            for s in generate(
-                model,
-                tokenizer,
-                prompts,
-                max_new_tokens=e.max_completion_length,
-                greedy=False,
-                temperature=1.0,
-                batch_size=e.batch_size,
-                seed=cfg.seed,
-            )
-        ]
+    def samples_of(model) -> list[str]:
+        return own_samples(cfg, model, tokenizer, prompts)
 
     def per_token(scorer, samples) -> tuple[float, dict]:
         stats = completion_token_stats(student, scorer, tokenizer, prompts, samples, batch_size=e.batch_size)

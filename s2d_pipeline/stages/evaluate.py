@@ -51,13 +51,13 @@ def accuracy_metrics(task, greedy: list[str], sampled: list[list[str]], rows: li
     }
 
 
-def student_teacher_kl(cfg: Config, task, student, teacher, tokenizer, prompts: list[str]) -> float:
-    """C2: mean per-token KL(student || teacher) on the student's own samples."""
-    from s2d_pipeline.generation import completion_token_stats, generate
+def own_samples(cfg: Config, model, tokenizer, prompts: list[str]) -> list[str]:
+    """One sample per prompt at temperature 1, as C2 draws them (seeded)."""
+    from s2d_pipeline.generation import generate
 
     e = cfg.evaluate
     samples = generate(
-        student,
+        model,
         tokenizer,
         prompts,
         max_new_tokens=e.max_completion_length,
@@ -66,12 +66,16 @@ def student_teacher_kl(cfg: Config, task, student, teacher, tokenizer, prompts: 
         batch_size=e.batch_size,
         seed=cfg.seed,
     )
-    return round(
-        completion_token_stats(student, teacher, tokenizer, prompts, [s[0] for s in samples], batch_size=e.batch_size)[
-            "kl"
-        ],
-        5,
-    )
+    return [s[0] for s in samples]
+
+
+def student_teacher_kl(cfg: Config, task, student, teacher, tokenizer, prompts: list[str]) -> float:
+    """C2: mean per-token KL(student || teacher) on the student's own samples."""
+    from s2d_pipeline.generation import completion_token_stats
+
+    samples = own_samples(cfg, student, tokenizer, prompts)
+    stats = completion_token_stats(student, teacher, tokenizer, prompts, samples, batch_size=cfg.evaluate.batch_size)
+    return round(stats["kl"], 5)
 
 
 def run(cfg: Config) -> dict:
