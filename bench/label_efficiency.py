@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, machine
+from s2d_pipeline.io import read_unit_metrics
 from s2d_pipeline.stages import STAGES, stages_through
 
 RESULTS = REPO / "bench" / "results" / "label_efficiency.jsonl"
@@ -61,7 +62,7 @@ PAIRS = [
 
 
 # Every cell runs to the end: a teacher that fails the C1 gate is still distilled (the benchmark measures
-# what that costs), and metrics/teacher_rl.json keeps the gate's measurement.
+# what that costs), and metrics/teacher_rl/<teacher>.json keeps the gate's measurement.
 NO_STOPS = {"tracking": {"enabled": False}, "gates": {"c1": {"override": True}}}
 
 
@@ -100,10 +101,8 @@ def _train_tokens(root: Path) -> dict:
     """Tokens each training run processed, by stage and unit (the trainers' own counts)."""
     out = {}
     for stage in ("teacher_rl", "warmup", "opd", "student_rl"):
-        path = root / "metrics" / f"{stage}.json"
-        if path.exists():
-            metrics = json.loads(path.read_text())
-            out[stage] = {u: m.get("train_tokens") for u, m in metrics.items() if isinstance(m, dict)}
+        if metrics := read_unit_metrics(root / "metrics" / stage):
+            out[stage] = {u: m.get("train_tokens") for u, m in metrics.items()}
     return out
 
 
@@ -140,8 +139,7 @@ def run(seeds: list[int], budgets: list[int], workdir: Path, params: Path = PARA
                 "evaluate": evaluation,
                 "train_tokens": _train_tokens(root),
                 "c1_gate": {
-                    k: m.get("c1_gate")
-                    for k, m in json.loads((root / "metrics" / "teacher_rl.json").read_text()).items()
+                    k: m.get("c1_gate") for k, m in read_unit_metrics(root / "metrics" / "teacher_rl").items()
                 },
                 "params": str(params.relative_to(REPO) if params.is_relative_to(REPO) else params),
                 "base_models": {

@@ -71,18 +71,20 @@ def run(params: Path, overrides: list[str]) -> dict:
 def collect(directory: Path, wall_s: float | None) -> dict:
     """A finished `s2d run` in `directory`: its metrics files (stage wall from the stages' own timers;
     no memory figures)."""
+    from s2d_pipeline.arms import PER_ARM_STAGES
     from s2d_pipeline.config import load_config
+    from s2d_pipeline.layout import metrics_file, stage_metrics
     from s2d_pipeline.stages import STAGES
 
     cfg = load_config(directory / "params.yaml", root=directory, check_paths=False)
     stages = {}
     for name in STAGES:
-        path = cfg.metrics / f"{name}.json"
-        if not path.exists():
+        if name not in PER_ARM_STAGES and not metrics_file(cfg, name).exists():
             continue
-        metrics = json.loads(path.read_text())
+        if not (metrics := stage_metrics(cfg, name)):
+            continue
         walls = [v["wall_s"] for v in metrics.values() if isinstance(v, dict) and "wall_s" in v]
-        stages[path.stem] = {"wall_s": metrics.get("wall_s", round(sum(walls), 1)), "metrics": metrics}
+        stages[name] = {"wall_s": metrics.get("wall_s", round(sum(walls), 1)), "metrics": metrics}
     return {
         "machine": machine(),
         "params": str(directory / "params.yaml"),

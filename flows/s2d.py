@@ -79,10 +79,13 @@ def _run_arm_process(name: str, arm: str, cfg) -> dict:
     from s2d_pipeline.arms import stage_unit
     from s2d_pipeline.errors import S2DError
     from s2d_pipeline.io import read_json
-    from s2d_pipeline.layout import metrics_file
+    from s2d_pipeline.layout import unit_metrics_file
 
+    resolved = cfg.model_dump(mode="json", exclude={"root"})
+    if cfg.runtime.torch_threads is None:  # split the cores: N processes with all of them each contend
+        resolved["runtime"]["torch_threads"] = max(1, len(os.sched_getaffinity(0)) // cfg.flow.parallel_arms)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"s2d-{name}-{arm}-", delete=False) as f:
-        yaml.safe_dump(cfg.model_dump(mode="json", exclude={"root"}), f)
+        yaml.safe_dump(resolved, f)
     try:
         cmd = [sys.executable, "-m", "s2d_pipeline.cli", "--params", f.name, "--arm", arm, name]
         done = subprocess.run(cmd, cwd=cfg.root, capture_output=True, text=True)
@@ -92,7 +95,8 @@ def _run_arm_process(name: str, arm: str, cfg) -> dict:
         raise S2DError(done.stderr.strip().splitlines()[-1])
     if done.returncode != 0:  # a crash or a kill: worth a retry
         raise RuntimeError(f"`s2d {name} --arm {arm}` exited with status {done.returncode}:\n{done.stderr[-3000:]}")
-    return {stage_unit(name, arm): read_json(metrics_file(cfg, name))[stage_unit(name, arm)]}
+    unit = stage_unit(name, arm)
+    return {unit: read_json(unit_metrics_file(cfg, name, unit))}
 
 
 @task(name="check", task_run_name="{name}")
@@ -137,16 +141,15 @@ def _run_pipeline(params: str, overrides: dict | None, logger) -> dict:
     results: dict = {}
     for i, stage in enumerate(PIPELINE):
         name = stage.name
-        if dvc and dvc.up_to_date(name):
+        if name in PER_ARM_STAGES:  # DVC runs these per unit too: skipped and recorded unit by unit
+            results[name] = _fan_out(cfg, name, params, overrides, dvc, logger)
+        elif dvc and dvc.up_to_date(name):
             logger.info("stage %s: up to date in dvc.lock (same params, code and inputs), skipped", name)
             results[name] = read_json(metrics_file(cfg, name))
         else:
-            if name in PER_ARM_STAGES:
-                results[name] = _fan_out(cfg, name, params, overrides)
-            else:
-                # A stage that can fail for reasons outside the user's data (lost worker, OOM) is retried.
-                runner = run_stage_task if stage.transient_failures else run_check_task
-                results[name] = runner(name, params, overrides)
+            # A stage that can fail for reasons outside the user's data (lost worker, OOM) is retried.
+            runner = run_stage_task if stage.transient_failures else run_check_task
+            results[name] = runner(name, params, overrides)
             if dvc:
                 dvc.commit(name)
             logger.info("stage %s done", name)
@@ -157,21 +160,40 @@ def _run_pipeline(params: str, overrides: dict | None, logger) -> dict:
     return evaluation
 
 
-def _fan_out(cfg, name: str, params: str, overrides: dict | None) -> dict:
+def _fan_out(cfg, name: str, params: str, overrides: dict | None, dvc: DvcState | None, logger) -> dict:
     """One task per unit of a per-arm stage (an RL teacher, a teacher's rollouts, a bridge, a
-    student GRPO run), `flow.parallel_arms` at a time; returns the stage's metrics."""
+    student GRPO run), `flow.parallel_arms` at a time; a unit `dvc.lock` has up to date is skipped,
+    and each unit run is recorded there. Returns the stage's metrics."""
     from s2d_pipeline.arms import stage_units
-    from s2d_pipeline.layout import metrics_file
+    from s2d_pipeline.io import read_json
+    from s2d_pipeline.layout import unit_metrics_dir, unit_metrics_file
 
-    metrics_file(cfg, name).unlink(missing_ok=True)  # the units write it afresh, each its own entry
-    units = list(stage_units(name, cfg.arms).items())
-    parallel = cfg.flow.parallel_arms
+    units = stage_units(name, cfg.arms)
+    for stale in unit_metrics_dir(cfg, name).glob("*.json"):  # units of arms no longer configured
+        if stale.stem not in units:
+            stale.unlink()
+    changed = dvc.changed(name) if dvc else None  # one `dvc status` for all the stage's units
     metrics: dict = {}
-    for start in range(0, len(units), parallel):
-        batch = units[start : start + parallel]
+    todo = []
+    for unit, arm in units.items():
+        if changed is not None and f"{name}@{unit}" not in changed:
+            metrics[unit] = read_json(unit_metrics_file(cfg, name, unit))
+        else:
+            todo.append((unit, arm))
+    if len(todo) < len(units):
+        logger.info(
+            "stage %s: %d of %d units up to date in dvc.lock, skipped", name, len(units) - len(todo), len(units)
+        )
+    parallel = cfg.flow.parallel_arms
+    for start in range(0, len(todo), parallel):
+        batch = todo[start : start + parallel]
         futures = [run_arm_task.submit(name, unit, arm, params, overrides, parallel > 1) for unit, arm in batch]
         for future in futures:
             metrics.update(future.result())
+    if todo:
+        if dvc:
+            dvc.commit(*(f"{name}@{unit}" for unit, _ in todo))
+        logger.info("stage %s done", name)
     return metrics
 
 
@@ -225,6 +247,14 @@ class DvcState:
                 "not a params.yaml run (params %s, overrides %s): dvc.lock is left as it is", params, overrides
             )
             return None
+        from s2d_pipeline import dvc_units
+        from s2d_pipeline.errors import S2DError
+
+        try:
+            dvc_units.check(cfg)
+        except S2DError as exc:  # dvc.yaml's per-arm stages are not this run's units
+            logger.warning("dvc.lock is left as it is: %s", exc)
+            return None
         return cls(root, logger)
 
     def _dvc(self, *args: str):
@@ -235,15 +265,22 @@ class DvcState:
         )
 
     def up_to_date(self, stage: str) -> bool:
+        return self.changed(stage) == set()
+
+    def changed(self, target: str) -> set[str] | None:
+        """The DVC stages of `target` (a stage, or a per-arm stage's group `name` for all its
+        `name@unit` stages) that `dvc.lock` does not have up to date; None when DVC cannot say."""
         import json
 
-        done = self._dvc("status", "--json", stage)
-        return done.returncode == 0 and json.loads(done.stdout or "{}") == {}
+        done = self._dvc("status", "--json", target)
+        return set(json.loads(done.stdout or "{}")) if done.returncode == 0 else None
 
-    def commit(self, stage: str) -> None:
-        done = self._dvc("commit", "--force", "--quiet", stage)
+    def commit(self, *stages: str) -> None:
+        done = self._dvc("commit", "--force", "--quiet", *stages)
         if done.returncode != 0:  # the stage's outputs are fine; only DVC's record of them is missing
-            self.logger.warning("dvc commit %s failed (dvc repro will rerun it): %s", stage, done.stderr.strip())
+            self.logger.warning(
+                "dvc commit %s failed (dvc repro will rerun it): %s", " ".join(stages), done.stderr.strip()
+            )
 
 
 def prefect_api_preflight(timeout_s: float = 5.0) -> None:

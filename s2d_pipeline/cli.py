@@ -8,9 +8,11 @@
     s2d report                   # the comparison table and the promotion decision
     s2d --json allocate          # the stage's metrics as one JSON line (for scripts)
     s2d warmup --arm no_opd      # one arm's unit of a per-arm stage (what the flow fans out)
+    s2d dvc-units                # rewrite dvc_units.yaml (DVC's per-arm stages) after changing `arms`
 
 Thin by design: load the config, say what the stage will do, call its `run(cfg)`, print a short
-summary (`s2d_pipeline/console.py`; the full metrics are in metrics/<stage>.json). A user error
+summary (`s2d_pipeline/console.py`; the full metrics are in metrics/<stage>.json, or one file per
+unit in metrics/<stage>/ for a per-arm stage). A user error
 (bad params, bad data, impossible budget) prints one clear message and exits with status 2.
 """
 
@@ -30,6 +32,7 @@ from s2d_pipeline.stages import STAGE_INFO, STAGES
 
 TIMINGS_ENV = "S2D_TIMINGS"  # a file: each stage appends its compute / tracking / process seconds
 LAUNCHED_ENV = "S2D_LAUNCHED"  # set in the launched processes, so they run the stage instead of relaunching
+DVC_STAGE_ENV = "DVC_STAGE"  # set by `dvc repro` in each stage's command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,9 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "stage",
-        choices=[*STAGES, "run", "report"],
-        help="stage to run ('run' = all, in order; 'report' = print the comparison and promotion decision)",
+        choices=[*STAGES, "run", "report", "dvc-units"],
+        help="stage to run ('run' = all, in order; 'report' = print the comparison and promotion decision; "
+        "'dvc-units' = rewrite dvc_units.yaml from the params' arms)",
     )
+    p.add_argument("--check", action="store_true", help="with dvc-units: only check, exit 2 when out of date")
     return p
 
 
@@ -141,8 +146,7 @@ def run_distributed(name: str, cfg, arm: str | None = None) -> dict:
 
     import yaml
 
-    from s2d_pipeline.io import read_json
-    from s2d_pipeline.layout import metrics_file
+    from s2d_pipeline.layout import stage_metrics
 
     if not cfg.path(cfg.runtime.accelerate_config).is_file():
         raise S2DError(
@@ -162,7 +166,7 @@ def run_distributed(name: str, cfg, arm: str | None = None) -> dict:
             f"{name}: the distributed run exited with status {done.returncode} (its log is above); "
             "a rerun resumes from the last checkpoint"
         )
-    metrics = read_json(metrics_file(cfg, name))
+    metrics = stage_metrics(cfg, name)
     if arm is None:
         return metrics
     from s2d_pipeline.arms import stage_unit
@@ -183,14 +187,21 @@ def main(argv: list[str] | None = None) -> int:
         from s2d_pipeline import console
         from s2d_pipeline.config import load_config, parse_overrides
 
-        stages = list(STAGES) if args.stage == "run" else [] if args.stage == "report" else [args.stage]
+        stages = [*STAGES] if args.stage == "run" else [] if args.stage in ("report", "dvc-units") else [args.stage]
         cfg = load_config(
             args.params,
             parse_overrides(args.overrides),
             check_models=any(STAGE_INFO[name].uses_models for name in stages),
         )
-        if args.arm is not None and args.stage in ("run", "report"):
+        if args.arm is not None and args.stage in ("run", "report", "dvc-units"):
             raise S2DError("--arm runs one stage's unit: name the stage, e.g. `s2d warmup --arm no_opd`")
+        if args.stage == "dvc-units" or os.environ.get(DVC_STAGE_ENV):
+            from s2d_pipeline import dvc_units
+
+            if args.stage != "dvc-units" or args.check:
+                dvc_units.check(cfg)  # under DVC: its per-arm stages must be this config's units
+            else:
+                print(f"wrote {dvc_units.write(cfg)}", flush=True)
         if stages:
             from s2d_pipeline.tracking import preflight
 

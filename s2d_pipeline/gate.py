@@ -57,16 +57,14 @@ def require_improved_teacher(cfg, teacher: str) -> dict | None:
 
     from s2d_pipeline.errors import GateError, S2DError
     from s2d_pipeline.io import read_json
-    from s2d_pipeline.layout import metrics_file
+    from s2d_pipeline.layout import unit_metrics_file
 
     if teacher == "raw":
         return None
-    path = metrics_file(cfg, "teacher_rl")
-    measured = (read_json(path).get(teacher) or {}).get("c1_gate") if path.exists() else None
+    path = unit_metrics_file(cfg, "teacher_rl", teacher)
+    measured = read_json(path).get("c1_gate") if path.exists() else None
     if measured is None:
-        raise S2DError(
-            f"C1 gate: {path} has no measurement for the RL teacher '{teacher}'; run `s2d teacher_rl` first"
-        )
+        raise S2DError(f"C1 gate: no measurement for the RL teacher '{teacher}' ({path}); run `s2d teacher_rl` first")
     gate = cfg.gates.c1
     decision = {**measured, "min_gain": gate.min_gain, "passed": measured["gain"] > gate.min_gain}
     if decision["passed"]:

@@ -93,22 +93,25 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def write_stage_metrics(path: str | Path, metrics: dict, partial: bool = False) -> dict:
-    """Write a stage's metrics (one entry per unit); returns them. `partial` (one arm's unit, `s2d
-    <stage> --arm`): merge into the file under a lock, so arms finishing at once on workers sharing
-    the project keep each other's entries."""
-    if not partial:
-        write_json(path, metrics)
-        return metrics
-    import fcntl
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        merged = {**(json.loads(path.read_text()) if path.exists() else {}), **metrics}
-        write_json(path, merged)
+def write_unit_metrics(directory: str | Path, metrics: dict, prune: bool = False) -> dict:
+    """Write a per-arm stage's metrics, one file per unit (`<directory>/<unit>.json`): each unit's
+    DVC stage owns its file, and units finishing at once on workers sharing the project never write
+    the same one. `prune` (the whole stage ran): remove the files of units it no longer has. Returns
+    `metrics`."""
+    directory = Path(directory)
+    for unit, entry in metrics.items():
+        write_json(directory / f"{unit}.json", entry)
+    if prune and is_main_process() and directory.is_dir():
+        for stale in directory.glob("*.json"):
+            if stale.stem not in metrics:
+                stale.unlink()
     return metrics
+
+
+def read_unit_metrics(directory: str | Path) -> dict:
+    """A per-arm stage's metrics: its units' files merged, by unit name."""
+    directory = Path(directory)
+    return {p.stem: read_json(p) for p in sorted(directory.glob("*.json"))} if directory.is_dir() else {}
 
 
 def _json_default(obj: Any) -> Any:

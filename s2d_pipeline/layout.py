@@ -18,7 +18,27 @@ def stage_dir(cfg: Config, stage: str) -> Path:
 
 
 def metrics_file(cfg: Config, stage: str) -> Path:
+    """The metrics of a stage that runs once for all arms."""
     return cfg.metrics / f"{stage}.json"
+
+
+def unit_metrics_dir(cfg: Config, stage: str) -> Path:
+    """A per-arm stage's metrics: one file per unit (an RL teacher, a bridge, ...), as DVC runs them."""
+    return cfg.metrics / stage
+
+
+def unit_metrics_file(cfg: Config, stage: str, unit: str) -> Path:
+    return unit_metrics_dir(cfg, stage) / f"{unit}.json"
+
+
+def stage_metrics(cfg: Config, stage: str) -> dict:
+    """Any stage's metrics as one dict (a per-arm stage's keyed by unit)."""
+    from s2d_pipeline.arms import PER_ARM_STAGES
+    from s2d_pipeline.io import read_json, read_unit_metrics
+
+    if stage in PER_ARM_STAGES:
+        return read_unit_metrics(unit_metrics_dir(cfg, stage))
+    return read_json(metrics_file(cfg, stage))
 
 
 def base_model_dir(cfg: Config, role: str) -> Path:

@@ -76,6 +76,14 @@ STAGE_MICRO = deep_merge(
 )
 
 
+def write_dvc_units(root: Path) -> None:
+    """A test project's dvc_units.yaml for its params.yaml (what `s2d dvc-units` writes)."""
+    from s2d_pipeline import dvc_units
+    from s2d_pipeline.config import load_config
+
+    dvc_units.write(load_config(root / "params.yaml", root=root, check_paths=False))
+
+
 def params_equal(a, b) -> bool:
     """True when two models have bit-identical weights."""
     import torch

@@ -1,9 +1,11 @@
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from s2d_pipeline.config import Config, config_from_dict, load_config, parse_overrides
-from s2d_pipeline.errors import ConfigError
+from s2d_pipeline.errors import ConfigError, S2DError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,13 +57,51 @@ def test_profiles_hold_only_what_differs_and_partial_sections_keep_their_default
 def test_dvc_yaml_runs_the_package_stage_list_in_order():
     import yaml
 
+    from s2d_pipeline.arms import PER_ARM_STAGES
     from s2d_pipeline.stages import STAGES
 
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert tuple(dvc["stages"]) == STAGES
     for name, stage in dvc["stages"].items():
-        assert stage["cmd"] == f"s2d {name}"
+        if name in PER_ARM_STAGES:  # one DVC stage per unit, each running the flow's unit of work
+            assert stage["foreach"] == f"${{dvc_units.{name}}}"
+            stage = stage["do"]
+            assert stage["cmd"] == f"s2d {name} --arm ${{item.arm}}"
+            assert f"artifacts/{name}/${{key}}" in str(stage["outs"]) and f"metrics/{name}/${{key}}.json" in str(
+                stage["outs"]
+            )
+        else:
+            assert stage["cmd"] == f"s2d {name}"
         assert f"s2d_pipeline/stages/{name}.py" in stage["deps"]
+
+
+def test_committed_dvc_units_match_params_yaml(tmp_path, monkeypatch):
+    """dvc_units.yaml is written from params.yaml's arms (`s2d dvc-units`); a stale one is refused
+    with what to run, which is what a stage under `dvc repro` sees after `arms` changes."""
+    from s2d_pipeline import dvc_units
+    from s2d_pipeline.cli import main
+
+    default = load_config(REPO / "params.yaml", root=REPO, check_paths=False)
+    dvc_units.check(default)  # the committed file is current
+    units = yaml.safe_load((REPO / "dvc_units.yaml").read_text())["dvc_units"]
+    assert units["student_rl"]["grpo_direct"] == {
+        "arm": "grpo_direct",
+        "student": "artifacts/prepare/student",
+        "params": "grpo_direct",
+    }
+    assert units["student_rl"]["s2d_stage3_replay"]["student"] == "artifacts/opd/s2d_stage3"  # the shared bridge
+    assert set(units["warmup"]) == {"s2d", "s2d_stage3", "raw_bridge", "no_opd"}
+
+    monkeypatch.chdir(tmp_path)  # the CLI's project root
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"arms": ["s2d", "grpo_direct"]}))
+    shutil.copy(REPO / "dvc_units.yaml", tmp_path / "dvc_units.yaml")
+    fewer = load_config(tmp_path / "params.yaml", root=tmp_path, check_paths=False)
+    with pytest.raises(S2DError, match=r"does not match params.yaml's `arms` \(s2d, grpo_direct\).*`s2d dvc-units`"):
+        dvc_units.check(fewer)
+    assert main(["--params", str(tmp_path / "params.yaml"), "dvc-units", "--check"]) == 2
+    assert main(["--params", str(tmp_path / "params.yaml"), "dvc-units"]) == 0
+    dvc_units.check(fewer)
+    assert set(yaml.safe_load((tmp_path / "dvc_units.yaml").read_text())["dvc_units"]["warmup"]) == {"s2d"}
 
 
 def test_a_task_that_cannot_generate_data_is_refused_when_asked_to(tmp_path):

@@ -94,7 +94,7 @@ def test_sigkill_mid_training_resumes_to_the_same_result(pipeline, uninterrupted
 
     # Killed mid-way: no final model, no stage metrics, at least one complete checkpoint to resume.
     assert not final.exists()
-    assert not (project / "metrics" / "teacher_rl.json").exists()
+    assert not (project / "metrics" / "teacher_rl" / "s2d.json").exists()
     state = json.loads((checkpoints / "checkpoint-8" / "trainer_state.json").read_text())
     assert 8 <= state["global_step"] < RESUME["teacher_rl"]["steps"]
 
@@ -104,8 +104,8 @@ def test_sigkill_mid_training_resumes_to_the_same_result(pipeline, uninterrupted
     assert "resuming from" in out and "checkpoint-" in out
 
     # Same end point as the uninterrupted run: metrics (reward curve summary, tokens) and weights.
-    resumed_metrics = json.loads((project / "metrics" / "teacher_rl.json").read_text())["s2d"]
-    clean_metrics = json.loads((uninterrupted / "metrics" / "teacher_rl.json").read_text())["s2d"]
+    resumed_metrics = json.loads((project / "metrics" / "teacher_rl" / "s2d.json").read_text())
+    clean_metrics = json.loads((uninterrupted / "metrics" / "teacher_rl" / "s2d.json").read_text())
     assert {k: v for k, v in resumed_metrics.items() if k not in RUN_DEPENDENT} == {
         k: v for k, v in clean_metrics.items() if k not in RUN_DEPENDENT
     }
@@ -131,8 +131,8 @@ def test_checkpoint_of_a_different_run_is_not_reused(pipeline, uninterrupted, tm
     assert proc.returncode == 0, out
     assert "resuming" not in out
     assert (
-        json.loads((project / "metrics" / "teacher_rl.json").read_text())["s2d"]["reward_first"]
-        == json.loads((uninterrupted / "metrics" / "teacher_rl.json").read_text())["s2d"]["reward_first"]
+        json.loads((project / "metrics" / "teacher_rl" / "s2d.json").read_text())["reward_first"]
+        == json.loads((uninterrupted / "metrics" / "teacher_rl" / "s2d.json").read_text())["reward_first"]
     )
 
 

@@ -12,6 +12,7 @@ import shutil
 import pytest
 import yaml
 
+from s2d_pipeline.io import read_unit_metrics
 from tests.helpers import REPO, STAGE_MICRO
 
 INFRA = REPO / "infra"
@@ -139,7 +140,7 @@ def test_training_stage_relaunches_under_accelerate(pipeline, tmp_path):
     root = tmp_path / "project"
     shutil.copytree(cfg.root, root, ignore=shutil.ignore_patterns("checkpoints"))
     shutil.rmtree(root / "artifacts" / "warmup")
-    (root / "metrics" / "warmup.json").unlink()
+    shutil.rmtree(root / "metrics" / "warmup")
     (root / "one-cpu.yaml").write_text(
         yaml.safe_dump(
             {
@@ -163,7 +164,7 @@ def test_training_stage_relaunches_under_accelerate(pipeline, tmp_path):
     ]
 
     metrics = run_stage("warmup", launched)
-    assert metrics == json.loads((root / "metrics" / "warmup.json").read_text())
+    assert metrics == read_unit_metrics(root / "metrics" / "warmup")
     # Trained in the process `accelerate launch` started, not in this one (an in-process run writes
     # the same files but records this test's pid).
     trainers = {m["trained_by"] for m in metrics.values()}

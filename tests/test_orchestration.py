@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, STAGE_MICRO
+from tests.helpers import REPO, STAGE_MICRO, write_dvc_units
 
 # End-to-end runs of the whole pipeline or many stages: `make test-slow` runs only these.
 pytestmark = pytest.mark.slow
@@ -31,6 +31,7 @@ def _make_project(root: Path) -> Path:
     shutil.copytree(REPO / "s2d_pipeline", root / "s2d_pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     raw = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), STAGE_MICRO)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_dvc_units(root)
     return root
 
 
@@ -79,6 +80,35 @@ def test_changing_one_param_reruns_only_dependent_stages(dvc_project):
     assert max(len(line) for line in shown.splitlines()) <= 120  # fits a terminal
 
 
+def test_one_arms_settings_rerun_only_that_arms_unit(dvc_project):
+    """Per-arm stages are one DVC stage per unit: the baseline's GRPO settings touch only its run."""
+    params = yaml.safe_load((dvc_project / "params.yaml").read_text())
+    params["grpo_direct"]["learning_rate"] *= 2
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stale = json.loads(_run([f"{VENV_BIN}/dvc", "status", "--json"], dvc_project).stdout)
+    assert set(stale) == {"student_rl@grpo_direct"}, stale
+    done = _run([f"{VENV_BIN}/dvc", "repro"], dvc_project)
+    ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"student_rl@grpo_direct", "evaluate", "promote"}
+
+
+def test_changed_arms_stop_dvc_repro_until_the_units_are_rewritten(dvc_project, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(dvc_project, root, symlinks=True)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["arms"] = [a for a in params["arms"] if a != "no_opd"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run([f"{VENV_BIN}/dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert "s2d allocate: error:" in out and "does not match params.yaml's `arms`" in out and "s2d dvc-units" in out
+    assert "Running stage 'teacher_rl@" not in out  # stopped before training the old units
+    _run([f"{VENV_BIN}/s2d", "dvc-units"], root)
+    units = _run([f"{VENV_BIN}/dvc", "stage", "list", "--name-only"], root).stdout.split()
+    assert "warmup@no_opd" not in units and "warmup@s2d" in units
+
+
 def test_dvc_plots_put_the_value_on_the_bar_axis(dvc_project):
     """Horizontal bars need the number on x and the model on y (the other way round draws nothing)."""
     shown = json.loads(_run([f"{VENV_BIN}/dvc", "plots", "show", "--json"], dvc_project).stdout)["data"]
@@ -116,9 +146,9 @@ def test_prefect_flow_matches_dvc_repro(dvc_project, tmp_path, monkeypatch):
         assert "up to date" in _run([f"{VENV_BIN}/dvc", "status"], root).stdout
         assert "Running stage" not in _run([f"{VENV_BIN}/dvc", "repro"], root).stdout
         # ... and a second flow run with the same params skips every stage.
-        before = {p: p.stat().st_mtime_ns for p in (root / "metrics").glob("*.json")}
+        before = {p: p.stat().st_mtime_ns for p in (root / "metrics").rglob("*.json")}
         assert s2d(params="params.yaml", return_state=True).is_completed()
-        assert {p: p.stat().st_mtime_ns for p in (root / "metrics").glob("*.json")} == before
+        assert {p: p.stat().st_mtime_ns for p in (root / "metrics").rglob("*.json")} == before
 
         # A typo in an override fails the run with the error as its state message, naming the override.
         failed = s2d(params="params.yaml", overrides={"budegt": 32}, return_state=True)

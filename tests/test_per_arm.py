@@ -3,7 +3,6 @@ leaves every other arm's output and metrics entry as it was."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -11,6 +10,7 @@ import yaml
 
 from s2d_pipeline import arms
 from s2d_pipeline.cli import main
+from s2d_pipeline.io import read_unit_metrics
 
 ALL = list(arms.SPECS)
 
@@ -51,10 +51,10 @@ def _s2d(cfg, *args: str) -> int:
 
 def test_one_arm_reruns_only_its_unit(copied, capsys):
     cfg, root = copied
-    before = json.loads((root / "metrics/warmup.json").read_text())
+    before = read_unit_metrics(root / "metrics/warmup")
     others = {a: (root / "artifacts/warmup" / a / "model.safetensors").stat().st_mtime_ns for a in before}
     assert _s2d(cfg, "--arm", "no_opd", "warmup") == 0
-    after = json.loads((root / "metrics/warmup.json").read_text())
+    after = read_unit_metrics(root / "metrics/warmup")
     assert set(after) == set(before)  # every arm's entry kept
     assert after["no_opd"]["wall_s"] != before["no_opd"]["wall_s"]  # ... and no_opd's rewritten
     for arm, mtime in others.items():

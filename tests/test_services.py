@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, STAGE_MICRO
+from tests.helpers import REPO, STAGE_MICRO, write_dvc_units
 from tests.services import VENV_BIN, Server, ServiceStack, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -77,12 +77,19 @@ def project(stack, tmp_path_factory) -> Path:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = deep_merge(deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), STAGE_MICRO), SERVICES_MICRO)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_dvc_units(root)
     env = project_env(stack, root)
     run(["git", "init", "-q"], root, env)
     run(["dvc", "init", "-q"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "micro project"], root, env)
     return root
+
+
+def _metrics_files(project: Path, stage: str) -> list[Path]:
+    """A stage's metrics files: its units' (a per-arm stage) or its one file; empty when missing."""
+    units = sorted((project / "metrics" / stage).glob("*.json"))
+    return units or [p for p in [project / "metrics" / f"{stage}.json"] if p.is_file()]
 
 
 def project_env(stack: ServiceStack, root: Path) -> dict[str, str]:
@@ -141,7 +148,7 @@ def test_deployment_runs_the_micro_pipeline_through_the_worker(stack, project, f
     assert {name for name, _ in tasks} >= {"prepare", "teacher_rl/s2d", "student_rl/grpo_direct", "evaluate"}, tasks
     assert {state for _, state in tasks} == {"COMPLETED"}, tasks
     for stage in (*TRAINING_STAGES, "evaluate", "promote"):
-        assert (project / "metrics" / f"{stage}.json").is_file(), stage
+        assert _metrics_files(project, stage), stage
     assert not (project / "mlflow.db").exists()  # tracking went to the server, not a local store
 
 
@@ -258,7 +265,7 @@ def test_mlflow_server_stopped_mid_stage_fails_clearly_and_a_rerun_loses_nothing
     env = project_env(stack, project)
     s2d = str(VENV_BIN / "s2d")
     trained = tree_digest(project, ("data", *(f"artifacts/{s}" for s in TRAINING_STAGES)))
-    trained_metrics = {s: (project / "metrics" / f"{s}.json").read_bytes() for s in TRAINING_STAGES}
+    trained_metrics = {p: p.read_bytes() for s in TRAINING_STAGES for p in _metrics_files(project, s)}
     finished_before = stack.psql("mlflow", "SELECT run_uuid FROM runs WHERE status = 'FINISHED'")
     version_before = stack.psql("mlflow", "SELECT max(version) FROM model_versions WHERE name = 's2d-student'")[0][0]
 
@@ -292,7 +299,7 @@ def test_mlflow_server_stopped_mid_stage_fails_clearly_and_a_rerun_loses_nothing
     # Nothing lost, nothing retrained: the training stages' outputs and metrics are byte-identical, the
     # earlier runs are all still finished, and the rerun registered the next version as challenger.
     assert tree_digest(project, ("data", *(f"artifacts/{s}" for s in TRAINING_STAGES))) == trained
-    assert {s: (project / "metrics" / f"{s}.json").read_bytes() for s in TRAINING_STAGES} == trained_metrics
+    assert {p: p.read_bytes() for s in TRAINING_STAGES for p in _metrics_files(project, s)} == trained_metrics
     finished = stack.psql("mlflow", "SELECT run_uuid FROM runs WHERE status = 'FINISHED'")
     assert set(finished_before) < set(finished)
     aliases = dict(stack.psql("mlflow", "SELECT alias, version FROM registered_model_aliases"))

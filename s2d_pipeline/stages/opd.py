@@ -13,8 +13,8 @@ from functools import partial
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import write_stage_metrics
-from s2d_pipeline.layout import base_model_dir, metrics_file, student_dir, teacher_dir
+from s2d_pipeline.io import write_unit_metrics
+from s2d_pipeline.layout import base_model_dir, student_dir, teacher_dir, unit_metrics_dir
 from s2d_pipeline.tasks import get_task
 
 
@@ -45,4 +45,4 @@ def run(cfg: Config, arm: str | None = None) -> dict:
         )
         if c1:
             metrics[unit]["c1_gate"] = c1
-    return write_stage_metrics(metrics_file(cfg, "opd"), metrics, partial=arm is not None)
+    return write_unit_metrics(unit_metrics_dir(cfg, "opd"), metrics, prune=arm is None)

@@ -15,8 +15,8 @@ import time
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import write_jsonl, write_stage_metrics
-from s2d_pipeline.layout import metrics_file, rollouts_file, teacher_dir
+from s2d_pipeline.io import write_jsonl, write_unit_metrics
+from s2d_pipeline.layout import rollouts_file, teacher_dir, unit_metrics_dir
 from s2d_pipeline.tasks import get_task
 
 # `prompt` is the rendered text the teacher was conditioned on (chat template included); `finished`
@@ -90,4 +90,4 @@ def run(cfg: Config, arm: str | None = None) -> dict:
             "mean_teacher_logprob": round(sum(stats["teacher_logprob"]) / max(len(rows), 1), 4),
             **({"c1_gate": c1} if c1 else {}),
         }
-    return write_stage_metrics(metrics_file(cfg, "rollouts"), metrics, partial=arm is not None)
+    return write_unit_metrics(unit_metrics_dir(cfg, "rollouts"), metrics, prune=arm is None)

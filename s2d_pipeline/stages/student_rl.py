@@ -16,8 +16,8 @@ from functools import partial
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import write_stage_metrics
-from s2d_pipeline.layout import base_model_dir, metrics_file, student_dir
+from s2d_pipeline.io import write_unit_metrics
+from s2d_pipeline.layout import base_model_dir, student_dir, unit_metrics_dir
 from s2d_pipeline.tasks import get_task
 
 
@@ -48,4 +48,4 @@ def run(cfg: Config, arm: str | None = None) -> dict:
             settings=spec.student_rl,
             steps=settings.steps,
         )
-    return write_stage_metrics(metrics_file(cfg, "student_rl"), metrics, partial=arm is not None)
+    return write_unit_metrics(unit_metrics_dir(cfg, "student_rl"), metrics, prune=arm is None)

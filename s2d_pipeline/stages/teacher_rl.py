@@ -16,8 +16,8 @@ from functools import partial
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import write_stage_metrics
-from s2d_pipeline.layout import base_model_dir, metrics_file, rl_teacher_dir
+from s2d_pipeline.io import write_unit_metrics
+from s2d_pipeline.layout import base_model_dir, rl_teacher_dir, unit_metrics_dir
 from s2d_pipeline.tasks import get_task
 
 
@@ -65,4 +65,4 @@ def run(cfg: Config, arm: str | None = None) -> dict:
         metrics[key]["c1_gate"] = c1_measurement(
             raw_scores, gate_score(rl_teacher_dir(cfg, key)), len(gate_rows), cfg.gates.c1.k
         )
-    return write_stage_metrics(metrics_file(cfg, "teacher_rl"), metrics, partial=arm is not None)
+    return write_unit_metrics(unit_metrics_dir(cfg, "teacher_rl"), metrics, prune=arm is None)

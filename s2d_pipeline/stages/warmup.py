@@ -16,8 +16,8 @@ from functools import partial
 
 from s2d_pipeline import arms as arm_specs
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import read_jsonl, write_stage_metrics
-from s2d_pipeline.layout import base_model_dir, metrics_file, rollouts_file, student_dir, teacher_dir
+from s2d_pipeline.io import read_jsonl, write_unit_metrics
+from s2d_pipeline.layout import base_model_dir, rollouts_file, student_dir, teacher_dir, unit_metrics_dir
 
 
 def run(cfg: Config, arm: str | None = None) -> dict:
@@ -52,7 +52,7 @@ def run(cfg: Config, arm: str | None = None) -> dict:
             loss=cfg.warmup.loss,
             **({"kl_target": cfg.warmup.kl_target} if kl_prompts else {}),
         )
-    return write_stage_metrics(metrics_file(cfg, "warmup"), metrics, partial=arm is not None)
+    return write_unit_metrics(unit_metrics_dir(cfg, "warmup"), metrics, prune=arm is None)
 
 
 def _kl_prompts(cfg: Config) -> list[str]:
