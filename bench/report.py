@@ -64,6 +64,23 @@ def overhead_section(r: dict | None) -> list[str]:
         "process that trains or generates (counted inside compute above).",
         "",
     ]
+    if "dvc_repro_measured_at" in r:
+        lines += [f"The `dvc repro` column is from commit {r['dvc_repro_measured_at']} (`--flows-only` kept it).", ""]
+    fan = r.get("prefect_flow_parallel_arms_2") or {}
+    if "total_s" in fan:
+        lines += [
+            f"Fanned out (`flow.parallel_arms: 2`: two units of a per-arm stage at once, each in its own "
+            f"process with half the cores): **{fan['total_s']} s**, {fan['vs_sequential_flow']} × the sequential "
+            f"flow's in the same run; evaluation equal to the sequential flow's: {fan['evaluation_equals_sequential']}. "
+            "Compute per stage, summed over its units (against the sequential column): "
+            + ", ".join(
+                f"{k} {v} s ({f.get('stage_compute_s', {}).get(k, '?')} s)" for k, v in fan["stage_compute_s"].items()
+            )
+            + ".",
+            "",
+        ]
+    elif fan:
+        lines += [f"Fanned-out flow: not measured ({fan.get('not_measured', '')}).", ""]
     return lines
 
 

@@ -57,20 +57,46 @@ def run_stage_task(name: str, params: str, overrides: dict | None) -> dict:
     retry_condition_fn=_not_a_user_error,
     task_run_name="{name}/{unit}",
 )
-def run_arm_task(name: str, unit: str, arm: str, params: str, overrides: dict | None, own_process: bool) -> dict:
-    """One arm's unit of a per-arm stage (`s2d <stage> --arm`): in this process, or in its own
-    when several train at once (each with its own torch threads and RNG state, so results do not
-    depend on the interleaving)."""
+def run_arm_task(name: str, unit: str, arm: str, params: str, overrides: dict | None, slot: int | None) -> dict:
+    """One arm's unit of a per-arm stage (`s2d <stage> --arm`): in this process, or, as the
+    `slot`-th of several training at once, in its own (with its own share of the cores or GPUs and
+    its own RNG state, so results do not depend on the interleaving)."""
     from s2d_pipeline.cli import run_stage
     from s2d_pipeline.config import load_config
 
     cfg = load_config(params, overrides)
-    if not own_process:
+    if slot is None:
         return run_stage(name, cfg, arm)
-    return _run_arm_process(name, arm, cfg)
+    return _run_arm_process(name, arm, cfg, slot)
 
 
-def _run_arm_process(name: str, arm: str, cfg) -> dict:
+def gpus_for_slot(slot: int, parallel: int, visible: str | None = None) -> str | None:
+    """The GPUs (a CUDA_VISIBLE_DEVICES value) of the `slot`-th of `parallel` units training at
+    once: the worker's GPUs dealt out in equal groups. None on a machine without GPUs."""
+    import subprocess
+
+    if visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        try:
+            listed = subprocess.run(
+                ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        visible = ",".join(listed.stdout.split()) if listed.returncode == 0 else ""
+    gpus = [g.strip() for g in visible.split(",") if g.strip()]
+    if not gpus:
+        return None
+    per = max(1, len(gpus) // parallel)
+    first = (slot * per) % len(gpus)
+    return ",".join(gpus[first : first + per])
+
+
+def _run_arm_process(name: str, arm: str, cfg, slot: int) -> dict:
     import subprocess
     import tempfile
 
@@ -81,14 +107,22 @@ def _run_arm_process(name: str, arm: str, cfg) -> dict:
     from s2d_pipeline.io import read_json
     from s2d_pipeline.layout import unit_metrics_file
 
+    parallel = cfg.flow.parallel_arms
     resolved = cfg.model_dump(mode="json", exclude={"root"})
+    env = dict(os.environ)
     if cfg.runtime.torch_threads is None:  # split the cores: N processes with all of them each contend
-        resolved["runtime"]["torch_threads"] = max(1, len(os.sched_getaffinity(0)) // cfg.flow.parallel_arms)
+        resolved["runtime"]["torch_threads"] = max(1, len(os.sched_getaffinity(0)) // parallel)
+    gpus = gpus_for_slot(slot, parallel)
+    if gpus is not None:  # and the GPUs: each unit (and its accelerate processes) on its own group
+        env["CUDA_VISIBLE_DEVICES"] = gpus
+        n = gpus.count(",") + 1
+        if resolved["runtime"].get("num_processes"):
+            resolved["runtime"]["num_processes"] = min(resolved["runtime"]["num_processes"], n)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"s2d-{name}-{arm}-", delete=False) as f:
         yaml.safe_dump(resolved, f)
     try:
         cmd = [sys.executable, "-m", "s2d_pipeline.cli", "--params", f.name, "--arm", arm, name]
-        done = subprocess.run(cmd, cwd=cfg.root, capture_output=True, text=True)
+        done = subprocess.run(cmd, cwd=cfg.root, capture_output=True, text=True, env=env)
     finally:
         os.unlink(f.name)
     if done.returncode == S2DError.exit_code:  # the process's own one-line message
@@ -187,7 +221,10 @@ def _fan_out(cfg, name: str, params: str, overrides: dict | None, dvc: DvcState 
     parallel = cfg.flow.parallel_arms
     for start in range(0, len(todo), parallel):
         batch = todo[start : start + parallel]
-        futures = [run_arm_task.submit(name, unit, arm, params, overrides, parallel > 1) for unit, arm in batch]
+        futures = [
+            run_arm_task.submit(name, unit, arm, params, overrides, slot if parallel > 1 else None)
+            for slot, (unit, arm) in enumerate(batch)
+        ]
         for future in futures:
             metrics.update(future.result())
     if todo:

@@ -173,3 +173,13 @@ def test_training_stage_relaunches_under_accelerate(pipeline, tmp_path):
     for arm in metrics:
         assert (root / "artifacts" / "warmup" / arm / "model.safetensors").exists()
         assert not (root / "artifacts" / "warmup" / arm / "training_args.bin").exists()
+
+
+def test_units_training_at_once_get_their_own_gpus():
+    """`flow.parallel_arms`: the worker's GPUs are dealt out in equal groups, one per concurrent unit."""
+    from flows.s2d import gpus_for_slot
+
+    assert [gpus_for_slot(slot, 2, "0,1,2,3") for slot in (0, 1)] == ["0,1", "2,3"]
+    assert [gpus_for_slot(slot, 3, "4,5,6,7,8,9") for slot in (0, 1, 2)] == ["4,5", "6,7", "8,9"]
+    assert [gpus_for_slot(slot, 2, "3") for slot in (0, 1)] == ["3", "3"]  # fewer GPUs than units: shared
+    assert gpus_for_slot(0, 2, "") is None  # no GPUs: the cores are split instead
