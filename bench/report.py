@@ -78,6 +78,7 @@ def overhead_section(r: dict | None) -> list[str]:
             )
             + ".",
             "",
+            *([f"Why the evaluations differ: {fan['why_not_equal']}.", ""] if "why_not_equal" in fan else []),
         ]
     elif fan:
         lines += [f"Fanned-out flow: not measured ({fan.get('not_measured', '')}).", ""]
