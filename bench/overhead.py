@@ -1,8 +1,9 @@
 """Pipeline overhead: where the wall time of the embedded default goes, through DVC and through Prefect.
 
     python -m bench.overhead               # ~25 min on 2 CPU cores: three full pipeline runs + a no-op repro
-    python -m bench.overhead --flows-only  # steps 3 and 4 only, back to back (the fan-out ratio in one run);
-                                           # keeps the DVC figures already in the results file
+    python -m bench.overhead --only flows  # steps 3 and 4 only, back to back (the fan-out ratio in one run)
+    python -m bench.overhead --only dvc    # steps 1 and 2 only
+                                           # (--only keeps the other part's figures in the results file)
 
 Run from the repository root.
 
@@ -121,14 +122,15 @@ def _measure_dvc(result: dict, tmp: Path, python: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
-    parser.add_argument("--flows-only", action="store_true", help="rerun only the two flows (steps 3 and 4)")
+    parser.add_argument("--only", choices=("dvc", "flows"), help="rerun one part, keep the other's figures")
     args = parser.parse_args()
     out = REPO / "bench" / "results" / "overhead.json"
     result: dict = {"machine": machine()}
-    if args.flows_only:
+    if args.only:
         kept = json.loads(out.read_text())
-        result["dvc_repro_measured_at"] = kept["machine"]["commit"]
-        result.update({k: v for k, v in kept.items() if k.startswith("dvc_repro")})
+        other = "prefect_flow" if args.only == "dvc" else "dvc_repro"
+        result[f"{other}_measured_at"] = kept.get(f"{other}_measured_at", kept["machine"]["commit"])
+        result.update({k: v for k, v in kept.items() if k.startswith(other) and not k.endswith("_measured_at")})
     python = sys.executable
     result["import_torch_transformers_trl_datasets_s"] = round(
         _timed([python, "-c", "import torch, transformers, trl, datasets"], REPO, dict(os.environ)), 2
@@ -136,33 +138,38 @@ def main() -> None:
     result["cli_help_s"] = round(_timed([python, "-m", "s2d_pipeline.cli", "--help"], REPO, dict(os.environ)), 2)
     with tempfile.TemporaryDirectory(prefix="s2d-overhead-") as tmp:
         tmp = Path(tmp)
-        if not args.flows_only:
+        if args.only != "flows":
             _measure_dvc(result, tmp, python)
-
-        repo = _clone(tmp / "flow")
-        timings = tmp / "flow-timings.jsonl"
-        total = _timed([python, "-m", "flows.s2d"], repo, _env(repo, timings))
-        records = [json.loads(line) for line in timings.read_text().splitlines()]
-        result["prefect_flow"] = breakdown(total, records, one_process=True)
-        sequential = _arm_scores(repo)
-        print(json.dumps(result, indent=1), flush=True)
-
-        repo = _clone(tmp / "fan-out")
-        params = repo / "params.yaml"
-        params.write_text(params.read_text().replace("parallel_arms: 1 ", "parallel_arms: 2 ", 1))
-        timings = tmp / "fan-out-timings.jsonl"
-        total = _timed([python, "-m", "flows.s2d"], repo, _env(repo, timings))
-        records = [json.loads(line) for line in timings.read_text().splitlines()]
-        result["prefect_flow_parallel_arms_2"] = {
-            "total_s": round(total, 1),
-            # summed over the units, which now share the cores: against the sequential flow's, the contention
-            "stage_compute_s": breakdown(total, records, one_process=False)["stage_compute_s"],
-            "vs_sequential_flow": round(total / result["prefect_flow"]["total_s"], 3),
-            "evaluation_equals_sequential": _arm_scores(repo) == sequential,
-        }
+        if args.only != "dvc":
+            _measure_flows(result, tmp, python)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
+
+
+def _measure_flows(result: dict, tmp: Path, python: str) -> None:
+    """Steps 3 and 4: the sequential flow, then the fanned-out one, each from a fresh clone."""
+    repo = _clone(tmp / "flow")
+    timings = tmp / "flow-timings.jsonl"
+    total = _timed([python, "-m", "flows.s2d"], repo, _env(repo, timings))
+    records = [json.loads(line) for line in timings.read_text().splitlines()]
+    result["prefect_flow"] = breakdown(total, records, one_process=True)
+    sequential = _arm_scores(repo)
+    print(json.dumps(result, indent=1), flush=True)
+
+    repo = _clone(tmp / "fan-out")
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("parallel_arms: 1 ", "parallel_arms: 2 ", 1))
+    timings = tmp / "fan-out-timings.jsonl"
+    total = _timed([python, "-m", "flows.s2d"], repo, _env(repo, timings))
+    records = [json.loads(line) for line in timings.read_text().splitlines()]
+    result["prefect_flow_parallel_arms_2"] = {
+        "total_s": round(total, 1),
+        # summed over the units, which now share the cores: against the sequential flow's, the contention
+        "stage_compute_s": breakdown(total, records, one_process=False)["stage_compute_s"],
+        "vs_sequential_flow": round(total / result["prefect_flow"]["total_s"], 3),
+        "evaluation_equals_sequential": _arm_scores(repo) == sequential,
+    }
 
 
 if __name__ == "__main__":

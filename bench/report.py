@@ -64,8 +64,9 @@ def overhead_section(r: dict | None) -> list[str]:
         "process that trains or generates (counted inside compute above).",
         "",
     ]
-    if "dvc_repro_measured_at" in r:
-        lines += [f"The `dvc repro` column is from commit {r['dvc_repro_measured_at']} (`--flows-only` kept it).", ""]
+    for part, label in (("dvc_repro", "`dvc repro`"), ("prefect_flow", "Prefect flow")):
+        if f"{part}_measured_at" in r:
+            lines += [f"The {label} figures are from commit {r[f'{part}_measured_at']} (`--only` kept them).", ""]
     fan = r.get("prefect_flow_parallel_arms_2") or {}
     if "total_s" in fan:
         lines += [
