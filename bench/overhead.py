@@ -131,6 +131,7 @@ def main() -> None:
         other = "prefect_flow" if args.only == "dvc" else "dvc_repro"
         result[f"{other}_measured_at"] = kept.get(f"{other}_measured_at", kept["machine"]["commit"])
         result.update({k: v for k, v in kept.items() if k.startswith(other) and not k.endswith("_measured_at")})
+        result.update({k: v for k, v in kept.items() if k == "dvc_repro_per_arm_stages"})  # a one-off measurement
     python = sys.executable
     result["import_torch_transformers_trl_datasets_s"] = round(
         _timed([python, "-c", "import torch, transformers, trl, datasets"], REPO, dict(os.environ)), 2

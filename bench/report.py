@@ -64,6 +64,16 @@ def overhead_section(r: dict | None) -> list[str]:
         "process that trains or generates (counted inside compute above).",
         "",
     ]
+    per_unit = r.get("dvc_repro_per_arm_stages")
+    if per_unit:
+        lines += [
+            f"`dvc repro` with `dvc.per_arm_stages: true` (25 DVC stages instead of 10; commit "
+            f"{per_unit['measured_at']}): **{per_unit['total_s']} s, {per_unit['orchestration_overhead_pct']} % "
+            f"overhead** — tracking {per_unit['tracking_s']} s, DVC itself {per_unit['driver_s']} s, process start "
+            f"{per_unit['process_start_imports_config_s']} s, and {per_unit['training_and_eval_compute_s']} s of "
+            "compute, which counts each unit process's own torch import. Hence off by default.",
+            "",
+        ]
     for part, label in (("dvc_repro", "`dvc repro`"), ("prefect_flow", "Prefect flow")):
         if f"{part}_measured_at" in r:
             lines += [f"The {label} figures are from commit {r[f'{part}_measured_at']} (`--only` kept them).", ""]

@@ -199,6 +199,7 @@ def _fan_out(cfg, name: str, params: str, overrides: dict | None, dvc: DvcState 
     student GRPO run), `flow.parallel_arms` at a time; a unit `dvc.lock` has up to date is skipped,
     and each unit run is recorded there. Returns the stage's metrics."""
     from s2d_pipeline.arms import stage_units
+    from s2d_pipeline.dvc_units import address
     from s2d_pipeline.io import read_json
     from s2d_pipeline.layout import unit_metrics_dir, unit_metrics_file
 
@@ -210,7 +211,7 @@ def _fan_out(cfg, name: str, params: str, overrides: dict | None, dvc: DvcState 
     metrics: dict = {}
     todo = []
     for unit, arm in units.items():
-        if changed is not None and f"{name}@{unit}" not in changed:
+        if changed is not None and address(cfg, name, unit) not in changed:
             metrics[unit] = read_json(unit_metrics_file(cfg, name, unit))
         else:
             todo.append((unit, arm))
@@ -229,7 +230,7 @@ def _fan_out(cfg, name: str, params: str, overrides: dict | None, dvc: DvcState 
             metrics.update(future.result())
     if todo:
         if dvc:
-            dvc.commit(*(f"{name}@{unit}" for unit, _ in todo))
+            dvc.commit(*dict.fromkeys(address(cfg, name, unit) for unit, _ in todo))
         logger.info("stage %s done", name)
     return metrics
 

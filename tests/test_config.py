@@ -63,45 +63,61 @@ def test_dvc_yaml_runs_the_package_stage_list_in_order():
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert tuple(dvc["stages"]) == STAGES
     for name, stage in dvc["stages"].items():
-        if name in PER_ARM_STAGES:  # one DVC stage per unit, each running the flow's unit of work
+        if name in PER_ARM_STAGES:  # expanded over dvc_units.yaml: the whole stage, or one stage per unit
             assert stage["foreach"] == f"${{dvc_units.{name}}}"
             stage = stage["do"]
-            assert stage["cmd"] == f"s2d {name} --arm ${{item.arm}}"
-            assert f"artifacts/{name}/${{key}}" in str(stage["outs"]) and f"metrics/{name}/${{key}}.json" in str(
-                stage["outs"]
-            )
+            assert stage["cmd"] == f"s2d {name} ${{item.args}}"
+            assert stage["outs"] == ["${item.out}", "${item.metrics}"]
         else:
             assert stage["cmd"] == f"s2d {name}"
         assert f"s2d_pipeline/stages/{name}.py" in stage["deps"]
 
 
-def test_committed_dvc_units_match_params_yaml(tmp_path, monkeypatch):
-    """dvc_units.yaml is written from params.yaml's arms (`s2d dvc-units`); a stale one is refused
-    with what to run, which is what a stage under `dvc repro` sees after `arms` changes."""
+def test_dvc_units_run_whole_stages_or_one_per_unit_and_a_stale_file_is_refused(tmp_path, monkeypatch):
+    """dvc_units.yaml is written from the params (`s2d dvc-units`); a stale one is refused with what
+    to run, which is what a stage under `dvc repro` sees."""
     from s2d_pipeline import dvc_units
     from s2d_pipeline.cli import main
 
     default = load_config(REPO / "params.yaml", root=REPO, check_paths=False)
     dvc_units.check(default)  # the committed file is current
-    units = yaml.safe_load((REPO / "dvc_units.yaml").read_text())["dvc_units"]
+    whole = yaml.safe_load((REPO / "dvc_units.yaml").read_text())["dvc_units"]
+    assert {stage: list(items) for stage, items in whole.items()} == {s: ["all"] for s in whole}
+    assert whole["student_rl"]["all"] == {
+        "args": "",
+        "out": "artifacts/student_rl",
+        "metrics": "metrics/student_rl",
+        "arms": "arms",  # which units a whole stage runs depends on the arms
+        "student": "artifacts/opd",
+        "params": "grpo_direct",
+        "params_also": "student_rl",
+    }
+    assert dvc_units.address(default, "warmup", "no_opd") == "warmup@all"
+
+    monkeypatch.chdir(tmp_path)  # the CLI's project root
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"dvc": {"per_arm_stages": True}}))
+    shutil.copy(REPO / "dvc_units.yaml", tmp_path / "dvc_units.yaml")
+    per_unit = load_config(params, root=tmp_path, check_paths=False)
+    with pytest.raises(S2DError, match=r"does not match params.yaml's `arms` \(s2d, .*`dvc.per_arm_stages` \(true\)"):
+        dvc_units.check(per_unit)
+    assert main(["--params", str(params), "dvc-units", "--check"]) == 2
+    assert main(["--params", str(params), "dvc-units"]) == 0
+    dvc_units.check(per_unit)
+    units = yaml.safe_load((tmp_path / "dvc_units.yaml").read_text())["dvc_units"]
     assert units["student_rl"]["grpo_direct"] == {
-        "arm": "grpo_direct",
+        "args": "--arm grpo_direct",
+        "out": "artifacts/student_rl/grpo_direct",
+        "metrics": "metrics/student_rl/grpo_direct.json",
+        "arms": "seed",  # one unit's work does not depend on the other arms
         "student": "artifacts/prepare/student",
         "params": "grpo_direct",
+        "params_also": "grpo_direct",
     }
     assert units["student_rl"]["s2d_stage3_replay"]["student"] == "artifacts/opd/s2d_stage3"  # the shared bridge
     assert set(units["warmup"]) == {"s2d", "s2d_stage3", "raw_bridge", "no_opd"}
-
-    monkeypatch.chdir(tmp_path)  # the CLI's project root
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"arms": ["s2d", "grpo_direct"]}))
-    shutil.copy(REPO / "dvc_units.yaml", tmp_path / "dvc_units.yaml")
-    fewer = load_config(tmp_path / "params.yaml", root=tmp_path, check_paths=False)
-    with pytest.raises(S2DError, match=r"does not match params.yaml's `arms` \(s2d, grpo_direct\).*`s2d dvc-units`"):
-        dvc_units.check(fewer)
-    assert main(["--params", str(tmp_path / "params.yaml"), "dvc-units", "--check"]) == 2
-    assert main(["--params", str(tmp_path / "params.yaml"), "dvc-units"]) == 0
-    dvc_units.check(fewer)
-    assert set(yaml.safe_load((tmp_path / "dvc_units.yaml").read_text())["dvc_units"]["warmup"]) == {"s2d"}
+    assert units["rollouts"]["raw"]["out"] == "artifacts/rollouts/raw.jsonl"
+    assert dvc_units.address(per_unit, "warmup", "no_opd") == "warmup@no_opd"
 
 
 def test_a_task_that_cannot_generate_data_is_refused_when_asked_to(tmp_path):

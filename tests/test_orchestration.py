@@ -80,21 +80,38 @@ def test_changing_one_param_reruns_only_dependent_stages(dvc_project):
     assert max(len(line) for line in shown.splitlines()) <= 120  # fits a terminal
 
 
-def test_one_arms_settings_rerun_only_that_arms_unit(dvc_project):
-    """Per-arm stages are one DVC stage per unit: the baseline's GRPO settings touch only its run."""
-    params = yaml.safe_load((dvc_project / "params.yaml").read_text())
+@pytest.fixture(scope="module")
+def per_unit_project(dvc_project, tmp_path_factory) -> Path:
+    """The DVC project switched to one DVC stage per unit (`dvc.per_arm_stages: true`) and reproduced."""
+    root = tmp_path_factory.mktemp("per-unit") / "project"
+    shutil.copytree(dvc_project, root, symlinks=True)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["dvc"] = {"per_arm_stages": True}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([f"{VENV_BIN}/s2d", "dvc-units"], root)
+    done = _run([f"{VENV_BIN}/dvc", "repro"], root)
+    ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
+    assert {"teacher_rl@s2d", "rollouts@raw", "warmup@no_opd", "opd@no_warmup", "student_rl@grpo_direct"} <= ran
+    assert not {"prepare", "validate", "allocate"} & ran
+    return root
+
+
+def test_one_arms_settings_rerun_only_that_arms_unit(per_unit_project):
+    """One DVC stage per unit: the baseline's GRPO settings touch only its run."""
+    root = per_unit_project
+    params = yaml.safe_load((root / "params.yaml").read_text())
     params["grpo_direct"]["learning_rate"] *= 2
-    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stale = json.loads(_run([f"{VENV_BIN}/dvc", "status", "--json"], dvc_project).stdout)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stale = json.loads(_run([f"{VENV_BIN}/dvc", "status", "--json"], root).stdout)
     assert set(stale) == {"student_rl@grpo_direct"}, stale
-    done = _run([f"{VENV_BIN}/dvc", "repro"], dvc_project)
+    done = _run([f"{VENV_BIN}/dvc", "repro"], root)
     ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"student_rl@grpo_direct", "evaluate", "promote"}
 
 
-def test_changed_arms_stop_dvc_repro_until_the_units_are_rewritten(dvc_project, tmp_path):
+def test_changed_arms_stop_dvc_repro_until_the_units_are_rewritten(per_unit_project, tmp_path):
     root = tmp_path / "copy"
-    shutil.copytree(dvc_project, root, symlinks=True)
+    shutil.copytree(per_unit_project, root, symlinks=True)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["arms"] = [a for a in params["arms"] if a != "no_opd"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
