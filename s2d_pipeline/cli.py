@@ -9,6 +9,7 @@
     s2d --json allocate          # the stage's metrics as one JSON line (for scripts)
     s2d warmup --arm no_opd      # one arm's unit of a per-arm stage (what the flow fans out)
     s2d dvc-units                # rewrite dvc_units.yaml (DVC's per-arm stages) after changing `arms`
+                                 # or `dvc.per_arm_stages`
 
 Thin by design: load the config, say what the stage will do, call its `run(cfg)`, print a short
 summary (`s2d_pipeline/console.py`; the full metrics are in metrics/<stage>.json, or one file per
@@ -60,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         "stage",
         choices=[*STAGES, "run", "report", "dvc-units"],
         help="stage to run ('run' = all, in order; 'report' = print the comparison and promotion decision; "
-        "'dvc-units' = rewrite dvc_units.yaml from the params' arms)",
+        "'dvc-units' = rewrite dvc_units.yaml from the params' arms and dvc.per_arm_stages)",
     )
     p.add_argument("--check", action="store_true", help="with dvc-units: only check, exit 2 when out of date")
     return p
