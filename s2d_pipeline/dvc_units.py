@@ -6,8 +6,10 @@ a rollout set, a bridge, a student GRPO run), so a change to one arm's settings 
     s2d dvc-units --check    # exit 2 when it is out of date
 
 The units and the paths each one reads come from `arms.SPECS` and `layout`, so the file is written,
-never edited. Every stage that DVC runs checks it first (`check`): after a change to `arms`, `dvc
-repro` stops with what to run instead of training the old set of units.
+never edited. Every stage that DVC runs checks it first (`check`): when it no longer matches the
+params (`arms` changed with per-unit stages on, or `dvc.per_arm_stages` changed), `dvc repro` stops
+with what to run instead of training the old set of units. With whole stages the file seldom changes
+with `arms`: those stages depend on `arms` and rerun.
 """
 
 from __future__ import annotations
