@@ -3,6 +3,7 @@
     python -m bench.overhead               # ~25 min on 2 CPU cores: three full pipeline runs + a no-op repro
     python -m bench.overhead --only flows  # steps 3 and 4 only, back to back (the fan-out ratio in one run)
     python -m bench.overhead --only dvc    # steps 1 and 2 only
+    python -m bench.overhead --only units  # step 5 only (~25 min): not part of the default run
                                            # (--only keeps the other part's figures in the results file)
 
 Run from the repository root.
@@ -17,6 +18,10 @@ Works on fresh clones of the committed HEAD (so the numbers are those of a user'
 4. the same flow with `flow.parallel_arms: 2` (each per-arm stage fans out to `s2d <stage> --arm`
    processes, two at a time) in a third clone: its wall time against step 3's, and whether its
    evaluation equals the sequential flow's.
+5. (`--only units`) a Prefect server and process workers on this machine, as infra/README "Arms in
+   parallel" lays them out: the `s2d/train` deployment run sequentially, then with its units
+   dispatched to the `s2d-unit/unit` deployment and two unit workers (one unit each at a time, one
+   thread per training), each from a fresh clone: wall time against the sequential run's.
 Also timed: the heavy imports every training process pays (torch, transformers, trl, datasets) and
 `s2d --help` (the CLI must start without them). Results: bench/results/overhead.json.
 """
@@ -122,15 +127,17 @@ def _measure_dvc(result: dict, tmp: Path, python: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=("dvc", "flows"), help="rerun one part, keep the other's figures")
+    parser.add_argument("--only", choices=("dvc", "flows", "units"), help="rerun one part, keep the others' figures")
     args = parser.parse_args()
     out = REPO / "bench" / "results" / "overhead.json"
     result: dict = {"machine": machine()}
+    kept = json.loads(out.read_text()) if out.exists() else {}
+    parts = {"dvc": "dvc_repro", "flows": "prefect_flow", "units": "unit_workers"}
+    for part, key in parts.items():  # the parts not rerun keep their figures and when they were measured
+        if args.only and part != args.only and key in kept:
+            result[f"{key}_measured_at"] = kept.get(f"{key}_measured_at", kept["machine"]["commit"])
+            result.update({k: v for k, v in kept.items() if k.startswith(key) and not k.endswith("_measured_at")})
     if args.only:
-        kept = json.loads(out.read_text())
-        other = "prefect_flow" if args.only == "dvc" else "dvc_repro"
-        result[f"{other}_measured_at"] = kept.get(f"{other}_measured_at", kept["machine"]["commit"])
-        result.update({k: v for k, v in kept.items() if k.startswith(other) and not k.endswith("_measured_at")})
         result.update({k: v for k, v in kept.items() if k == "dvc_repro_per_arm_stages"})  # a one-off measurement
     python = sys.executable
     result["import_torch_transformers_trl_datasets_s"] = round(
@@ -139,10 +146,12 @@ def main() -> None:
     result["cli_help_s"] = round(_timed([python, "-m", "s2d_pipeline.cli", "--help"], REPO, dict(os.environ)), 2)
     with tempfile.TemporaryDirectory(prefix="s2d-overhead-") as tmp:
         tmp = Path(tmp)
-        if args.only != "flows":
+        if args.only in (None, "dvc"):
             _measure_dvc(result, tmp, python)
-        if args.only != "dvc":
+        if args.only in (None, "flows"):
             _measure_flows(result, tmp, python)
+        if args.only == "units":
+            _measure_unit_workers(result, tmp, python)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
@@ -170,6 +179,88 @@ def _measure_flows(result: dict, tmp: Path, python: str) -> None:
         "stage_compute_s": breakdown(total, records, one_process=False)["stage_compute_s"],
         "vs_sequential_flow": round(total / result["prefect_flow"]["total_s"], 3),
         "evaluation_equals_sequential": _arm_scores(repo) == sequential,
+    }
+
+
+def _measure_unit_workers(result: dict, tmp: Path, python: str) -> None:
+    """Step 5: a Prefect server (SQLite) and process workers; the deployment run sequentially, then
+    with its units sent to two unit workers, each from a fresh clone."""
+    import socket
+    import urllib.request
+
+    prefect = str(Path(python).parent / "prefect")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **_env(tmp, tmp / "unused-timings.jsonl"),
+        "PREFECT_HOME": str(tmp / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+    }
+    del env["S2D_TIMINGS"]
+    processes: list[subprocess.Popen] = []
+
+    def start(cmd: list[str], log: str, cwd: Path, env: dict) -> None:
+        with open(tmp / log, "w") as out:
+            processes.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT))
+
+    runs = {
+        "sequential": {"flow": {"parallel_arms": 1}},
+        "unit_workers": {
+            "flow": {"parallel_arms": 2, "unit_deployment": "s2d-unit/unit"},
+            "runtime": {"torch_threads": 1},
+        },
+    }
+    measured: dict = {}
+    try:
+        start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log", tmp, env)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{env['PREFECT_API_URL']}/health", timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the Prefect server did not answer in 180 s: {tmp / 'server.log'}") from None
+                time.sleep(1)
+        _timed([prefect, "work-pool", "create", "s2d-process", "--type", "process"], tmp, env)
+        for name, overrides in runs.items():
+            repo = _clone(tmp / f"units-{name}")
+            repo_env = {**env, "PYTHONPATH": str(repo), "PWD": str(repo)}  # prefect.yaml works in $PWD
+            _timed([prefect, "--no-prompt", "deploy", "-n", "train", "-n", "unit"], repo, repo_env)
+            first = len(processes)
+            worker = [prefect, "worker", "start", "-p", "s2d-process", "--type", "process"]
+            start([*worker, "-q", "default", "--name", f"flows-{name}"], f"flows-{name}.log", repo, repo_env)
+            for i in range(2):
+                start(
+                    [*worker, "-q", "units", "--limit", "1", "--name", f"units-{name}-{i}"],
+                    f"units-{name}-{i}.log",
+                    repo,
+                    repo_env,
+                )
+            total = _timed(
+                [prefect, "deployment", "run", "s2d/train", "--param", f"overrides={json.dumps(overrides)}",
+                 "--watch", "--watch-interval", "5"],
+                repo, repo_env,
+            )  # fmt: skip
+            for process in processes[first:]:
+                process.terminate()
+                process.wait(60)
+            measured[name] = (total, _arm_scores(repo))
+            print(name, round(total, 1), "s", flush=True)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(60)
+    (sequential, scores), (fanned_out, fanned_scores) = measured["sequential"], measured["unit_workers"]
+    result["unit_workers"] = {
+        "sequential_deployment_run_s": round(sequential, 1),
+        "fanned_out_deployment_run_s": round(fanned_out, 1),
+        "vs_sequential": round(fanned_out / sequential, 3),
+        # 1 thread per unit against 2 for the sequential run: CPU training is not bitwise equal across those
+        "evaluation_equals_sequential": fanned_scores == scores,
     }
 
 

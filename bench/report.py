@@ -74,7 +74,11 @@ def overhead_section(r: dict | None) -> list[str]:
             "compute, which counts each unit process's own torch import. Hence off by default.",
             "",
         ]
-    for part, label in (("dvc_repro", "`dvc repro`"), ("prefect_flow", "Prefect flow")):
+    for part, label in (
+        ("dvc_repro", "`dvc repro`"),
+        ("prefect_flow", "Prefect flow"),
+        ("unit_workers", "unit-worker"),
+    ):
         if f"{part}_measured_at" in r:
             lines += [f"The {label} figures are from commit {r[f'{part}_measured_at']} (`--only` kept them).", ""]
     fan = r.get("prefect_flow_parallel_arms_2") or {}
@@ -93,6 +97,16 @@ def overhead_section(r: dict | None) -> list[str]:
         ]
     elif fan:
         lines += [f"Fanned-out flow: not measured ({fan.get('not_measured', '')}).", ""]
+    units = r.get("unit_workers") or {}
+    if units:
+        lines += [
+            "Units dispatched to workers (`--only units`: a Prefect server, the `s2d/train` deployment, "
+            "`flow.unit_deployment: s2d-unit/unit` and two unit workers taking one unit each, one thread per "
+            f"training): **{units['fanned_out_deployment_run_s']} s** against {units['sequential_deployment_run_s']} s "
+            f"for the same deployment run sequentially ({units['vs_sequential']} ×); evaluation equal to the "
+            f"sequential run's: {units['evaluation_equals_sequential']} (2 threads per training there).",
+            "",
+        ]
     return lines
 
 

@@ -58,16 +58,100 @@ def run_stage_task(name: str, params: str, overrides: dict | None) -> dict:
     task_run_name="{name}/{unit}",
 )
 def run_arm_task(name: str, unit: str, arm: str, params: str, overrides: dict | None, slot: int | None) -> dict:
-    """One arm's unit of a per-arm stage (`s2d <stage> --arm`): in this process, or, as the
-    `slot`-th of several training at once, in its own (with its own share of the cores or GPUs and
-    its own RNG state, so results do not depend on the interleaving)."""
+    """One arm's unit of a per-arm stage (`s2d <stage> --arm`): as a run of `flow.unit_deployment`
+    (on whichever worker of its queue takes it), in this process, or, as the `slot`-th of several
+    training at once, in its own (with its own share of the cores or GPUs and its own RNG state, so
+    results do not depend on the interleaving)."""
     from s2d_pipeline.cli import run_stage
     from s2d_pipeline.config import load_config
 
     cfg = load_config(params, overrides)
+    if cfg.flow.unit_deployment:
+        return _run_unit_deployment(cfg, name, unit, arm, params, overrides)
     if slot is None:
         return run_stage(name, cfg, arm)
     return _run_arm_process(name, arm, cfg, slot)
+
+
+@flow(name="s2d-unit")
+def s2d_unit(stage: str, arm: str, params: str = "params.yaml", overrides: dict | None = None, pipeline_key: str = ""):
+    """One arm's unit of a per-arm stage, as its own flow run: what the `s2d` flow dispatches to the
+    `flow.unit_deployment` deployment's workers. Returns the unit's metrics; a user error fails the
+    run with `s2d: <error>` as its message, which the dispatching flow raises as that error."""
+    from prefect.states import Failed
+
+    from s2d_pipeline.cli import run_stage
+    from s2d_pipeline.config import load_config
+    from s2d_pipeline.errors import S2DError
+    from s2d_pipeline.runtime import quiet_offline_env
+
+    quiet_offline_env()
+    if pipeline_key:  # the stage's MLflow run goes under the dispatching flow run's parent run
+        os.environ["S2D_PIPELINE_RUN_ID"] = pipeline_key
+    try:
+        return run_stage(stage, load_config(params, overrides), arm)
+    except S2DError as exc:
+        get_run_logger().error("s2d: %s", exc)
+        return Failed(message=f"s2d: {exc}")
+
+
+def _run_unit_deployment(cfg, name: str, unit: str, arm: str, params: str, overrides: dict | None) -> dict:
+    """Run a unit as a run of `flow.unit_deployment` (a subflow of this flow run), wait for it, and
+    read its metrics from the shared project directory."""
+    from prefect.deployments import run_deployment
+
+    from s2d_pipeline.errors import S2DError
+    from s2d_pipeline.io import read_json
+    from s2d_pipeline.layout import unit_metrics_file
+
+    run = run_deployment(
+        cfg.flow.unit_deployment,
+        parameters={
+            "stage": name,
+            "arm": arm,
+            "params": params,
+            "overrides": overrides or {},
+            "pipeline_key": os.environ.get("S2D_PIPELINE_RUN_ID", ""),
+        },
+        flow_run_name=f"{name}/{unit}",
+        poll_interval=2,
+    )
+    state = run.state
+    message = (state.message or "") if state else ""
+    if message.startswith("s2d: "):  # the unit's user error: the same every time, so not retried
+        raise S2DError(message.removeprefix("s2d: "))
+    if state is None or not state.is_completed():  # a crash, a lost worker, a cancel: retried
+        raise RuntimeError(f"unit run {run.name} ({run.id}) of {cfg.flow.unit_deployment} ended {state}: {message}")
+    path = unit_metrics_file(cfg, name, unit)
+    if not path.is_file():
+        raise S2DError(
+            f"unit run {run.name} of {cfg.flow.unit_deployment} completed, but its metrics {path} are not in "
+            "this flow run's project directory: the unit's worker must work in the same checkout (a shared "
+            'volume; infra/README.md "Arms in parallel, and where their outputs go")'
+        )
+    return {unit: read_json(path)}
+
+
+def unit_deployment_preflight(deployment: str) -> None:
+    """Fail before any stage, naming the setting, when `flow.unit_deployment` is not a deployment
+    of the Prefect server this flow run talks to."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from s2d_pipeline.errors import S2DError
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            found = None
+    if found is None or found.entrypoint is None or not found.entrypoint.endswith(":s2d_unit"):
+        raise S2DError(
+            f"flow.unit_deployment {deployment!r} is not a deployment of the s2d-unit flow on this Prefect "
+            f"server ({'not found' if found is None else f'entrypoint {found.entrypoint}'}): create it "
+            "with `prefect deploy -n unit` (prefect.yaml), start workers on its queue "
+            "(`prefect worker start -p s2d-process -q units`), or set flow.unit_deployment: null"
+        )
 
 
 def gpus_for_slot(slot: int, parallel: int, visible: str | None = None) -> str | None:
@@ -167,6 +251,8 @@ def _run_pipeline(params: str, overrides: dict | None, logger) -> dict:
     quiet_offline_env()
     cfg = load_config(params, overrides)
     preflight(cfg)  # fail fast on an unreachable tracking server, before any task
+    if cfg.flow.unit_deployment:
+        unit_deployment_preflight(cfg.flow.unit_deployment)
     run_id = flow_run.get_id()
     if run_id:
         os.environ["S2D_PIPELINE_RUN_ID"] = f"prefect-{run_id}"

@@ -301,10 +301,14 @@ class RuntimeConfig(Section):
 
 class FlowConfig(Section):
     # The Prefect flow runs each per-arm stage as one task per arm. How many of one stage's arms train
-    # at once, each in its own process with its share of the cores (and GPUs): 1 keeps a 2-core
-    # machine at one training at a time. Not a stage setting, though on CPU the results change with
-    # the thread count each training gets (unless runtime.torch_threads fixes it).
+    # at once: 1 keeps a 2-core machine at one training at a time. Not a stage setting, though on CPU
+    # the results change with the thread count each training gets (unless runtime.torch_threads fixes it).
     parallel_arms: int = Field(1, ge=1)
+    # Where those units run. None: on the worker that runs the flow run, each in its own process with
+    # its share of the cores (and GPUs). A deployment ("s2d-unit/unit", prefect.yaml): each unit is a
+    # run of it, which any worker polling its queue picks up; the workers bring their own cores or
+    # GPUs and must see the same project directory (infra/README "Arms in parallel").
+    unit_deployment: str | None = Field(None, pattern=r"^[^/]+/[^/]+$")
 
 
 class DvcConfig(Section):

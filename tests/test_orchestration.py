@@ -171,6 +171,12 @@ def test_prefect_flow_matches_dvc_repro(dvc_project, tmp_path, monkeypatch):
         failed = s2d(params="params.yaml", overrides={"budegt": 32}, return_state=True)
         assert failed.is_failed()
         assert 'overrides {"budegt": 32}' in failed.message and "unknown key 'budegt'" in failed.message
+        # Units sent to a deployment this server does not have: the run fails before any stage.
+        missing = s2d(
+            params="params.yaml", overrides={"flow": {"unit_deployment": "s2d-unit/unit"}}, return_state=True
+        )
+        assert missing.is_failed() and "flow.unit_deployment 's2d-unit/unit'" in missing.message, missing.message
+        assert "not found" in missing.message and "prefect deploy -n unit" in missing.message
 
 
 def _task_run_names(flow_run_id) -> set[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -25,13 +26,18 @@ from tests.services import VENV_BIN, Server, ServiceStack, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-# Micro settings, two arms (the candidate and the gate's baseline) and barely pretrained base models:
-# what is under test is the servers and the wiring, not the numbers.
+# Micro settings, barely pretrained base models and three arms: the candidate, the gate's baseline
+# and `no_warmup`, whose OPD unit can train alongside s2d's. What is under test is the servers and the
+# wiring, not the numbers. One thread per training, so the fanned-out run (two units at once on two
+# cores) computes exactly what the sequential run does.
 SERVICES_MICRO = {
-    "arms": ["s2d", "grpo_direct"],
+    "arms": ["s2d", "grpo_direct", "no_warmup"],
     "tracking": {"enabled": True},
     "prepare": {"teacher": {"steps": 30}, "student": {"steps": 30}},
+    "runtime": {"torch_threads": 1},
 }
+# The same, each per-arm unit a run of the `unit` deployment, two at once (infra/README "Arms in parallel").
+FAN_OUT = {"flow": {"parallel_arms": 2, "unit_deployment": "s2d-unit/unit"}}
 TRAINING_STAGES = ("prepare", "teacher_rl", "rollouts", "warmup", "opd", "student_rl")
 
 
@@ -67,15 +73,19 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def project(stack, tmp_path_factory) -> Path:
+    return make_project(stack, tmp_path_factory.mktemp("project"))
+
+
+def make_project(stack: ServiceStack, root: Path, settings: dict | None = None) -> Path:
     """A git + DVC checkout of this repository's pipeline, flow and prefect.yaml, with micro params."""
     from s2d_pipeline.config import deep_merge
 
-    root = tmp_path_factory.mktemp("project")
     for name in ("dvc.yaml", ".dvcignore", ".gitignore", "prefect.yaml"):
         shutil.copy(REPO / name, root / name)
     for name in ("s2d_pipeline", "flows"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = deep_merge(deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), STAGE_MICRO), SERVICES_MICRO)
+    params = deep_merge(params, settings or {})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_dvc_units(root)
     env = project_env(stack, root)
@@ -106,6 +116,50 @@ def project_env(stack: ServiceStack, root: Path) -> dict[str, str]:
     }
 
 
+def start_worker(stack: ServiceStack, project: Path, name: str, *options: str) -> Server:
+    """A process worker on the `s2d-process` pool, in the project's checkout, stopped with the stack."""
+    prefect = str(VENV_BIN / "prefect")
+    worker = Server(
+        name,
+        [prefect, "worker", "start", "-p", "s2d-process", "--type", "process", "--name", name, *options],
+        stack.workdir / f"{name}.log",
+        env={**project_env(stack, project), "PREFECT_WORKER_QUERY_SECONDS": "2"},  # seconds, not 10
+        cwd=project,
+    )
+    stack.servers[name] = worker.start()
+    return worker
+
+
+def run_train_deployment(stack: ServiceStack, project: Path, run_name: str, workers: list[Server]) -> dict:
+    """`prefect deployment run s2d/train --watch`; checks the run completed and returns its id,
+    deployment id, wall time and evaluation."""
+    started = time.monotonic()
+    done = run(
+        [str(VENV_BIN / "prefect"), "deployment", "run", "s2d/train", "--flow-run-name", run_name,
+         "--watch", "--watch-interval", "2", "--watch-timeout", "480"],
+        project, project_env(stack, project), timeout_s=540, check=False,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    rows = stack.psql("prefect", "SELECT id, state_type, deployment_id FROM flow_run WHERE name = %s", (run_name,))
+    assert len(rows) == 1 and rows[0][1] == "COMPLETED", (
+        f"flow run: {rows}\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}\n"
+        + "\n".join(w.log_tail(60) for w in workers)
+    )
+    return {
+        "id": str(rows[0][0]),
+        "deployment_id": str(rows[0][2]),
+        "seconds": seconds,
+        "evaluation": evaluation(project),
+    }
+
+
+def evaluation(project: Path) -> dict:
+    """metrics/evaluate.json without where, when and how long it ran."""
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    metrics.pop("wall_s"), metrics.pop("provenance")
+    return metrics
+
+
 @pytest.fixture(scope="module")
 def flow_run(stack, project) -> dict:
     """README "Orchestration": work pool, `prefect deploy`, a process worker, `prefect deployment run`."""
@@ -113,25 +167,8 @@ def flow_run(stack, project) -> dict:
     prefect = str(VENV_BIN / "prefect")
     run([prefect, "work-pool", "create", "s2d-process", "--type", "process"], project, env)
     run([prefect, "--no-prompt", "deploy", "-n", "train"], project, env)
-    worker = Server(
-        "prefect-worker",
-        [prefect, "worker", "start", "-p", "s2d-process", "--type", "process"],
-        stack.workdir / "prefect-worker.log",
-        env={**env, "PREFECT_WORKER_QUERY_SECONDS": "2"},  # pick the run up in seconds, not 10
-        cwd=project,
-    )
-    stack.servers["worker"] = worker.start()  # stopped with the stack
-    started = time.monotonic()
-    done = run(
-        [prefect, "deployment", "run", "s2d/train", "--flow-run-name", "services-micro",
-         "--watch", "--watch-interval", "2", "--watch-timeout", "300"],
-        project, env, timeout_s=360, check=False,
-    )  # fmt: skip
-    rows = stack.psql("prefect", "SELECT id, state_type, deployment_id FROM flow_run WHERE name = 'services-micro'")
-    assert len(rows) == 1 and rows[0][1] == "COMPLETED", (
-        f"flow run: {rows}\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}\n{worker.log_tail(80)}"
-    )
-    return {"id": str(rows[0][0]), "deployment_id": str(rows[0][2]), "seconds": time.monotonic() - started}
+    worker = start_worker(stack, project, "worker")
+    return run_train_deployment(stack, project, "services-micro", [worker])
 
 
 def test_deployment_runs_the_micro_pipeline_through_the_worker(stack, project, flow_run):
@@ -332,3 +369,53 @@ def test_postgres_restarted_between_stages_the_pipeline_goes_on(stack, project, 
     # The Prefect server reads its restarted database as well.
     with urllib.request.urlopen(f"{stack.prefect_api}/flow_runs/{flow_run['id']}", timeout=10) as response:
         assert json.loads(response.read())["state_type"] == "COMPLETED"
+
+
+@pytest.fixture(scope="module")
+def fanned_out_run(stack, flow_run, tmp_path_factory) -> dict:
+    """The sequential run's settings in a fresh checkout, its units dispatched as runs of the `unit`
+    deployment (FAN_OUT): one worker takes flow runs (queue `default`), two take units (queue
+    `units`, one at a time each), as infra/README "Arms in parallel" lays them out."""
+    stack.servers.pop("worker").stop()  # the sequential run's worker: this run's flow goes to `flows`
+    project = make_project(stack, tmp_path_factory.mktemp("fanned-out"), FAN_OUT)
+    run([str(VENV_BIN / "prefect"), "--no-prompt", "deploy", "-n", "train", "-n", "unit"], project,
+        project_env(stack, project))  # fmt: skip
+    workers = [
+        start_worker(stack, project, "flows", "-q", "default"),
+        *(start_worker(stack, project, name, "-q", "units", "--limit", "1") for name in ("units-a", "units-b")),
+    ]
+    return {**run_train_deployment(stack, project, "services-fanned-out", workers), "project": project}
+
+
+def test_units_fan_out_to_two_workers_and_give_the_sequential_results(stack, flow_run, fanned_out_run):
+    units = stack.psql(
+        "prefect",
+        "SELECT f.id, f.name, f.state_type, f.start_time, f.end_time FROM flow_run f "
+        "JOIN task_run t ON f.parent_task_run_id = t.id JOIN deployment d ON f.deployment_id = d.id "
+        "WHERE t.flow_run_id = %s AND d.name = 'unit'",
+        (fanned_out_run["id"],),
+    )
+    # Every unit of the per-arm stages ran as its own run of the `unit` deployment, under this flow run.
+    expected = {"teacher_rl/s2d", "rollouts/s2d", "warmup/s2d", "opd/s2d", "opd/no_warmup", "student_rl/grpo_direct"}
+    assert {name for _, name, *_ in units} == expected, units
+    assert {state for _, _, state, *_ in units} == {"COMPLETED"}, units
+    tasks = stack.psql("prefect", "SELECT name FROM task_run WHERE flow_run_id = %s", (fanned_out_run["id"],))
+    assert expected <= {name for (name,) in tasks}, tasks  # the per-arm task runs in the flow run's graph
+
+    # The two OPD units trained at the same time, each on its own worker.
+    submitted = {
+        run_id: worker
+        for worker in ("units-a", "units-b")
+        for run_id in re.findall(r"submitting flow run '([0-9a-f-]{36})'", stack.servers[worker].log.read_text())
+    }
+    opd = {name: (str(run_id), start, end) for run_id, name, _, start, end in units if name.startswith("opd/")}
+    (s2d_id, s2d_start, s2d_end), (other_id, other_start, other_end) = opd["opd/s2d"], opd["opd/no_warmup"]
+    assert s2d_start < other_end and other_start < s2d_end, opd
+    assert {submitted[s2d_id], submitted[other_id]} == {"units-a", "units-b"}, submitted
+
+    # Same settings, same seed, one thread per training: the same evaluation as the sequential flow.
+    assert fanned_out_run["evaluation"] == flow_run["evaluation"]
+    print(
+        f"\nsequential flow run {flow_run['seconds']:.1f} s, fanned out to two unit workers "
+        f"{fanned_out_run['seconds']:.1f} s (micro settings)"
+    )
