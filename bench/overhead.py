@@ -184,27 +184,19 @@ def _measure_flows(result: dict, tmp: Path, python: str) -> None:
 
 def _measure_unit_workers(result: dict, tmp: Path, python: str) -> None:
     """Step 5: a Prefect server (SQLite) and process workers; the deployment run sequentially, then
-    with its units sent to two unit workers, each from a fresh clone."""
-    import socket
-    import urllib.request
+    with its units sent to two unit workers, each from a fresh clone. The server and workers are
+    managed as in tests/test_services.py."""
+    from tests.services import Server, free_port, http_ok, wait_until
 
     prefect = str(Path(python).parent / "prefect")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {
         **_env(tmp, tmp / "unused-timings.jsonl"),
         "PREFECT_HOME": str(tmp / "prefect-home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
     }
-    del env["S2D_TIMINGS"]
-    processes: list[subprocess.Popen] = []
-
-    def start(cmd: list[str], log: str, cwd: Path, env: dict) -> None:
-        with open(tmp / log, "w") as out:
-            processes.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT))
-
+    del env["S2D_TIMINGS"], env["PYTHONPATH"]
     runs = {
         "sequential": {"flow": {"parallel_arms": 1}},
         "unit_workers": {
@@ -213,47 +205,41 @@ def _measure_unit_workers(result: dict, tmp: Path, python: str) -> None:
         },
     }
     measured: dict = {}
+    server = Server(
+        "prefect", [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], tmp / "server.log", env
+    )
+    workers: list[Server] = []
     try:
-        start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log", tmp, env)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{env['PREFECT_API_URL']}/health", timeout=5)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"the Prefect server did not answer in 180 s: {tmp / 'server.log'}") from None
-                time.sleep(1)
+        server.start()
+        wait_until(lambda: http_ok(f"{env['PREFECT_API_URL']}/health"), 180, "the Prefect server", server)
         _timed([prefect, "work-pool", "create", "s2d-process", "--type", "process"], tmp, env)
         for name, overrides in runs.items():
             repo = _clone(tmp / f"units-{name}")
             repo_env = {**env, "PYTHONPATH": str(repo), "PWD": str(repo)}  # prefect.yaml works in $PWD
             _timed([prefect, "--no-prompt", "deploy", "-n", "train", "-n", "unit"], repo, repo_env)
-            first = len(processes)
             worker = [prefect, "worker", "start", "-p", "s2d-process", "--type", "process"]
-            start([*worker, "-q", "default", "--name", f"flows-{name}"], f"flows-{name}.log", repo, repo_env)
-            for i in range(2):
-                start(
-                    [*worker, "-q", "units", "--limit", "1", "--name", f"units-{name}-{i}"],
-                    f"units-{name}-{i}.log",
-                    repo,
-                    repo_env,
-                )
+            workers = [
+                Server(f"flows-{name}", [*worker, "-q", "default"], tmp / f"flows-{name}.log", repo_env, repo),
+                *(
+                    Server(f"units-{name}-{i}", [*worker, "-q", "units", "--limit", "1", "--name", f"units-{name}-{i}"],
+                           tmp / f"units-{name}-{i}.log", repo_env, repo)
+                    for i in range(2)
+                ),
+            ]  # fmt: skip
+            for w in workers:
+                w.start()
             total = _timed(
                 [prefect, "deployment", "run", "s2d/train", "--param", f"overrides={json.dumps(overrides)}",
                  "--watch", "--watch-interval", "5"],
                 repo, repo_env,
             )  # fmt: skip
-            for process in processes[first:]:
-                process.terminate()
-                process.wait(60)
-            measured[name] = (total, _arm_scores(repo))
             print(name, round(total, 1), "s", flush=True)
+            measured[name] = (total, _arm_scores(repo))
+            for w in workers:
+                w.stop()
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(60)
+        for w in [*workers, server]:
+            w.stop()
     (sequential, scores), (fanned_out, fanned_scores) = measured["sequential"], measured["unit_workers"]
     result["unit_workers"] = {
         "sequential_deployment_run_s": round(sequential, 1),

@@ -413,6 +413,23 @@ def test_units_fan_out_to_two_workers_and_give_the_sequential_results(stack, flo
     assert s2d_start < other_end and other_start < s2d_end, opd
     assert {submitted[s2d_id], submitted[other_id]} == {"units-a", "units-b"}, submitted
 
+    # A unit's user error comes back from its worker as that error, message and all (not retried).
+    dispatch = (
+        "from flows.s2d import _run_unit_deployment\n"
+        "from s2d_pipeline.config import load_config\n"
+        "from s2d_pipeline.errors import S2DError\n"
+        "try:\n"
+        "    _run_unit_deployment(load_config('params.yaml'), 'warmup', 'raw_bridge', 'raw_bridge', 'params.yaml', None)\n"
+        "except S2DError as exc:\n"
+        "    print(f'S2DError: {exc}')\n"
+    )
+    project = fanned_out_run["project"]
+    done = run([str(VENV_BIN / "python"), "-c", dispatch], project, project_env(stack, project), timeout_s=180)
+    assert (
+        "S2DError: --arm: 'raw_bridge' is not a configured arm (key 'arms': s2d, grpo_direct, no_warmup)"
+        in done.stdout
+    ), done.stdout[-2000:] + done.stderr[-2000:]
+
     # Same settings, same seed, one thread per training: the same evaluation as the sequential flow.
     assert fanned_out_run["evaluation"] == flow_run["evaluation"]
     print(
