@@ -15,6 +15,8 @@ MLflow parent run at the end; a user error fails the run with the error as its s
     prefect deploy --all && prefect worker start -p s2d-process
     prefect deployment run s2d/train --param overrides='{"budget": 32}' --watch
     prefect deployment run s2d/train --param params=profiles/smollm2-arith.yaml --watch
+    # each arm's units as runs of the `unit` deployment, on workers polling its queue (infra/README
+    # "Arms in parallel"): prefect deploy -n unit, then flow.unit_deployment: s2d-unit/unit
 """
 
 from __future__ import annotations
