@@ -1,0 +1,84 @@
+"""Sizing probe for a profile's base student: pretrain it once with given steps, noise share and
+seed, and report prepare's gate accuracy, greedy and sampled (8 per prompt, T = 1). Nothing is saved;
+a line per probe is appended to bench/results/student_sizing.jsonl with the machine it ran on.
+
+    python -m bench.support_mismatch --tasks trace          # once: builds the trace task's data split
+    python -m bench.size_student --steps 5000 --noise 0.45 --seed 1100
+
+The seed is prepare's pretraining seed (`seed * 1000 + 100 + attempt` for the student of pipeline
+seed `seed`). One torch thread, so two probes can share a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from bench.common import REPO, machine
+
+RESULTS = REPO / "bench" / "results" / "student_sizing.jsonl"
+
+
+def probe(params: Path, root: Path, steps: int, noise: float, seed: int) -> dict:
+    from s2d_pipeline import runtime
+    from s2d_pipeline.config import load_config
+    from s2d_pipeline.generation import accuracy, generate
+    from s2d_pipeline.models import build_char_tokenizer
+    from s2d_pipeline.prompts import render
+    from s2d_pipeline.stages import prepare
+    from s2d_pipeline.tasks import get_task
+
+    overrides = {
+        "tracking": {"enabled": False},
+        "runtime": {"torch_threads": 1},
+        "prepare": {"student": {"steps": steps, "noise_rate": noise}},
+    }
+    cfg = load_config(params, overrides, root=root)
+    runtime.setup(cfg)
+    task = get_task(cfg.task)
+    tokenizer = build_char_tokenizer(task.symbols)
+    eval_prompts = {r["prompt"] for r in prepare._read_eval(cfg, task)}
+    gate_rows = prepare._gate_problems(cfg, task, eval_prompts)
+    corpus = task.pretraining_corpus(tokenizer.get_vocab(), eval_prompts, "student")
+    started = time.perf_counter()
+    model = prepare._pretrain(cfg, corpus, tokenizer, cfg.models.student, cfg.prepare.student, seed, "student")
+    pretrain_s = time.perf_counter() - started
+    greedy = accuracy(cfg, task, model, tokenizer, gate_rows, max_new_tokens=corpus.answer_len)
+    prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in gate_rows]
+    samples = generate(
+        model, tokenizer, prompts, max_new_tokens=corpus.answer_len, greedy=False, num_return_sequences=8, seed=seed
+    )
+    hits = [task.verify(c, r["answer"]) for cs, r in zip(samples, gate_rows, strict=True) for c in cs]
+    return {
+        "params": str(params.relative_to(REPO)),
+        "steps": steps,
+        "noise_rate": noise,
+        "seed": seed,
+        "gate_greedy_accuracy": round(greedy, 4),
+        "gate_sampled_avg8": round(sum(hits) / len(hits), 4),
+        "gate_band": [cfg.prepare.gate_min_accuracy, cfg.prepare.gate_max_accuracy],
+        "pretrain_s": round(pretrain_s, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.size_student", description=__doc__.split("\n")[0])
+    ap.add_argument("--params", type=Path, default=REPO / "profiles" / "trace.yaml")
+    ap.add_argument("--root", type=Path, default=Path("/tmp/s2d-support-mismatch/trace"), help="holds the data split")
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--noise", type=float, required=True)
+    ap.add_argument("--seed", type=int, default=100)
+    args = ap.parse_args(argv)
+    if not (args.root / "data").is_dir():
+        raise SystemExit(f"no data split in {args.root}: run `python -m bench.support_mismatch --tasks trace` first")
+    result = {**probe(args.params.resolve(), args.root, args.steps, args.noise, args.seed), "machine": machine()}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
