@@ -371,6 +371,8 @@ def test_postgres_restarted_between_stages_the_pipeline_goes_on(stack, project, 
         assert json.loads(response.read())["state_type"] == "COMPLETED"
 
 
+# Last in the module on purpose: this run registers the newest model version, which the registry
+# tests above expect to be the sequential run's (or their own rerun's).
 @pytest.fixture(scope="module")
 def fanned_out_run(stack, flow_run, tmp_path_factory) -> dict:
     """The sequential run's settings in a fresh checkout, its units dispatched as runs of the `unit`
