@@ -133,12 +133,13 @@ def main() -> None:
     result: dict = {"machine": machine()}
     kept = json.loads(out.read_text()) if out.exists() else {}
     parts = {"dvc": "dvc_repro", "flows": "prefect_flow", "units": "unit_workers"}
+    measured = {args.only} if args.only else {"dvc", "flows"}
     for part, key in parts.items():  # the parts not rerun keep their figures and when they were measured
-        if args.only and part != args.only and key in kept:
+        if part not in measured and key in kept:
             result[f"{key}_measured_at"] = kept.get(f"{key}_measured_at", kept["machine"]["commit"])
             result.update({k: v for k, v in kept.items() if k.startswith(key) and not k.endswith("_measured_at")})
-    if args.only:
-        result.update({k: v for k, v in kept.items() if k == "dvc_repro_per_arm_stages"})  # a one-off measurement
+    if "dvc_repro_per_arm_stages" in kept:  # a one-off measurement this script does not repeat
+        result["dvc_repro_per_arm_stages"] = kept["dvc_repro_per_arm_stages"]
     python = sys.executable
     result["import_torch_transformers_trl_datasets_s"] = round(
         _timed([python, "-c", "import torch, transformers, trl, datasets"], REPO, dict(os.environ)), 2

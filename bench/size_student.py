@@ -6,7 +6,9 @@ a line per probe is appended to bench/results/student_sizing.jsonl with the mach
     python -m bench.size_student --steps 5000 --noise 0.45 --seed 1100
 
 The seed is prepare's pretraining seed (`seed * 1000 + 100 + attempt` for the student of pipeline
-seed `seed`). One torch thread, so two probes can share a 2-core machine.
+seed `seed`). Scored as `evaluate` scores a model (greedy, and avg@k with the evaluate section's k
+and temperature, sampled with the pipeline seed; the first 12 lines in the results file sampled
+with the pretraining seed instead). One torch thread, so two probes can share a 2-core machine.
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ RESULTS = REPO / "bench" / "results" / "student_sizing.jsonl"
 def probe(params: Path, root: Path, steps: int, noise: float, seed: int) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.config import load_config
-    from s2d_pipeline.generation import accuracy, generate
     from s2d_pipeline.models import build_char_tokenizer
-    from s2d_pipeline.prompts import render
     from s2d_pipeline.stages import prepare
+    from s2d_pipeline.stages.evaluate import score
     from s2d_pipeline.tasks import get_task
 
     overrides = {
@@ -45,19 +46,14 @@ def probe(params: Path, root: Path, steps: int, noise: float, seed: int) -> dict
     started = time.perf_counter()
     model = prepare._pretrain(cfg, corpus, tokenizer, cfg.models.student, cfg.prepare.student, seed, "student")
     pretrain_s = time.perf_counter() - started
-    greedy = accuracy(cfg, task, model, tokenizer, gate_rows, max_new_tokens=corpus.answer_len)
-    prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in gate_rows]
-    samples = generate(
-        model, tokenizer, prompts, max_new_tokens=corpus.answer_len, greedy=False, num_return_sequences=8, seed=seed
-    )
-    hits = [task.verify(c, r["answer"]) for cs, r in zip(samples, gate_rows, strict=True) for c in cs]
+    scores = score(task, model, tokenizer, gate_rows, cfg)  # greedy (what the gate checks) and avg@k
     return {
-        "params": str(params.relative_to(REPO)),
+        "params": str(params.relative_to(REPO) if params.is_relative_to(REPO) else params),
         "steps": steps,
         "noise_rate": noise,
         "seed": seed,
-        "gate_greedy_accuracy": round(greedy, 4),
-        "gate_sampled_avg8": round(sum(hits) / len(hits), 4),
+        "gate_greedy_accuracy": scores["greedy"],
+        f"gate_sampled_avg{cfg.evaluate.k}": scores["avg_at_k"],
         "gate_band": [cfg.prepare.gate_min_accuracy, cfg.prepare.gate_max_accuracy],
         "pretrain_s": round(pretrain_s, 1),
     }
