@@ -66,11 +66,11 @@ PAIRS = [
 NO_STOPS = {"tracking": {"enabled": False}, "gates": {"c1": {"override": True}}}
 
 
-def results_file(params: Path = PARAMS) -> Path:
-    """Where a profile's cells go: the default's file, or one named after the profile."""
+def results_file(params: Path = PARAMS, default: Path = RESULTS) -> Path:
+    """Where a profile's records go: the default's file, or one named after the profile."""
     if params.resolve() == PARAMS.resolve():
-        return RESULTS
-    return RESULTS.with_name(f"{RESULTS.stem}_{params.stem}.jsonl")
+        return default
+    return default.with_name(f"{default.stem}_{params.stem}.jsonl")
 
 
 def _config(root: Path, seed: int, budget: int, params: Path = PARAMS):
@@ -97,21 +97,39 @@ def _done(results: Path) -> set[tuple[int, int]]:
     return {(r["seed"], r["budget"]) for r in map(json.loads, results.read_text().splitlines()) if r}
 
 
-def _train_tokens(root: Path) -> dict:
+def _train_tokens(metrics_dir: Path) -> dict:
     """Tokens each training run processed, by stage and unit (the trainers' own counts)."""
     out = {}
     for stage in ("teacher_rl", "warmup", "opd", "student_rl"):
-        if metrics := read_unit_metrics(root / "metrics" / stage):
+        if metrics := read_unit_metrics(metrics_dir / stage):
             out[stage] = {u: m.get("train_tokens") for u, m in metrics.items()}
     return out
+
+
+def _layout(params: Path) -> tuple[Path, Path]:
+    """The params' artifacts and metrics directories, relative to a root (a profile may nest them)."""
+    cfg = _config(Path("/"), 0, 64, params)
+    return cfg.artifacts.relative_to(cfg.root), cfg.metrics.relative_to(cfg.root)
+
+
+def _link_shared(root: Path, source: Path, stages: list[str], params: Path) -> None:
+    """A fresh scratch root whose data and `stages`' artifacts are links to `source`'s."""
+    artifacts, metrics = _layout(params)
+    shutil.rmtree(root, ignore_errors=True)
+    (root / artifacts).mkdir(parents=True)
+    (root / metrics).mkdir(parents=True, exist_ok=True)
+    (root / "data").symlink_to((source / "data").resolve())
+    for stage in stages:
+        (root / artifacts / stage).symlink_to((source / artifacts / stage).resolve())
 
 
 def run(seeds: list[int], budgets: list[int], workdir: Path, params: Path = PARAMS) -> None:
     results = results_file(params)
     done = _done(results)
+    _, metrics = _layout(params)
     for seed in seeds:
         seed_root = workdir / f"seed{seed}"
-        if not (seed_root / "metrics" / f"{SEED_STAGES[-1]}.json").exists():
+        if not (seed_root / metrics / f"{SEED_STAGES[-1]}.json").exists():
             seed_root.mkdir(parents=True, exist_ok=True)
             seed_times = _run_stages(seed_root, seed, 64, SEED_STAGES, params)
             (seed_root / "times.json").write_text(json.dumps(seed_times))
@@ -120,16 +138,12 @@ def run(seeds: list[int], budgets: list[int], workdir: Path, params: Path = PARA
             if (seed, budget) in done:
                 continue
             root = workdir / f"seed{seed}" / f"budget{budget}"
-            shutil.rmtree(root, ignore_errors=True)
-            (root / "artifacts").mkdir(parents=True)
-            (root / "metrics").mkdir()
-            (root / "data").symlink_to(seed_root / "data")
-            for stage in SEED_STAGES:  # shared per seed: same splits, base models, validation report
-                (root / "artifacts" / stage).symlink_to(seed_root / "artifacts" / stage)
+            # shared per seed: same splits, base models, validation report
+            _link_shared(root, seed_root, SEED_STAGES, params)
             t0 = time.perf_counter()
             times = _run_stages(root, seed, budget, BUDGET_STAGES, params)
-            evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
-            prepare = json.loads((seed_root / "metrics" / "prepare.json").read_text())
+            evaluation = json.loads((root / metrics / "evaluate.json").read_text())
+            prepare = json.loads((seed_root / metrics / "prepare.json").read_text())
             sampled = sampled_metric(evaluation["k"])
             record = {
                 "seed": seed,
@@ -137,10 +151,8 @@ def run(seeds: list[int], budgets: list[int], workdir: Path, params: Path = PARA
                 "wall_s": round(time.perf_counter() - t0, 1),
                 "stage_s": {**seed_times, **times},
                 "evaluate": evaluation,
-                "train_tokens": _train_tokens(root),
-                "c1_gate": {
-                    k: m.get("c1_gate") for k, m in read_unit_metrics(root / "metrics" / "teacher_rl").items()
-                },
+                "train_tokens": _train_tokens(root / metrics),
+                "c1_gate": {k: m.get("c1_gate") for k, m in read_unit_metrics(root / metrics / "teacher_rl").items()},
                 "params": str(params.relative_to(REPO) if params.is_relative_to(REPO) else params),
                 "base_models": {
                     r: {"eval_greedy": prepare[r]["eval_greedy_accuracy"], "attempts": len(prepare[r]["attempts"])}
@@ -187,17 +199,11 @@ ABLATION_STAGES = stages_through("evaluate")[STAGES.index("warmup") :]
 ABLATION_SHARED = STAGES[: STAGES.index("warmup")]
 
 
-def _rerun_root(workdir: Path, seed: int, budget: int, name: str, shared: list[str]) -> Path:
+def _rerun_root(workdir: Path, seed: int, budget: int, name: str, shared: list[str], params: Path) -> Path:
     """A fresh scratch root for rerunning later stages of a finished (seed, budget) cell: the seed's data
     and the cell's outputs of the `shared` stages are linked in, read-only by convention."""
-    cell = workdir / f"seed{seed}" / f"budget{budget}"
     root = workdir / f"seed{seed}" / name
-    shutil.rmtree(root, ignore_errors=True)
-    (root / "artifacts").mkdir(parents=True)
-    (root / "metrics").mkdir()
-    (root / "data").symlink_to((workdir / f"seed{seed}" / "data").resolve())
-    for stage in shared:
-        (root / "artifacts" / stage).symlink_to((cell / "artifacts" / stage).resolve())
+    _link_shared(root, workdir / f"seed{seed}" / f"budget{budget}", shared, params)
     return root
 
 
@@ -210,10 +216,11 @@ def ablation(
     from s2d_pipeline.cli import run_stage
     from s2d_pipeline.config import load_config
 
+    _, metrics = _layout(params)
     for seed in seeds:
         for warmup_steps, opd_steps in bridge_steps:
             name = f"ablation-b{budget}-w{warmup_steps}-o{opd_steps}"
-            root = _rerun_root(workdir, seed, budget, name, ABLATION_SHARED)
+            root = _rerun_root(workdir, seed, budget, name, ABLATION_SHARED, params)
             cfg = load_config(
                 params,
                 {
@@ -230,7 +237,7 @@ def ablation(
             )
             for stage in ABLATION_STAGES:
                 run_stage(stage, cfg)
-            evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+            evaluation = json.loads((root / metrics / "evaluate.json").read_text())
             sampled = sampled_metric(evaluation["k"])
             record = {
                 "seed": seed,
@@ -264,10 +271,11 @@ def compute_view(seeds: list[int], budget: int, grpo_steps: list[int], workdir: 
     from s2d_pipeline.config import load_config
 
     cells = {(r["seed"], r["budget"]): r for r in load_records(results_file(params))}
+    _, metrics = _layout(params)
     for seed in seeds:
         cell = cells[(seed, budget)]
         for steps in grpo_steps:
-            root = _rerun_root(workdir, seed, budget, f"compute-b{budget}-g{steps}", COMPUTE_SHARED)
+            root = _rerun_root(workdir, seed, budget, f"compute-b{budget}-g{steps}", COMPUTE_SHARED, params)
             cfg = load_config(
                 params,
                 {"seed": seed, "budget": budget, **NO_STOPS, "arms": ["grpo_direct"], "grpo_direct": {"steps": steps}},
@@ -275,7 +283,7 @@ def compute_view(seeds: list[int], budget: int, grpo_steps: list[int], workdir: 
             )
             for stage in ("student_rl", "evaluate"):
                 run_stage(stage, cfg)
-            evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+            evaluation = json.loads((root / metrics / "evaluate.json").read_text())
             record = {
                 "seed": seed,
                 "budget": budget,
@@ -283,7 +291,7 @@ def compute_view(seeds: list[int], budget: int, grpo_steps: list[int], workdir: 
                 "k": evaluation["k"],
                 "grpo_direct": {
                     "steps": steps,
-                    "train_tokens": _train_tokens(root)["student_rl"]["grpo_direct"],
+                    "train_tokens": _train_tokens(root / metrics)["student_rl"]["grpo_direct"],
                     **_scores(evaluation["arms"]["grpo_direct"]),
                 },
                 "grpo_direct_in_cell": {
@@ -297,8 +305,9 @@ def compute_view(seeds: list[int], budget: int, grpo_steps: list[int], workdir: 
                 },
                 **_provenance(),
             }
-            COMPUTE_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            with COMPUTE_RESULTS.open("a") as f:
+            out = results_file(params, COMPUTE_RESULTS)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(f"seed {seed} grpo_direct {steps} steps: {record['grpo_direct']} vs s2d {record['s2d']}", flush=True)
 
@@ -645,7 +654,7 @@ def main() -> None:
     elif args.cmd == "compute":
         compute_view(args.seeds, args.budget, args.grpo_steps, workdir_for(args.workdir, params), params)
     elif args.cmd == "compute-report":
-        print(compute_report([json.loads(x) for x in COMPUTE_RESULTS.read_text().splitlines() if x.strip()]))
+        print(compute_report(load_records(results_file(params, COMPUTE_RESULTS))))
     else:
         records = load_records(results_file(params))
         print(report(records))
