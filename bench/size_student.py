@@ -6,9 +6,12 @@ a line per probe is appended to bench/results/student_sizing.jsonl with the mach
     python -m bench.size_student --steps 5000 --noise 0.45 --seed 1100
 
 The seed is prepare's pretraining seed (`seed * 1000 + 100 + attempt` for the student of pipeline
-seed `seed`). Scored as `evaluate` scores a model (greedy, and avg@k with the evaluate section's k
-and temperature, sampled with the pipeline seed; the first 12 lines in the results file sampled
-with the pretraining seed instead). One torch thread, so two probes can share a 2-core machine.
+seed `seed`). The probe runs as that pipeline seed, on its data split, which `--root` must hold (a
+label-efficiency seed root does). Scored as `evaluate` scores a model (greedy, and avg@k with the
+evaluate section's k and temperature, sampled with the pipeline seed). One torch thread, so two probes
+can share a 2-core machine. The first 12 lines in the results file predate this: they sampled with the
+pretraining seed and all ran on pipeline seed 0's split and global seed, so those of seeds 1100-2102
+do not predict prepare's attempts for pipeline seeds 1 and 2.
 """
 
 from __future__ import annotations
@@ -26,17 +29,22 @@ RESULTS = REPO / "bench" / "results" / "student_sizing.jsonl"
 def probe(params: Path, root: Path, steps: int, noise: float, seed: int) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.config import load_config
+    from s2d_pipeline.layout import metrics_file
     from s2d_pipeline.models import build_char_tokenizer
     from s2d_pipeline.stages import prepare
     from s2d_pipeline.stages.evaluate import score
     from s2d_pipeline.tasks import get_task
 
     overrides = {
+        "seed": seed // 1000,
         "tracking": {"enabled": False},
         "runtime": {"torch_threads": 1},
         "prepare": {"student": {"steps": steps, "noise_rate": noise}},
     }
     cfg = load_config(params, overrides, root=root)
+    split_seed = json.loads(metrics_file(cfg, "prepare").read_text()).get("seed")
+    if split_seed != cfg.seed:
+        raise SystemExit(f"{root} holds pipeline seed {split_seed}'s data split; seed {seed} needs seed {cfg.seed}'s")
     runtime.setup(cfg)
     task = get_task(cfg.task)
     tokenizer = build_char_tokenizer(task.symbols)
@@ -52,6 +60,7 @@ def probe(params: Path, root: Path, steps: int, noise: float, seed: int) -> dict
         "steps": steps,
         "noise_rate": noise,
         "seed": seed,
+        "pipeline_seed": cfg.seed,
         "gate_greedy_accuracy": scores["greedy"],
         f"gate_sampled_avg{cfg.evaluate.k}": scores["avg_at_k"],
         "gate_band": [cfg.prepare.gate_min_accuracy, cfg.prepare.gate_max_accuracy],

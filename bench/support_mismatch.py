@@ -4,6 +4,7 @@ teacher's support? Measured for the embedded default (params.yaml) and the reaso
 
     nice -n 10 python -m bench.support_mismatch                    # prepare both tasks, then measure
     nice -n 10 python -m bench.support_mismatch --reuse --tasks trace   # base models already in the root
+    python -m bench.support_mismatch --reuse --tasks trace --seed 2 --workdir W  # W/trace: seed 2's root
 
 Run from the repository root. Each task gets its own scratch root (`--workdir`/<task>, all relative
 paths of its params resolve there); `prepare` builds its data and base models (tracking off), unless
@@ -33,17 +34,18 @@ RESULTS = REPO / "bench" / "results" / "support_mismatch.json"
 PARAMS = {"default": REPO / "params.yaml", "trace": REPO / "profiles" / "trace.yaml"}
 
 
-def _config(task: str, root: Path):
+def _config(task: str, root: Path, seed: int | None = None):
     from s2d_pipeline.config import load_config
 
-    return load_config(PARAMS[task], {"tracking": {"enabled": False}}, root=root)
+    seed_override = {} if seed is None else {"seed": seed}
+    return load_config(PARAMS[task], {"tracking": {"enabled": False}, **seed_override}, root=root)
 
 
 def _non_digits(samples: list[str]) -> dict[str, int]:
     return dict(sorted(Counter(ch for s in samples for ch in s if not ch.isdigit()).items()))
 
 
-def measure(task_name: str, root: Path, reuse: bool) -> dict:
+def measure(task_name: str, root: Path, reuse: bool, seed: int | None = None) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.cli import run_stage
     from s2d_pipeline.data import load_split
@@ -55,7 +57,7 @@ def measure(task_name: str, root: Path, reuse: bool) -> dict:
     from s2d_pipeline.tasks import get_task
 
     root.mkdir(parents=True, exist_ok=True)
-    cfg = _config(task_name, root)
+    cfg = _config(task_name, root, seed)
     built = all((base_model_dir(cfg, r) / "config.json").exists() for r in ("teacher", "student"))
     t0 = time.perf_counter()
     if not (reuse and built):
@@ -87,6 +89,7 @@ def measure(task_name: str, root: Path, reuse: bool) -> dict:
     return {
         "params": str(PARAMS[task_name].relative_to(REPO)),
         "params_hash": cfg.params_hash(),
+        "seed": cfg.seed,
         "task": cfg.task.model_dump(),
         "prompts": len(prompts),
         "completion_tokens": s_stats["tokens"],
@@ -114,10 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/s2d-support-mismatch"))
     ap.add_argument("--tasks", nargs="+", choices=list(PARAMS), default=list(PARAMS))
     ap.add_argument("--reuse", action="store_true", help="use base models already prepared in the task's root")
+    ap.add_argument("--seed", type=int, help="pipeline seed (default: the params'); results keyed `<task>/seed<N>`")
     args = ap.parse_args(argv)
     out = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"tasks": {}}
-    for name in args.tasks:
-        out["tasks"][name] = measure(name, args.workdir / name, args.reuse)
+    for task in args.tasks:
+        name = task if args.seed is None else f"{task}/seed{args.seed}"
+        out["tasks"][name] = measure(task, args.workdir / task, args.reuse, args.seed)
         print(
             json.dumps(
                 {
