@@ -1,7 +1,8 @@
 """The C1 and C2 gates on a task, as a user meets them at the console: Stage 1 made to fail, then C2 as
 warmup's stopping rule.
 
-    python -m bench.gates --params profiles/trace.yaml --from /tmp/s2d-bench-label-efficiency-trace/seed0
+    python -m bench.gates --params profiles/trace.yaml --from /tmp/s2d-bench-label-efficiency-trace/seed2 \
+        --seed 2 --kl-target 2.5 --kl-check-every 25 --warmup-cap 300
 
 Run from the repository root. `--from` is a root whose data and base models are already prepared (a
 label-efficiency seed root): its `data/` and `artifacts/{prepare,validate}` are copied into a scratch
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="the seed the source root was prepared with")
     ap.add_argument("--kl-target", type=float, default=0.5)
     ap.add_argument("--kl-check-every", type=int, default=10)
+    ap.add_argument("--warmup-cap", type=int, default=100, help="warmup.steps: the cap of the stopping rule")
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "s2d-bench-gates")
     args = ap.parse_args(argv)
     params = args.params.resolve()
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     override = ["-S", "gates.c1.override=true"]
     run["rollouts_overridden"] = _s2d(root, params, args.seed, *STAGE1_FAILS, *override, "rollouts", "--arm", "s2d")
     c2 = ["-S", f"warmup.kl_target={args.kl_target}", "-S", f"warmup.kl_check_every={args.kl_check_every}"]
+    c2 += ["-S", f"warmup.steps={args.warmup_cap}"]
     run["warmup_c2"] = _s2d(root, params, args.seed, *STAGE1_FAILS, *override, *c2, "--json", "warmup", "--arm", "s2d")
     warmup = json.loads((root / metrics / "warmup" / "s2d.json").read_text())
     out = {
