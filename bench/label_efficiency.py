@@ -316,10 +316,12 @@ def _scores(entry: dict) -> dict:
     return {m: entry[m] for m in ("greedy", "avg_at_k", "pass_at_k")}
 
 
-def compute_report(records: list[dict]) -> str:
+def compute_report(records: list[dict], cells: list[dict] | None = None) -> str:
     """Per seed: s2d's bridge (student tokens, avg_at_k) and grpo_direct's curve (the cell's run and the
-    longer ones); the student compute grpo_direct needs to reach s2d's accuracy, as a multiple of
-    s2d's (linear between measured points), or that it did not within the longest run."""
+    longer ones), starting from the raw student at 0 tokens when the label-efficiency `cells` are given;
+    the student compute grpo_direct needs to reach s2d's accuracy, as a multiple of s2d's (linear between
+    measured points), or that it did not within the longest run."""
+    raw = {(c["seed"], c["budget"]): c["evaluate"].get("student_raw", {}).get("avg_at_k") for c in cells or []}
     lines = [
         "| seed | s2d bridge: tokens, avg_at_k | grpo_direct: steps: tokens, avg_at_k | compute to reach s2d |",
         "|---|---|---|---|",
@@ -329,6 +331,8 @@ def compute_report(records: list[dict]) -> str:
         s2d = rs[0]["s2d"]
         runs = {r["grpo_direct_in_cell"]["steps"]: r["grpo_direct_in_cell"] for r in rs}
         runs.update({r["grpo_direct"]["steps"]: r["grpo_direct"] for r in rs})
+        if (start := raw.get((seed, rs[0]["budget"]))) is not None:
+            runs[0] = {"train_tokens": 0, "avg_at_k": start}
         curve = [(g["train_tokens"], g["avg_at_k"], steps) for steps, g in sorted(runs.items())]
         ratio = f"not reached by {curve[-1][0] / s2d['train_tokens']:.1f}×"
         previous = (0, None)
@@ -336,7 +340,7 @@ def compute_report(records: list[dict]) -> str:
             if acc >= s2d["avg_at_k"]:
                 t0, a0 = previous
                 at = tokens if a0 is None or acc == a0 else t0 + (tokens - t0) * (s2d["avg_at_k"] - a0) / (acc - a0)
-                ratio = f"{at / s2d['train_tokens']:.1f}×"
+                ratio = f"{at / s2d['train_tokens']:.1f}×" + (" (the raw student already is)" if at == 0 else "")
                 break
             previous = (tokens, acc)
         lines.append(
@@ -660,7 +664,8 @@ def main() -> None:
     elif args.cmd == "compute":
         compute_view(args.seeds, args.budget, args.grpo_steps, workdir_for(args.workdir, params), params)
     elif args.cmd == "compute-report":
-        print(compute_report(load_records(results_file(params, COMPUTE_RESULTS))))
+        cells = load_records(results_file(params)) if results_file(params).exists() else []
+        print(compute_report(load_records(results_file(params, COMPUTE_RESULTS)), cells))
     else:
         records = load_records(results_file(params))
         print(report(records))
