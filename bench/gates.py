@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, machine
-from bench.label_efficiency import _layout
+from bench.label_efficiency import params_layout
 
 STAGE1_FAILS = ["-S", "teacher_rl.steps=1", "-S", "teacher_rl.learning_rate=1e-12"]
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     params = args.params.resolve()
     root = args.workdir / params.stem
     shutil.rmtree(root, ignore_errors=True)
-    artifacts, metrics = _layout(params)
+    artifacts, metrics = params_layout(params)
     shutil.copytree(args.source / "data", root / "data")
     (root / metrics).mkdir(parents=True)
     for stage in ("prepare", "validate"):
@@ -86,13 +86,18 @@ def main(argv: list[str] | None = None) -> None:
         "params": _shown(params),
         "seed": args.seed,
         "c1_gate": json.loads((root / metrics / "teacher_rl" / "s2d.json").read_text()).get("c1_gate"),
+        # what a user sees: the gate stops the stage (non-zero exit, its report), the override lets it on
+        "c1_stopped_distillation": run["rollouts_stopped"]["exit"] != 0
+        and "C1 gate" in run["rollouts_stopped"]["stderr_tail"],
+        "override_went_on": run["rollouts_overridden"]["exit"] == 0,
         "c2_stopping_rule": {k: warmup.get(k) for k in ("kl_target", "steps", "steps_taken", "c2_checks")},
         "commands": run,
         "machine": machine(),
     }
     results = REPO / "bench" / "results" / f"gates_{params.stem}.json"
     results.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("c1_gate", "c2_stopping_rule")}, indent=2))
+    shown = ("c1_gate", "c1_stopped_distillation", "override_went_on", "c2_stopping_rule")
+    print(json.dumps({k: out[k] for k in shown}, indent=2))
 
 
 if __name__ == "__main__":

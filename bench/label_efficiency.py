@@ -106,7 +106,7 @@ def _train_tokens(metrics_dir: Path) -> dict:
     return out
 
 
-def _layout(params: Path) -> tuple[Path, Path]:
+def params_layout(params: Path) -> tuple[Path, Path]:
     """The params' artifacts and metrics directories, relative to a root (a profile may nest them)."""
     cfg = _config(Path("/"), 0, 64, params)
     return cfg.artifacts.relative_to(cfg.root), cfg.metrics.relative_to(cfg.root)
@@ -114,7 +114,7 @@ def _layout(params: Path) -> tuple[Path, Path]:
 
 def _link_shared(root: Path, source: Path, stages: list[str], params: Path) -> None:
     """A fresh scratch root whose data and `stages`' artifacts are links to `source`'s."""
-    artifacts, metrics = _layout(params)
+    artifacts, metrics = params_layout(params)
     shutil.rmtree(root, ignore_errors=True)
     (root / artifacts).mkdir(parents=True)
     (root / metrics).mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def _link_shared(root: Path, source: Path, stages: list[str], params: Path) -> N
 def run(seeds: list[int], budgets: list[int], workdir: Path, params: Path = PARAMS) -> None:
     results = results_file(params)
     done = _done(results)
-    _, metrics = _layout(params)
+    _, metrics = params_layout(params)
     for seed in seeds:
         seed_root = workdir / f"seed{seed}"
         if not (seed_root / metrics / f"{SEED_STAGES[-1]}.json").exists():
@@ -216,7 +216,7 @@ def ablation(
     from s2d_pipeline.cli import run_stage
     from s2d_pipeline.config import load_config
 
-    _, metrics = _layout(params)
+    _, metrics = params_layout(params)
     for seed in seeds:
         for warmup_steps, opd_steps in bridge_steps:
             name = f"ablation-b{budget}-w{warmup_steps}-o{opd_steps}"
@@ -271,7 +271,7 @@ def compute_view(seeds: list[int], budget: int, grpo_steps: list[int], workdir: 
     from s2d_pipeline.config import load_config
 
     cells = {(r["seed"], r["budget"]): r for r in load_records(results_file(params))}
-    _, metrics = _layout(params)
+    _, metrics = params_layout(params)
     for seed in seeds:
         cell = cells[(seed, budget)]
         for steps in grpo_steps:
