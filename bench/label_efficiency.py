@@ -108,8 +108,11 @@ def _train_tokens(metrics_dir: Path) -> dict:
 
 def params_layout(params: Path) -> tuple[Path, Path]:
     """The params' artifacts and metrics directories, relative to a root (a profile may nest them)."""
-    cfg = _config(Path("/"), 0, 64, params)
-    return cfg.artifacts.relative_to(cfg.root), cfg.metrics.relative_to(cfg.root)
+    cfg = _config(REPO, 0, 64, params)
+    dirs = Path(cfg.artifacts_dir), Path(cfg.metrics_dir)
+    if any(d.is_absolute() for d in dirs):
+        raise SystemExit(f"{params}: artifacts_dir and metrics_dir must be relative here (every cell is its own root)")
+    return dirs
 
 
 def _link_shared(root: Path, source: Path, stages: list[str], params: Path) -> None:
@@ -248,8 +251,9 @@ def ablation(
                 "arms": evaluation["arms"],
                 **_provenance(),
             }
-            ABLATION_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            with ABLATION_RESULTS.open("a") as f:
+            out = results_file(params, ABLATION_RESULTS)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(
                 f"seed {seed} w{warmup_steps}/o{opd_steps} {sampled}: "
