@@ -5,8 +5,7 @@
 Reads bench/results/{label_efficiency.jsonl, label_efficiency_trace.jsonl, compute_view_trace.jsonl,
 overhead.json, throughput_cpu.json, throughput_cpu_smollm2-arith.json, throughput_gpu.json,
 gpu_smoke.json, real_weights_smollm2-arith.json}; a missing file becomes a line saying which command
-produces it. The hand-written
-reading of the numbers lives in bench/findings.md and is placed first.
+produces it. The hand-written reading of the numbers lives in bench/findings.md and is placed first.
 """
 
 from __future__ import annotations
@@ -274,7 +273,8 @@ def main() -> None:
         if (compute := label_efficiency.results_file(trace, label_efficiency.COMPUTE_RESULTS)).exists():
             parts += [
                 "**Compute view** (`python -m bench.label_efficiency --params profiles/trace.yaml compute`): "
-                "student training tokens and avg_at_k at N = 64; `grpo_direct`'s curve starts at the raw student (0 tokens)",
+                "student training tokens and avg_at_k at N = 64; `grpo_direct`'s curve starts at the raw "
+                "student (0 tokens)",
                 "",
                 label_efficiency.compute_report(label_efficiency.load_records(compute), trace_records),
             ]
