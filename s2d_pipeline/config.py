@@ -50,15 +50,6 @@ class ArithmeticTaskConfig(Section):
     digits: int = Field(3, ge=1, le=9, description="operand digits; the answer has digits + 1")
 
 
-class ArithmeticTraceTaskConfig(Section):
-    """The embedded reasoning variant: several operands, the completion a trace of running sums."""
-
-    implementation: ClassVar[str] = "s2d_pipeline.tasks.arithmetic_trace:ArithmeticTraceTask"
-    name: Literal["arithmetic_trace"] = "arithmetic_trace"
-    operands: int = Field(4, ge=3, le=6, description="numbers added; the trace has operands - 1 running sums")
-    digits: int = Field(2, ge=1, le=4, description="digits of each operand")
-
-
 class SumsConfig(Section):
     """`What is a + b?` questions in GSM8K format that the math task writes itself."""
 
@@ -82,10 +73,8 @@ class MathTaskConfig(Section):
 
 
 # The task's own settings, chosen by `task.name`: one class per task, each naming its adapter.
-TaskConfig = Annotated[ArithmeticTaskConfig | ArithmeticTraceTaskConfig | MathTaskConfig, Field(discriminator="name")]
-TASK_NAMES = tuple(
-    t.model_fields["name"].default for t in (ArithmeticTaskConfig, ArithmeticTraceTaskConfig, MathTaskConfig)
-)
+TaskConfig = Annotated[ArithmeticTaskConfig | MathTaskConfig, Field(discriminator="name")]
+TASK_NAMES = tuple(t.model_fields["name"].default for t in (ArithmeticTaskConfig, MathTaskConfig))
 
 
 class RowBounds(Section):

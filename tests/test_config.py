@@ -134,7 +134,7 @@ def test_gpu_smoke_profile_refuses_missing_models(tmp_path):
 
 @pytest.mark.parametrize(
     "profile",
-    sorted(p for p in (REPO / "profiles").glob("*.yaml") if p.stem not in ("gpu-smoke", "smollm2-arith", "trace")),
+    sorted(p for p in (REPO / "profiles").glob("*.yaml") if p.stem not in ("gpu-smoke", "smollm2-arith")),
     ids=lambda p: p.stem,
 )
 def test_real_profiles_validate_and_refuse_missing_models(profile, tmp_path):
