@@ -116,14 +116,18 @@ def _run_unit_deployment(cfg, name: str, unit: str, arm: str, params: str, overr
             "pipeline_key": os.environ.get("S2D_PIPELINE_RUN_ID", ""),
         },
         flow_run_name=f"{name}/{unit}",
-        poll_interval=2,
+        timeout=0,  # scheduled, not awaited: wait_for_unit_run watches pickup and heartbeats
     )
-    state = run.state
-    message = (state.message or "") if state else ""
+    state = wait_for_unit_run(
+        run.id, cfg.flow.unit_deployment, cfg.flow.unit_pickup_timeout_s, cfg.flow.unit_lost_after_s
+    )
+    message = state.message or ""
     if message.startswith("s2d: "):  # the unit's user error: the same every time, so not retried
         raise S2DError(message.removeprefix("s2d: "))
-    if state is None or not state.is_completed():  # a crash, a lost worker, a cancel: retried
-        raise RuntimeError(f"unit run {run.name} ({run.id}) of {cfg.flow.unit_deployment} ended {state}: {message}")
+    if not state.is_completed():  # a crash, a lost worker, a cancel: retried
+        raise RuntimeError(
+            f"unit run {run.name} ({run.id}) of {cfg.flow.unit_deployment} ended {state.type.value}: {message}"
+        )
     path = unit_metrics_file(cfg, name, unit)
     if not path.is_file():
         raise S2DError(
@@ -132,6 +136,69 @@ def _run_unit_deployment(cfg, name: str, unit: str, arm: str, params: str, overr
             'volume; infra/README.md "Arms in parallel, and where their outputs go")'
         )
     return {unit: read_json(path)}
+
+
+def wait_for_unit_run(run_id, deployment: str, pickup_timeout_s: float, lost_after_s: float, poll_s: float = 2.0):
+    """Wait for a unit's flow run to end and return its final state. A run that no worker takes
+    within `pickup_timeout_s` is cancelled and fails as a user error naming the queue and the worker
+    command; a running one whose flow run sends no heartbeat for `lost_after_s` (its worker or host
+    died) is marked Crashed, which the calling task retries."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Crashed, StateType
+
+    from s2d_pipeline.errors import S2DError
+
+    scheduled_at = time.monotonic()
+    with get_client(sync_client=True) as client:
+        while True:
+            unit_run = client.read_flow_run(run_id)
+            state = unit_run.state
+            if state is not None and state.is_final():
+                return state
+            now = time.monotonic()
+            if state is None or state.type == StateType.SCHEDULED:
+                if now - scheduled_at > pickup_timeout_s:
+                    client.set_flow_run_state(run_id, Cancelled(message="no worker took this unit"), force=True)
+                    found = client.read_deployment_by_name(deployment)
+                    pool, queue = found.work_pool_name, found.work_queue_name
+                    raise S2DError(
+                        f"unit {unit_run.name}: no worker took the run of deployment {deployment} (work pool "
+                        f"{pool}, queue {queue}) within flow.unit_pickup_timeout_s = {pickup_timeout_s:g} s. Start "
+                        f"one in this checkout: `prefect worker start -p {pool} -q {queue} --limit 1` (infra/README "
+                        '"Arms in parallel"), raise the timeout for a busy pool, or set flow.unit_deployment: null'
+                    )
+            elif state.type in (StateType.PENDING, StateType.RUNNING):  # taken: a worker answers for it
+                silent_s = _seconds_since_sign_of_life(client, unit_run)
+                if silent_s > lost_after_s:
+                    client.set_flow_run_state(
+                        run_id,
+                        Crashed(message=f"no heartbeat for {silent_s:.0f} s: its worker was lost; retried"),
+                        force=True,
+                    )
+                    return client.read_flow_run(run_id).state
+            time.sleep(poll_s)
+
+
+def _seconds_since_sign_of_life(client, unit_run) -> float:
+    """Seconds since the running flow run last said it is alive: its latest heartbeat event, or
+    the start of its current state when it has sent none yet."""
+    from datetime import UTC, datetime
+
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+
+    since = unit_run.state.timestamp
+    page = client.read_events(
+        EventFilter(
+            occurred=EventOccurredFilter(since=since),
+            event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+            resource=EventResourceFilter(id=[f"prefect.flow-run.{unit_run.id}"]),
+        ),
+        limit=1,  # newest first
+    )
+    last = max([since, *(event.occurred for event in page.events)])
+    return (datetime.now(UTC) - last).total_seconds()
 
 
 def unit_deployment_preflight(deployment: str) -> None:

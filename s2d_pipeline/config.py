@@ -298,6 +298,13 @@ class FlowConfig(Section):
     # run of it, which any worker polling its queue picks up; the workers bring their own cores or
     # GPUs and must see the same project directory (infra/README "Arms in parallel").
     unit_deployment: str | None = Field(None, pattern=r"^[^/]+/[^/]+$")
+    # A unit run that no worker takes within this many seconds fails the pipeline, naming the queue
+    # and the command that starts a worker for it (a busy pool needs more).
+    unit_pickup_timeout_s: float = Field(600.0, gt=0)
+    # A running unit whose flow run has sent no heartbeat for this long is taken as lost with its
+    # worker: it is marked Crashed and retried (resuming from its last checkpoint). Keep it above twice
+    # the units' PREFECT_FLOWS_HEARTBEAT_FREQUENCY (prefect.yaml sets 30 s; Prefect's minimum is 30).
+    unit_lost_after_s: float = Field(120.0, ge=60)
 
 
 class DvcConfig(Section):

@@ -13,7 +13,9 @@ import hashlib
 import json
 import re
 import shutil
+import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -30,14 +32,18 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 # and `no_warmup`, whose OPD unit can train alongside s2d's. What is under test is the servers and the
 # wiring, not the numbers. One thread per training, so the fanned-out run (two units at once on two
 # cores) computes exactly what the sequential run does.
+# The RL teacher trains 12 steps with a checkpoint every 2, so a worker killed mid-unit leaves one to resume.
 SERVICES_MICRO = {
     "arms": ["s2d", "grpo_direct", "no_warmup"],
     "tracking": {"enabled": True},
     "prepare": {"teacher": {"steps": 30}, "student": {"steps": 30}},
-    "runtime": {"torch_threads": 1},
+    "teacher_rl": {"steps": 12},
+    "runtime": {"torch_threads": 1, "checkpoint_steps": 2},
 }
-# The same, each per-arm unit a run of the `unit` deployment, two at once (infra/README "Arms in parallel").
-FAN_OUT = {"flow": {"parallel_arms": 2, "unit_deployment": "s2d-unit/unit"}}
+# The same, each per-arm unit a run of the `unit` deployment, two at once (infra/README "Arms in parallel");
+# a unit silent for a minute (its worker killed) is taken as lost.
+FAN_OUT = {"flow": {"parallel_arms": 2, "unit_deployment": "s2d-unit/unit", "unit_lost_after_s": 60}}
+UNIT_RUNS = {"teacher_rl/s2d", "rollouts/s2d", "warmup/s2d", "opd/s2d", "opd/no_warmup", "student_rl/grpo_direct"}
 TRAINING_STAGES = ("prepare", "teacher_rl", "rollouts", "warmup", "opd", "student_rl")
 
 
@@ -254,19 +260,22 @@ def test_registered_model_files_are_in_the_s3_bucket(stack, project, flow_run):
         "SELECT v.storage_location FROM model_versions v JOIN registered_model_aliases a "
         "ON a.name = v.name AND a.version = v.version WHERE a.alias = 'challenger'",
     )[0]
+    # The challenger's own files: the objects under its version's storage location, not any model's.
+    assert location.startswith("s3://mlflow/"), location
+    prefix = location.removeprefix("s3://mlflow/").rstrip("/") + "/"
     keys = stack.s3_keys("mlflow")
-    weights = [k for k in keys if k.endswith("model.safetensors")]
-    assert weights, f"no model weights in s3://mlflow ({len(keys)} objects; version at {location})"
+    weights = [k for k in keys if k.startswith(prefix) and k.endswith("model.safetensors")]
+    assert len(weights) == 1, f"{weights} under {location} ({len(keys)} objects in s3://mlflow)"
     # The registered weights are the evaluated s2d student's, tensor for tensor.
-    body = stack.s3().get_object(Bucket="mlflow", Key=weights[-1])["Body"].read()
+    body = stack.s3().get_object(Bucket="mlflow", Key=weights[0])["Body"].read()
     local = load_file(project / "artifacts" / "opd" / "s2d" / "model.safetensors")
     remote = load(body)
     assert remote.keys() == local.keys() and all((remote[k] == local[k]).all() for k in local)
 
 
 def test_dvc_push_to_s3_and_a_fresh_clone_pulls_identical_outputs(stack, project, flow_run, tmp_path):
-    """The flow writes the stages' outputs but not dvc.lock (only `dvc repro` does, for now), so the
-    outputs are recorded with `dvc commit -f` when `dvc status` is not clean, then pushed."""
+    """The flow records each stage it runs in dvc.lock (`dvc commit`); anything `dvc status` still
+    reports is committed here, then the outputs are pushed and a fresh clone pulls them."""
     env = project_env(stack, project)
     dvc = str(VENV_BIN / "dvc")
     if "up to date" not in run([dvc, "status"], project, env).stdout:
@@ -366,75 +375,191 @@ def test_postgres_restarted_between_stages_the_pipeline_goes_on(stack, project, 
     )
     expected = "promoted to champion" if promote["promoted"] else "not promoted: " + "; ".join(promote["reasons"])
     assert decision == [(expected,)]
-    # The Prefect server reads its restarted database as well.
+    # The Prefect server reads and writes its restarted database as well.
     with urllib.request.urlopen(f"{stack.prefect_api}/flow_runs/{flow_run['id']}", timeout=10) as response:
         assert json.loads(response.read())["state_type"] == "COMPLETED"
+    prefect = str(VENV_BIN / "prefect")
+    run([prefect, "work-pool", "create", "after-restart", "--type", "process"], project, env)
+    assert stack.psql("prefect", "SELECT count(*) FROM work_pool WHERE name = 'after-restart'") == [(1,)]
+    run([prefect, "work-pool", "delete", "after-restart"], project, env)
 
 
-# Last in the module on purpose: this run registers the newest model version, which the registry
+# Last in the module on purpose: these runs register the newest model versions, which the registry
 # tests above expect to be the sequential run's (or their own rerun's).
 @pytest.fixture(scope="module")
-def fanned_out_run(stack, flow_run, tmp_path_factory) -> dict:
-    """The sequential run's settings in a fresh checkout, its units dispatched as runs of the `unit`
-    deployment (FAN_OUT): one worker takes flow runs (queue `default`), two take units (queue
-    `units`, one at a time each), as infra/README "Arms in parallel" lays them out."""
+def unit_project(stack, flow_run, tmp_path_factory) -> Path:
+    """The sequential run's settings in a fresh checkout with its units dispatched as runs of the
+    `unit` deployment (FAN_OUT); deployed, no worker started yet."""
     stack.servers.pop("worker").stop()  # the sequential run's worker: this run's flow goes to `flows`
     project = make_project(stack, tmp_path_factory.mktemp("fanned-out"), FAN_OUT)
     run([str(VENV_BIN / "prefect"), "--no-prompt", "deploy", "-n", "train", "-n", "unit"], project,
         project_env(stack, project))  # fmt: skip
+    return project
+
+
+def _python(stack: ServiceStack, project: Path, code: str, timeout_s: float = 240) -> str:
+    done = run([str(VENV_BIN / "python"), "-c", code], project, project_env(stack, project), timeout_s=timeout_s)
+    return done.stdout
+
+
+def _unit_runs(stack: ServiceStack, name: str) -> list[tuple]:
+    return stack.psql(
+        "prefect",
+        "SELECT f.state_type, f.state_name, s.message FROM flow_run f JOIN deployment d ON f.deployment_id = d.id "
+        "LEFT JOIN flow_run_state s ON s.id = f.state_id WHERE d.name = 'unit' AND f.name = %s ORDER BY f.created",
+        (name,),
+    )
+
+
+def test_a_unit_no_worker_takes_fails_clearly_within_its_timeout(stack, unit_project):
+    # No worker polls the `units` queue yet: the unit is cancelled and the error says how to start one.
+    out = _python(
+        stack,
+        unit_project,
+        "from flows.s2d import _run_unit_deployment\n"
+        "from s2d_pipeline.config import load_config\n"
+        "from s2d_pipeline.errors import S2DError\n"
+        "cfg = load_config('params.yaml', {'flow': {'unit_pickup_timeout_s': 4}})\n"
+        "try:\n"
+        "    _run_unit_deployment(cfg, 'teacher_rl', 'unpicked', 's2d', 'params.yaml', None)\n"
+        "except S2DError as exc:\n"
+        "    print(f'S2DError: {exc}')\n",
+    )
+    assert "S2DError: unit teacher_rl/unpicked: no worker took the run of deployment s2d-unit/unit" in out, out
+    assert "(work pool s2d-process, queue units) within flow.unit_pickup_timeout_s = 4 s" in out, out
+    assert "`prefect worker start -p s2d-process -q units --limit 1`" in out, out
+    assert [state for state, *_ in _unit_runs(stack, "teacher_rl/unpicked")] == ["CANCELLED"]
+
+
+def _kill_the_worker_mid_unit(stack: ServiceStack, project: Path, unit: str, killed: dict) -> None:
+    """Once `unit` is running on a worker and has written a checkpoint, SIGKILL that worker with the
+    unit's process (a lost host), then start a new worker under the same name."""
+    try:
+
+        def running_with_checkpoint():
+            rows = stack.psql(
+                "prefect",
+                "SELECT f.id, f.labels->>'prefect.worker.name' FROM flow_run f JOIN deployment d "
+                "ON f.deployment_id = d.id WHERE d.name = 'unit' AND f.name = %s AND f.state_type = 'RUNNING'",
+                (unit,),
+            )
+            checkpoints = list((project / "checkpoints" / unit).glob("checkpoint-*/trainer_state.json"))
+            return rows[0] if rows and rows[0][1] and checkpoints else None
+
+        run_id, worker = wait_until(running_with_checkpoint, 300, f"{unit} running with a checkpoint")
+        stack.servers.pop(worker).stop(signal.SIGKILL)
+        killed.update(run_id=str(run_id), worker=worker)
+        start_worker(stack, project, worker, "-q", "units", "--limit", "1")
+    except BaseException as exc:  # noqa: BLE001 - reported by the test that reads `killed`
+        killed["error"] = repr(exc)
+
+
+@pytest.fixture(scope="module")
+def fanned_out_run(stack, unit_project) -> dict:
+    """The fanned-out run: one worker takes flow runs (queue `default`), two take units (queue
+    `units`, one at a time each), as infra/README "Arms in parallel" lays them out. The worker that
+    runs the RL teacher's unit is killed with it after its first checkpoint."""
     workers = [
-        start_worker(stack, project, "flows", "-q", "default"),
-        *(start_worker(stack, project, name, "-q", "units", "--limit", "1") for name in ("units-a", "units-b")),
+        start_worker(stack, unit_project, "flows", "-q", "default"),
+        *(start_worker(stack, unit_project, name, "-q", "units", "--limit", "1") for name in ("units-a", "units-b")),
     ]
-    return {**run_train_deployment(stack, project, "services-fanned-out", workers), "project": project}
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_the_worker_mid_unit, args=(stack, unit_project, "teacher_rl/s2d", killed))
+    killer.start()
+    try:
+        result = run_train_deployment(stack, unit_project, "services-fanned-out", workers)
+    finally:
+        killer.join(timeout=300)
+    return {**result, "project": unit_project, "killed": killed}
 
 
 def test_units_fan_out_to_two_workers_and_give_the_sequential_results(stack, flow_run, fanned_out_run):
     units = stack.psql(
         "prefect",
-        "SELECT f.id, f.name, f.state_type, f.start_time, f.end_time FROM flow_run f "
-        "JOIN task_run t ON f.parent_task_run_id = t.id JOIN deployment d ON f.deployment_id = d.id "
-        "WHERE t.flow_run_id = %s AND d.name = 'unit'",
+        "SELECT f.id, f.name, f.state_type, f.start_time, f.end_time, f.labels->>'prefect.worker.name' "
+        "FROM flow_run f JOIN task_run t ON f.parent_task_run_id = t.id JOIN deployment d "
+        "ON f.deployment_id = d.id WHERE t.flow_run_id = %s AND d.name = 'unit' ORDER BY f.created",
         (fanned_out_run["id"],),
     )
     # Every unit of the per-arm stages ran as its own run of the `unit` deployment, under this flow run.
-    expected = {"teacher_rl/s2d", "rollouts/s2d", "warmup/s2d", "opd/s2d", "opd/no_warmup", "student_rl/grpo_direct"}
-    assert {name for _, name, *_ in units} == expected, units
-    assert {state for _, _, state, *_ in units} == {"COMPLETED"}, units
+    assert {name for _, name, *_ in units} == UNIT_RUNS, units
+    completed = {name: row for row in units if (name := row[1]) and row[2] == "COMPLETED"}
+    assert completed.keys() == UNIT_RUNS, units
     tasks = stack.psql("prefect", "SELECT name FROM task_run WHERE flow_run_id = %s", (fanned_out_run["id"],))
-    assert expected <= {name for (name,) in tasks}, tasks  # the per-arm task runs in the flow run's graph
+    assert UNIT_RUNS <= {name for (name,) in tasks}, tasks  # the per-arm task runs in the flow run's graph
 
-    # The two OPD units trained at the same time, each on its own worker.
-    submitted = {
-        run_id: worker
-        for worker in ("units-a", "units-b")
-        for run_id in re.findall(r"submitting flow run '([0-9a-f-]{36})'", stack.servers[worker].log.read_text())
-    }
-    opd = {name: (str(run_id), start, end) for run_id, name, _, start, end in units if name.startswith("opd/")}
-    (s2d_id, s2d_start, s2d_end), (other_id, other_start, other_end) = opd["opd/s2d"], opd["opd/no_warmup"]
-    assert s2d_start < other_end and other_start < s2d_end, opd
-    assert {submitted[s2d_id], submitted[other_id]} == {"units-a", "units-b"}, submitted
+    # The two OPD units trained at the same time. Each unit worker takes one run at a time (--limit 1),
+    # so they ran on both workers, as the server recorded (the labels the winning worker gave the run).
+    (_, _, _, s2d_start, s2d_end, s2d_worker) = completed["opd/s2d"]
+    (_, _, _, other_start, other_end, other_worker) = completed["opd/no_warmup"]
+    assert s2d_start < other_end and other_start < s2d_end, (completed["opd/s2d"], completed["opd/no_warmup"])
+    assert {s2d_worker, other_worker} == {"units-a", "units-b"}, units
 
-    # A unit's user error comes back from its worker as that error, message and all (not retried).
-    dispatch = (
-        "from flows.s2d import _run_unit_deployment\n"
-        "from s2d_pipeline.config import load_config\n"
-        "from s2d_pipeline.errors import S2DError\n"
-        "try:\n"
-        "    _run_unit_deployment(load_config('params.yaml'), 'warmup', 'raw_bridge', 'raw_bridge', 'params.yaml', None)\n"
-        "except S2DError as exc:\n"
-        "    print(f'S2DError: {exc}')\n"
+    # Each unit's flow run sent heartbeats, which is what tells a lost unit from a long one.
+    beating = stack.psql(
+        "prefect",
+        "SELECT count(DISTINCT resource_id) FROM events WHERE event = 'prefect.flow-run.heartbeat' "
+        "AND resource_id = ANY(%s)",
+        ([f"prefect.flow-run.{row[0]}" for row in completed.values()],),
     )
-    project = fanned_out_run["project"]
-    done = run([str(VENV_BIN / "python"), "-c", dispatch], project, project_env(stack, project), timeout_s=180)
-    assert (
-        "S2DError: --arm: 'raw_bridge' is not a configured arm (key 'arms': s2d, grpo_direct, no_warmup)"
-        in done.stdout
-    ), done.stdout[-2000:] + done.stderr[-2000:]
+    assert beating == [(len(UNIT_RUNS),)], beating
 
-    # Same settings, same seed, one thread per training: the same evaluation as the sequential flow.
+    # Same settings, same seed, one thread per training: the same evaluation as the sequential flow,
+    # although the RL teacher's worker was killed mid-unit (next test).
     assert fanned_out_run["evaluation"] == flow_run["evaluation"]
     print(
         f"\nsequential flow run {flow_run['seconds']:.1f} s, fanned out to two unit workers "
-        f"{fanned_out_run['seconds']:.1f} s (micro settings)"
+        f"{fanned_out_run['seconds']:.1f} s (micro settings, one unit worker killed and its unit retried)"
     )
+
+
+def test_a_unit_whose_worker_dies_is_retried_and_resumes_from_its_checkpoint(stack, fanned_out_run):
+    killed = fanned_out_run["killed"]
+    assert "error" not in killed and killed.get("run_id"), killed
+    runs = _unit_runs(stack, "teacher_rl/s2d")
+    # The lost run was marked Crashed for its silence, and the task's retry ran the unit again.
+    assert [(state, name) for state, name, _ in runs] == [("CRASHED", "Crashed"), ("COMPLETED", "Completed")], runs
+    assert runs[0][2].startswith("no heartbeat for "), runs
+    logs = "".join(stack.servers[name].log.read_text(errors="replace") for name in ("units-a", "units-b"))
+    assert re.search(r"teacher_rl/s2d: resuming from \S+/checkpoint-\d+", logs), logs[-3000:]
+    # The checkpoints are gone once the unit finished.
+    assert not list((fanned_out_run["project"] / "checkpoints" / "teacher_rl" / "s2d").glob("checkpoint-*"))
+
+
+def test_fanned_out_units_mlflow_runs_nest_under_the_pipelines_parent_run(stack, fanned_out_run):
+    (parent,) = stack.psql(
+        "mlflow",
+        "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+        "WHERE t.key = 's2d.pipeline_key' AND t.value = %s",
+        (f"prefect-{fanned_out_run['id']}",),
+    )[0]
+    children = stack.psql(
+        "mlflow",
+        "SELECT n.value, r.status FROM runs r JOIN tags p ON p.run_uuid = r.run_uuid AND p.key = 'mlflow.parentRunId' "
+        "JOIN tags n ON n.run_uuid = r.run_uuid AND n.key = 'mlflow.runName' WHERE p.value = %s",
+        (parent,),
+    )
+    finished = {name for name, status in children if status == "FINISHED"}
+    assert UNIT_RUNS <= finished, children
+
+
+def test_a_units_user_error_fails_its_task_once_without_a_retry(stack, fanned_out_run):
+    # Through the flow's own task and retry rule: a unit's user error comes back from its worker as
+    # that error, message and all, and is not retried (a retry would schedule another unit run).
+    out = _python(
+        stack,
+        fanned_out_run["project"],
+        "from prefect import flow\n"
+        "from flows.s2d import run_arm_task\n"
+        "@flow(name='s2d-user-error')\n"
+        "def one_unit():\n"
+        "    return run_arm_task('warmup', 'raw_bridge', 'raw_bridge', 'params.yaml', None, None)\n"
+        "state = one_unit(return_state=True)\n"
+        "print(f'STATE {state.type.value}: {state.message}')\n",
+    )
+    assert "STATE FAILED" in out, out
+    message = "--arm: 'raw_bridge' is not a configured arm (key 'arms': s2d, grpo_direct, no_warmup)"
+    assert message in out, out
+    runs = _unit_runs(stack, "warmup/raw_bridge")
+    assert [state for state, *_ in runs] == ["FAILED"], runs
+    assert runs[0][2] == f"s2d: {message}", runs
