@@ -66,7 +66,7 @@ def test_noisy_corpus_writes_the_true_sum_or_the_tasks_carry_free_answer():
     vocab = {s: i for i, s in enumerate(["<pad>", "<eos>", "<unk>", *VOCAB])}
     inverse = {i: s for s, i in vocab.items()}
     excluded = set(task.sample_problems(200, random.Random(0), set()))
-    corpus = task.pretraining_corpus(vocab, excluded, "student")
+    corpus = task.pretraining_corpus(vocab, excluded)
     batch = corpus.batch(np.random.default_rng(0), 4000, noise_rate=0.5)
     assert batch.shape == (len(batch), corpus.prompt_len + corpus.answer_len) and len(batch) > 3900
     noisy = clean = 0

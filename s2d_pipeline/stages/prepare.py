@@ -199,11 +199,10 @@ def _build_base_models(cfg: Config, task, eval_rows: list[dict]) -> dict:
     tokenizer = build_char_tokenizer(task.symbols)
     p = cfg.prepare
     eval_prompts = {r["prompt"] for r in eval_rows}
+    corpus = task.pretraining_corpus(tokenizer.get_vocab(), eval_prompts)
     gate_rows = _gate_problems(cfg, task, eval_prompts)
     out: dict = {}
     for role_index, role in enumerate(("teacher", "student")):
-        # per role: a task may pretrain the two on different formats (arithmetic_trace does)
-        corpus = task.pretraining_corpus(tokenizer.get_vocab(), eval_prompts, role)
         spec = getattr(cfg.models, role)
         attempts = []
         for attempt in range(p.max_retries + 1):

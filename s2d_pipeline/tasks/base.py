@@ -31,10 +31,9 @@ class Task(ABC):
         """Disjoint `labels`, `prompts` (no answers) and `eval` rows, deterministic in `seed`."""
         raise NotImplementedError(f"task '{self.name}' does not generate data")
 
-    def pretraining_corpus(self, vocab: dict[str, int], exclude_prompts: set[str], role: str):
+    def pretraining_corpus(self, vocab: dict[str, int], exclude_prompts: set[str]):
         """Batches for pretraining tiny base models from scratch (`models.source: build`), or None
-        when the task has none (real tasks bring pretrained models). `role` ("teacher" or
-        "student") lets a task pretrain the two base models on different formats."""
+        when the task has none (real tasks bring pretrained models)."""
         return None
 
     @abstractmethod
