@@ -2,7 +2,7 @@
 
     python -m bench.label_efficiency run                  # 4 budgets x 3 seeds, ~50 min on 2 CPU cores
     python -m bench.label_efficiency run --budgets 64 --seeds 0
-    python -m bench.label_efficiency --params profiles/trace.yaml run     # another task (own results file)
+    python -m bench.label_efficiency --params profiles/<name>.yaml run    # another profile (own results file)
     python -m bench.label_efficiency report               # tables and plot (RESULTS.md: `python -m bench.report`)
     python -m bench.label_efficiency ablation             # s2d vs no_warmup / no_opd with fewer bridge steps
     python -m bench.label_efficiency compute --budget 64  # grpo_direct run longer: accuracy vs student compute
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, machine
+from s2d_pipeline.arms import SPECS
 from s2d_pipeline.io import read_unit_metrics
 from s2d_pipeline.stages import STAGES, stages_through
 
@@ -41,7 +42,8 @@ SEED_STAGES = stages_through("validate")
 # Run per (seed, budget): every stage after the shared ones, up to and including evaluate.
 BUDGET_STAGES = stages_through("evaluate")[len(SEED_STAGES) :]
 # The claims of the principle, as (left arm, right arm) whose difference (left minus right) the paper
-# predicts positive; the report gives each a verdict over all cells (`claim_verdicts`).
+# predicts positive; the report gives each a verdict over the cells where it can be read
+# (`claim_preconditions`, `claim_verdicts`).
 CLAIMS = [
     ("s2d", "raw_bridge"),
     ("s2d", "no_warmup"),
@@ -49,6 +51,9 @@ CLAIMS = [
     ("s2d_stage3", "s2d_stage3_replay"),
     ("s2d", "grpo_direct"),
 ]
+# A raw student below this score (greedy or sampled, whichever the claim is read on) leaves nothing for
+# a comparison of training methods to read: differences between arms near zero are noise.
+STUDENT_FLOOR = 0.05
 # (left arm, right arm): the paired differences reported, left minus right.
 PAIRS = [
     ("s2d", "grpo_direct"),
@@ -479,55 +484,111 @@ def report(records: list[dict]) -> str:
     for metric in (sampled, "greedy"):
         lines += [
             "",
-            f"**The claims over all cells ({metric})**: mean paired difference over every (seed, budget) cell; "
-            "95 % bootstrap interval resampling seeds (a seed's cells share its base models); verdict: "
-            "reproduces (interval above 0), reversed (below 0) or not shown; the two arms' mean scores beside "
-            "it, since a difference between two arms near 0 says little about the mechanism",
+            f"**The claims ({metric})**: read only in the (seed, budget) cells where their preconditions hold "
+            "- the distilling arm's teacher above the student baseline it is compared with (`grpo_direct`'s "
+            "student for `s2d` > `grpo_direct`, the raw student for the others), and the raw student neither "
+            f'below {STUDENT_FLOOR} nor at or above the raw teacher; elsewhere "not testable here" with the '
+            "reason. Over the testable cells: mean paired difference, 95 % bootstrap interval resampling seeds "
+            "(a seed's cells share its base models), cells won, and the verdict: reproduces (interval above 0), "
+            "reversed (below 0) or not shown. The two arms' mean scores over every cell beside it, since a "
+            "difference between two arms near 0 says little about the mechanism",
             "",
-            "| claim | arms' means | cells | mean | 95 % CI | cells won | verdict |",
+            "| claim | arms' means | cells testable | mean | 95 % CI | cells won | verdict |",
             "|---|---|---|---|---|---|---|",
         ]
         for v in claim_verdicts(records, metric):
+            tested = (
+                f"{v['mean']:+.3f} | [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] | {v['won']}/{v['testable']}"
+                if v["testable"]
+                else "— | — | —"
+            )
             lines.append(
-                f"| {v['left']} > {v['right']} | {v['levels'][0]:.3f} vs {v['levels'][1]:.3f} | {v['cells']} "
-                f"| {v['mean']:+.3f} | [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] "
-                f"| {v['won']}/{v['cells']} | {v['verdict']} |"
+                f"| {v['left']} > {v['right']} | {v['levels'][0]:.3f} vs {v['levels'][1]:.3f} "
+                f"| {v['testable']}/{v['cells']} | {tested} | {v['verdict']} |"
             )
     return "\n".join(lines) + "\n"
 
 
+def claim_preconditions(evaluation: dict, left: str, right: str, metric: str) -> list[str]:
+    """Why the claim `left` > `right` cannot be read in one cell (`evaluation`, on `metric`): empty when
+    it can. `left` is a student distilled from a teacher, so the claim says something about the method
+    only when (a) that teacher is above the student baseline it is compared with - `right` itself when
+    `right` learns from labels alone (`grpo_direct`), else the raw student the bridge starts from -
+    since a teacher at or below the baseline cannot give its student the lead; and (b) the raw student
+    is neither at the floor (`STUDENT_FLOOR`) nor at or above the raw teacher, which would leave the
+    teacher nothing to pass on."""
+    teacher_key = SPECS[left].teacher
+    if teacher_key is None:
+        raise ValueError(f"claim {left} > {right}: '{left}' distils from no teacher")
+    teacher = "teacher_raw" if teacher_key == "raw" else f"teacher_rl/{teacher_key}"
+    teacher_name = "the raw teacher" if teacher_key == "raw" else "the RL teacher"
+    baseline, baseline_name = (
+        ("student_raw", "the raw student") if SPECS[right].distils else (right, f"{right}'s student")
+    )
+    scores = {name: _metric(evaluation, name, metric) for name in (teacher, baseline, "student_raw", "teacher_raw")}
+    if missing := sorted(name for name, value in scores.items() if value is None):
+        return [f"no score for {', '.join(missing)}"]
+    unmet = []
+    if not scores[teacher] > scores[baseline]:
+        unmet.append(f"{teacher_name} not above {baseline_name}")
+    if scores["student_raw"] < STUDENT_FLOOR:
+        unmet.append(f"the raw student at the floor (below {STUDENT_FLOOR})")
+    if scores["student_raw"] >= scores["teacher_raw"]:
+        unmet.append("the raw student at or above the raw teacher")
+    return unmet
+
+
 def claim_verdicts(records: list[dict], metric: str) -> list[dict]:
-    """Each claim in CLAIMS over every cell where both arms ran: the mean paired difference, a bootstrap
-    interval over seeds (each seed's mean over its budgets, resampled), cells won, and the verdict of
-    bench/findings.md's decision rule."""
+    """Each claim in CLAIMS over the cells where both arms ran and its preconditions hold
+    (`claim_preconditions`): the mean paired difference, a bootstrap interval over seeds (each seed's
+    mean over those cells, resampled), cells won, and the verdict: "reproduces" when the interval is above
+    0, "reversed" when it is below, "not shown" otherwise.
+    A claim testable in no cell gets "not testable here" and the unmet preconditions, each with the
+    number of cells it failed in; one testable in some cells adds those to its verdict. The
+    arms' mean scores are over every cell where both ran."""
     import numpy as np
 
     out = []
     for left, right in CLAIMS:
         per_seed: dict[int, list[float]] = {}
-        levels = []
+        levels, unmet = [], {}
         for r in records:
             a, b = _metric(r["evaluate"], left, metric), _metric(r["evaluate"], right, metric)
-            if a is not None and b is not None:
-                per_seed.setdefault(r["seed"], []).append(a - b)
-                levels.append((a, b))
-        cells = [d for ds in per_seed.values() for d in ds]
-        if not cells:
+            if a is None or b is None:
+                continue
+            levels.append((a, b))
+            if reasons := claim_preconditions(r["evaluate"], left, right, metric):
+                for reason in reasons:
+                    unmet[reason] = unmet.get(reason, 0) + 1
+                continue
+            per_seed.setdefault(r["seed"], []).append(a - b)
+        if not levels:
             continue
-        lo, hi = bootstrap_ci([float(np.mean(ds)) for ds in per_seed.values()])
-        verdict = "reproduces" if lo > 0 else "reversed" if hi < 0 else "not shown"
-        out.append(
-            {
-                "left": left,
-                "right": right,
-                "cells": len(cells),
+        cells = [d for ds in per_seed.values() for d in ds]
+        why = "; ".join(
+            f"{reason} ({n}/{len(levels)} cells)" for reason, n in sorted(unmet.items(), key=lambda x: (-x[1], x[0]))
+        )
+        verdict = {
+            "left": left,
+            "right": right,
+            "cells": len(levels),
+            "testable": len(cells),
+            "levels": tuple(float(np.mean(x)) for x in zip(*levels, strict=True)),
+            "mean": None,
+            "ci": None,
+            "won": None,
+            "verdict": f"not testable here: {why}",
+        }
+        if cells:
+            lo, hi = bootstrap_ci([float(np.mean(ds)) for ds in per_seed.values()])
+            rule = "reproduces" if lo > 0 else "reversed" if hi < 0 else "not shown"
+            verdict |= {
                 "mean": float(np.mean(cells)),
-                "levels": tuple(float(np.mean(x)) for x in zip(*levels, strict=True)),
                 "ci": (lo, hi),
                 "won": sum(d > 0 for d in cells),
-                "verdict": verdict,
+                "verdict": rule + (f" (elsewhere not testable: {why})" if unmet else ""),
             }
-        )
+        out.append(verdict)
     return out
 
 

@@ -2,10 +2,10 @@
 
     python -m bench.report            # from the repository root
 
-Reads bench/results/{label_efficiency.jsonl, label_efficiency_trace.jsonl, compute_view_trace.jsonl,
+Reads bench/results/{label_efficiency.jsonl, ablation_bridge_steps.jsonl, compute_view.jsonl,
 overhead.json, throughput_cpu.json, throughput_cpu_smollm2-arith.json, throughput_gpu.json,
-gpu_smoke.json, real_weights_smollm2-arith.json}; a missing file becomes a line saying which command
-produces it. The hand-written reading of the numbers lives in bench/findings.md and is placed first.
+gpu_smoke.json, gpu_smoke_final.json, real_weights_smollm2-arith.json}; a missing file becomes a line
+saying which command produces it (the ablation and compute-view reruns are left out when absent). The hand-written reading of the numbers lives in bench/findings.md and is placed first.
 """
 
 from __future__ import annotations
@@ -257,27 +257,17 @@ def main() -> None:
                 "",
                 label_efficiency.ablation_report(ablation_records),
             ]
+        if label_efficiency.COMPUTE_RESULTS.exists():
+            parts += [
+                "**Compute view** (`python -m bench.label_efficiency compute`): student training tokens and "
+                "avg_at_k; `grpo_direct`'s curve starts at the raw student (0 tokens)",
+                "",
+                label_efficiency.compute_report(
+                    label_efficiency.load_records(label_efficiency.COMPUTE_RESULTS), records
+                ),
+            ]
         label_efficiency.plot(records, REPO / "bench" / "label_efficiency.png")
         label_efficiency.write_curve(records)
-    else:
-        parts += ["Not run yet.", ""]
-    trace = REPO / "profiles" / "trace.yaml"
-    parts += [
-        "## 1b. Label efficiency on the reasoning variant "
-        "(`python -m bench.label_efficiency --params profiles/trace.yaml run`)",
-        "",
-    ]
-    if (cells := label_efficiency.results_file(trace)).exists():
-        trace_records = label_efficiency.load_records(cells)
-        parts += [label_efficiency.report(trace_records)]
-        if (compute := label_efficiency.results_file(trace, label_efficiency.COMPUTE_RESULTS)).exists():
-            parts += [
-                "**Compute view** (`python -m bench.label_efficiency --params profiles/trace.yaml compute`): "
-                "student training tokens and avg_at_k at N = 64; `grpo_direct`'s curve starts at the raw "
-                "student (0 tokens)",
-                "",
-                label_efficiency.compute_report(label_efficiency.load_records(compute), trace_records),
-            ]
     else:
         parts += ["Not run yet.", ""]
     parts += [
