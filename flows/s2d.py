@@ -250,13 +250,12 @@ def gpus_for_slot(slot: int, parallel: int, visible: str | None = None) -> str |
 
 
 def _run_arm_process(name: str, arm: str, cfg, slot: int) -> dict:
-    import subprocess
     import tempfile
 
     import yaml
 
     from s2d_pipeline.arms import stage_unit
-    from s2d_pipeline.errors import S2DError
+    from s2d_pipeline.cli import run_child
     from s2d_pipeline.io import read_json
     from s2d_pipeline.layout import unit_metrics_file
 
@@ -275,13 +274,10 @@ def _run_arm_process(name: str, arm: str, cfg, slot: int) -> dict:
         yaml.safe_dump(resolved, f)
     try:
         cmd = [sys.executable, "-m", "s2d_pipeline.cli", "--params", f.name, "--arm", arm, name]
-        done = subprocess.run(cmd, cwd=cfg.root, capture_output=True, text=True, env=env)
+        # A user error comes back as S2DError (not retried), a crash or a kill as RuntimeError (retried).
+        run_child(cmd, cwd=cfg.root, env=env, what=f"`s2d {name} --arm {arm}`", capture=True)
     finally:
         os.unlink(f.name)
-    if done.returncode == S2DError.exit_code:  # the process's own one-line message
-        raise S2DError(done.stderr.strip().splitlines()[-1])
-    if done.returncode != 0:  # a crash or a kill: worth a retry
-        raise RuntimeError(f"`s2d {name} --arm {arm}` exited with status {done.returncode}:\n{done.stderr[-3000:]}")
     unit = stage_unit(name, arm)
     return {unit: read_json(unit_metrics_file(cfg, name, unit))}
 

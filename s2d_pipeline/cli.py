@@ -34,6 +34,8 @@ from s2d_pipeline.stages import STAGE_INFO, STAGES
 TIMINGS_ENV = "S2D_TIMINGS"  # a file: each stage appends its compute / tracking / process seconds
 LAUNCHED_ENV = "S2D_LAUNCHED"  # set in the launched processes, so they run the stage instead of relaunching
 DVC_STAGE_ENV = "DVC_STAGE"  # set by `dvc repro` in each stage's command
+# Set by a parent s2d process (run_child): a child leaves its user error's message in this directory.
+ERROR_DIR_ENV = "S2D_ERROR_DIR"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -142,7 +144,6 @@ def launch_command(name: str, cfg, params_file: str, arm: str | None = None) -> 
 def run_distributed(name: str, cfg, arm: str | None = None) -> dict:
     """Run a training stage on every GPU the accelerate config names (DeepSpeed ZeRO-3 / FSDP): the
     same stage code in N processes; rank 0 writes the outputs, metrics and MLflow runs."""
-    import subprocess
     import tempfile
 
     import yaml
@@ -157,16 +158,14 @@ def run_distributed(name: str, cfg, arm: str | None = None) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f"s2d-{name}-", delete=False) as f:
         yaml.safe_dump(resolved, f)
     try:
-        done = subprocess.run(
-            launch_command(name, cfg, f.name, arm), cwd=cfg.root, env={**os.environ, LAUNCHED_ENV: "1"}
+        run_child(
+            launch_command(name, cfg, f.name, arm),
+            cwd=cfg.root,
+            env={**os.environ, LAUNCHED_ENV: "1"},
+            what=f"{name}: the distributed run (`accelerate launch`)",
         )
     finally:
         os.unlink(f.name)
-    if done.returncode != 0:
-        raise S2DError(
-            f"{name}: the distributed run exited with status {done.returncode} (its log is above); "
-            "a rerun resumes from the last checkpoint"
-        )
     metrics = stage_metrics(cfg, name)
     if arm is None:
         return metrics
@@ -174,6 +173,64 @@ def run_distributed(name: str, cfg, arm: str | None = None) -> dict:
 
     unit = stage_unit(name, arm)
     return {unit: metrics[unit]} if unit in metrics else {}
+
+
+def run_child(cmd: list[str], *, cwd, env: dict, what: str, capture: bool = False):
+    """Run an `s2d` process (or a launcher of them) and return its CompletedProcess; when it fails,
+    raise S2DError with the child's own message if it refused its input (bad input fails the same
+    way every time, so the flow does not retry it), else RuntimeError (a crash: a kill, out of
+    memory, a lost GPU or NCCL peer, a launcher that failed; worth a retry).
+
+    The exit status alone cannot tell them apart (`accelerate launch` exits 1 however its processes
+    failed), and a child's stderr may end in log lines after its error: each child leaves its user
+    error in the directory named by ERROR_DIR_ENV. `capture`: keep stdout and stderr (the tail of
+    stderr goes into a crash's message) instead of passing them through."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="s2d-errors-") as errors:
+        done = subprocess.run(cmd, cwd=cwd, env={**env, ERROR_DIR_ENV: errors}, capture_output=capture, text=True)
+        messages = [p.read_text(encoding="utf-8") for p in sorted(Path(errors).iterdir())]
+    if done.returncode == 0:
+        return done
+    if messages:  # the lowest rank's, when several processes refused the same input
+        raise S2DError(messages[0])
+    stderr = f":\n{done.stderr[-3000:]}" if capture and done.stderr.strip() else ""
+    if done.returncode == S2DError.exit_code:  # the status of a user error, without its message
+        said = stderr or ("; its stderr is empty" if capture else " (its log is above)")
+        raise S2DError(f"{what} exited with status {done.returncode}, a user error's, but left no error message{said}")
+    where = stderr or ("" if capture else " (its log is above)")
+    raise RuntimeError(
+        f"{what} {describe_exit(done.returncode)}: a crash, not bad input, so worth a rerun (training stages "
+        f"resume from their last checkpoint){where}"
+    )
+
+
+def describe_exit(returncode: int) -> str:
+    """'exited with status 1', or 'was killed by SIGKILL (...)' for a process a signal ended."""
+    import signal
+
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    oom = " (out of memory? the kernel's OOM killer sends it)" if -returncode == signal.SIGKILL else ""
+    return f"was killed by {name}{oom}"
+
+
+def _leave_message_for_parent(exc: S2DError) -> None:
+    """The user error's message, for the parent that started this process (run_child)."""
+    from pathlib import Path
+
+    directory = os.environ.get(ERROR_DIR_ENV)
+    if not directory:
+        return
+    rank = int(os.environ.get("RANK", "0"))
+    with contextlib.suppress(OSError):  # the message is on stderr too
+        (Path(directory) / f"{rank:05d}-{os.getpid()}.txt").write_text(str(exc), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             print(("\n" if stages else "") + console.report(cfg), flush=True)
     except S2DError as exc:
         print(f"s2d {args.stage}: error: {exc}", file=sys.stderr)
+        _leave_message_for_parent(exc)
         return exc.exit_code
     return 0
 
