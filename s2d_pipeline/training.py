@@ -460,16 +460,18 @@ def save_trained(trainer, directory: Path) -> list[dict]:
 
 
 def summarise_rl_history(history: list[dict]) -> dict:
-    """Mean GRPO reward over the first and last fifth of logged steps, the mean in-group spread, and
-    training throughput."""
+    """Mean GRPO reward over the first and last fifth of logged steps, the mean in-group spread over
+    the steps that logged one (None when none did), and training throughput."""
     rewards = [h["reward"] for h in history if "reward" in h]
     if not rewards:
         return summarise_throughput(history)
     k = max(1, len(rewards) // 5)
+    # Only logged steps carry `reward_std`; the trainer's final summary entry does not.
+    spreads = [h["reward_std"] for h in history if "reward_std" in h]
     return {
         "reward_first": round(sum(rewards[:k]) / k, 4),
         "reward_last": round(sum(rewards[-k:]) / k, 4),
-        "reward_std_mean": round(sum(h.get("reward_std", 0.0) for h in history) / len(history), 4),
+        "reward_std_mean": round(sum(spreads) / len(spreads), 4) if spreads else None,
         **summarise_throughput(history),
     }
 

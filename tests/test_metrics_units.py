@@ -132,3 +132,46 @@ def test_sampled_groups_stay_with_their_prompt_across_batches(sharp_model):
     assert [len(f) for f in finished] == [3] * 5
     assert out == [[g[0]] * 3 for g in greedy]  # each group is its own prompt's (near-certain) answer
     assert finished == [[e[0]] * 3 for e in greedy_ended]  # end flags grouped the same way
+
+
+# ---- training.summarise_rl_history --------------------------------------------------------------
+
+
+def _grpo_step(step: int, reward: float, reward_std: float) -> dict:
+    """One logged step as TRL 1.16's GRPOTrainer writes it into `trainer.state.log_history`."""
+    return {
+        "loss": 0.0,
+        "grad_norm": 0.1,
+        "learning_rate": 1e-5,
+        "num_tokens": 96.0 * step,
+        "completions/mean_length": 2.0,
+        "rewards/verifier/mean": reward,
+        "rewards/verifier/std": reward_std,
+        "reward": reward,
+        "reward_std": reward_std,
+        "frac_reward_zero_std": 0.5,
+        "entropy": 1.2,
+        "epoch": 0.1 * step,
+        "step": step,
+    }
+
+
+# The trainer's own last entry: no reward and no reward_std.
+TRAIN_END = {"train_runtime": 2.0, "train_samples_per_second": 8.0, "train_steps_per_second": 1.0, "step": 2}
+
+
+def test_rl_summary_averages_reward_std_over_the_steps_that_logged_it():
+    from s2d_pipeline.training import summarise_rl_history
+
+    one = summarise_rl_history([_grpo_step(1, 0.5, 0.4), {**TRAIN_END, "step": 1}])
+    assert one["reward_std_mean"] == 0.4
+    two = summarise_rl_history([_grpo_step(1, 0.5, 0.4), _grpo_step(2, 0.75, 0.2), TRAIN_END])
+    assert two["reward_std_mean"] == 0.3
+    assert (two["reward_first"], two["reward_last"]) == (0.5, 0.75)
+
+
+def test_rl_summary_without_reward_std_says_none_rather_than_zero():
+    from s2d_pipeline.training import summarise_rl_history
+
+    step = {k: v for k, v in _grpo_step(1, 0.5, 0.4).items() if k != "reward_std"}
+    assert summarise_rl_history([step, TRAIN_END])["reward_std_mean"] is None
