@@ -81,19 +81,21 @@ def check_arm(name: str, cfg, arm: str) -> None:
 def run_stage(name: str, cfg, arm: str | None = None) -> dict:
     """Run one stage (or, with `arm`, the unit of it that arm needs) inside its MLflow child run
     (under the pipeline's parent) and log its metrics."""
+    from s2d_pipeline.arms import stage_unit
+
+    unit = None
     if arm is not None:
         check_arm(name, cfg, arm)
+        unit = stage_unit(name, arm)
+        if unit is None:
+            return {}  # the arm has no such step (e.g. `warmup --arm no_warmup`): nothing to launch or run
     if STAGE_INFO[name].trains and cfg.runtime.accelerate_config and not os.environ.get(LAUNCHED_ENV):
         return run_distributed(name, cfg, arm)
-    from s2d_pipeline.arms import stage_unit
     from s2d_pipeline.tracking import end_pipeline_run, log_flat_metrics, stage_run
 
     entered = time.perf_counter()
     module = importlib.import_module(f"s2d_pipeline.stages.{name}")
     # One arm's unit runs in one run `stage/unit` under the pipeline run (trainers log into it too).
-    unit = None if arm is None else stage_unit(name, arm)
-    if arm is not None and unit is None:
-        return {}  # the arm has no such step (e.g. `warmup --arm no_warmup`)
     with stage_run(cfg, name, unit) if STAGE_INFO[name].tracked else contextlib.nullcontext() as run:
         started = time.perf_counter()
         metrics = module.run(cfg, arm=arm) if arm is not None else module.run(cfg)
@@ -253,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.arm is not None and args.stage in ("run", "report", "dvc-units"):
             raise S2DError("--arm runs one stage's unit: name the stage, e.g. `s2d warmup --arm no_opd`")
+        if args.arm is not None:
+            check_arm(args.stage, cfg, args.arm)
         if args.stage == "dvc-units" or os.environ.get(DVC_STAGE_ENV):
             from s2d_pipeline import dvc_units
 
@@ -268,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         human = not args.json and not os.environ.get(LAUNCHED_ENV)
         for name in stages:
             if human:
-                print(console.announce(name, cfg), flush=True)
+                print(console.announce(name, cfg, args.arm), flush=True)
             metrics = run_stage(name, cfg, args.arm)
             if args.json:
                 print(json.dumps({"stage": name, **metrics}, default=str), flush=True)

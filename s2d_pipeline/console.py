@@ -152,10 +152,13 @@ def _steps_by_arm(pairs: list[tuple[str, int]]) -> str:
     return ", ".join(f"{arm} {s}" for arm, s in pairs) + " steps"
 
 
-def announce(name: str, cfg) -> str:
-    """One line: what stage `name` does on this config and how big it is."""
+def announce(name: str, cfg, arm: str | None = None) -> str:
+    """One line: what stage `name` does on this config and how big it is; with `arm` (`s2d <stage>
+    --arm`) whose unit of a per-arm stage has nothing to do, that it does nothing."""
     from s2d_pipeline import arms as arm_specs
 
+    if arm is not None and arm_specs.stage_unit(name, arm) is None:
+        return f"{name}: arm {arm} has no {name} unit; nothing to do"
     arms = list(cfg.arms)
     m, d = cfg.models, cfg.data
     if name == "prepare":

@@ -99,3 +99,19 @@ def test_tracking_server_lost_during_a_stage_is_reported_with_what_to_do(micro_c
     with pytest.raises(ConnectionError):  # a local store: nothing to blame on a server
         with server_guard(micro_cfg, "warmup"):
             raise ConnectionError("refused")
+
+
+def test_arm_without_a_unit_of_the_stage_says_so_and_does_nothing(project, monkeypatch, capsys):
+    """`s2d warmup --arm grpo_direct`: that arm has no warmup. One line says so; no other arm's plan
+    is announced, nothing is launched (the accelerate config named here does not even exist) and
+    nothing is written."""
+    from s2d_pipeline.cli import main
+
+    _write_micro_params(project)
+    monkeypatch.chdir(project)
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
+    assert main(["warmup", "--arm", "grpo_direct", "-S", "runtime.accelerate_config=no-such.yaml"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "warmup: arm grpo_direct has no warmup unit; nothing to do\n", out
+    assert "error" not in err, err
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
