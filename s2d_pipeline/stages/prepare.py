@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 def run(cfg: Config) -> dict:
     from s2d_pipeline import runtime
 
+    if cfg.models.source == "gguf":  # an unreadable teacher file is refused before any output is written
+        from s2d_pipeline.models import check_gguf, resolve_gguf
+
+        check_gguf(resolve_gguf(cfg.models.teacher.gguf, cfg.root), cfg.models.teacher.gguf)
     runtime.setup(cfg)
     started = time.perf_counter()
     task = get_task(cfg.task)
