@@ -435,3 +435,42 @@ def test_unreadable_gguf_is_refused_by_name_before_anything_is_written(write_bad
         assert text in err, f"{text!r} not in:\n{err}"
     assert "copy or download it again" in err, err
     assert _snapshot(project) == before and sorted(project.rglob("*")) == paths  # no file, no directory
+
+
+def test_chat_template_on_a_tokenizer_without_one_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """`models.chat_template: true` with base models whose tokenizer has no chat template: `s2d
+    validate`, the first stage that renders a prompt, refuses with the key and the fix, and writes
+    nothing (no report, no metrics)."""
+    from s2d_pipeline.cli import main
+    from s2d_pipeline.config import ModelSpec
+    from s2d_pipeline.models import build_char_tokenizer, build_tiny_model, save_model
+    from s2d_pipeline.tasks.arithmetic import VOCAB
+    from tests.helpers import MICRO
+
+    project = tmp_path / "project"
+    project.mkdir()
+    tok = build_char_tokenizer(VOCAB)
+    assert not getattr(tok, "chat_template", None)  # precondition: a base model's tokenizer
+    for role, width in (("teacher", 16), ("student", 8)):
+        spec = ModelSpec(hidden_size=width, num_layers=1, num_heads=1, intermediate_size=width)
+        save_model(build_tiny_model(spec, tok, 32, 0), tok, project / "models" / role)
+    params = deep_merge(
+        MICRO,
+        {
+            "models": {"source": "path", "teacher": {"path": "models/teacher"}, "student": {"path": "models/student"}},
+            "tracking": {"enabled": False},
+        },
+    )
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(project)
+    assert main(["prepare"]) == 0, capsys.readouterr().err  # the data, and the vocabulary check
+    capsys.readouterr()
+    before, paths = _snapshot(project), sorted(project.rglob("*"))
+
+    assert main(["validate", "-S", "models.chat_template=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "s2d validate: error: key 'models.chat_template' is true but the tokenizer has no chat template"
+    ), err
+    assert str(project / "models" / "student") in err and "set it to false for a base model" in err, err
+    assert _snapshot(project) == before and sorted(project.rglob("*")) == paths
