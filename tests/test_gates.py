@@ -27,7 +27,30 @@ def _copy(pipeline, tmp_path, subdirs, **changes):
     return _with(cfg0, tmp_path, **changes)
 
 
-def test_c1_gate_stops_distillation_from_a_teacher_stage1_did_not_improve(pipeline, tmp_path):
+@pytest.fixture
+def c1_scored(monkeypatch):
+    """The ids of the rows each C1 scoring saw: a spy around the real `score` that `teacher_rl` calls."""
+    from s2d_pipeline.stages import evaluate
+
+    scored: list[list[str]] = []
+    real_score = evaluate.score
+
+    def score_spy(task, model, tokenizer, rows, *args, **kwargs):
+        scored.append([r["id"] for r in rows])
+        return real_score(task, model, tokenizer, rows, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "score", score_spy)
+    return scored
+
+
+def _first_eval_ids(cfg, n: int) -> list[str]:
+    from s2d_pipeline.data import load_split
+    from s2d_pipeline.tasks import get_task
+
+    return [r["id"] for r in load_split(cfg, get_task(cfg.task), "eval")[:n]]
+
+
+def test_c1_gate_stops_distillation_from_a_teacher_stage1_did_not_improve(pipeline, tmp_path, c1_scored):
     from s2d_pipeline.errors import GateError
     from s2d_pipeline.layout import rollouts_file, student_dir
     from s2d_pipeline.stages import opd, rollouts, teacher_rl
@@ -45,6 +68,8 @@ def test_c1_gate_stops_distillation_from_a_teacher_stage1_did_not_improve(pipeli
     assert measured["problems"] == 16 and measured["k"] == 3
     assert measured["gain"] == pytest.approx(measured["rl_teacher"] - measured["raw_teacher"], abs=1e-4)
     assert measured["gain"] <= 0.02
+    # Both teachers were scored on the first `problems` held-out eval problems (not labels or prompts).
+    assert c1_scored == [_first_eval_ids(cfg, 16)] * 2
 
     with pytest.raises(GateError) as stopped:
         rollouts.run(cfg, arm="s2d")
@@ -67,6 +92,49 @@ def test_c1_gate_stops_distillation_from_a_teacher_stage1_did_not_improve(pipeli
     # A margin the measured gain clears lets distillation through without an override.
     lenient = _with(cfg, gates={"c1": {"min_gain": measured["gain"] - 0.01}})
     assert rollouts.run(lenient, arm="s2d")["s2d"]["c1_gate"]["passed"] is True
+
+
+def test_c1_gate_passes_a_teacher_stage1_improved(pipeline, tmp_path, monkeypatch, c1_scored):
+    """A real gain: the raw teacher is made worse by construction (its weights re-initialised at
+    random) while Stage 1 starts from the pipeline's pretrained teacher, so the RL teacher is better
+    than the raw one by what pretraining taught it. The measurement must see that gain, on eval, and
+    the gate must let distillation through without an override."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from s2d_pipeline import training
+    from s2d_pipeline.layout import base_model_dir, rollouts_file
+    from s2d_pipeline.stages import rollouts, teacher_rl
+
+    cfg0, _, _ = pipeline
+    cfg = _copy(
+        pipeline,
+        tmp_path,
+        ["data", "artifacts/prepare", "artifacts/validate", "artifacts/allocate"],
+        teacher_rl={"learning_rate": 1e-12},  # the RL teacher stays the pretrained teacher it starts from
+        gates={"c1": {"override": False, "min_gain": 0.02, "problems": 16, "k": 3}},
+    )
+    pretrained = base_model_dir(cfg0, "teacher")
+    torch.manual_seed(0)
+    untrained = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(pretrained))
+    untrained.save_pretrained(base_model_dir(cfg, "teacher"))  # the copy's raw teacher; tokenizer kept
+
+    real_train_grpo = training.train_grpo
+
+    def stage1_from_the_pretrained_teacher(stage_cfg, task, model_dir, *args, **kwargs):
+        assert model_dir == base_model_dir(cfg, "teacher")  # Stage 1 starts from the raw teacher ...
+        return real_train_grpo(stage_cfg, task, pretrained, *args, **kwargs)  # ... here the better one
+
+    monkeypatch.setattr(training, "train_grpo", stage1_from_the_pretrained_teacher)
+    measured = teacher_rl.run(cfg, arm="s2d")["s2d"]["c1_gate"]
+    assert c1_scored == [_first_eval_ids(cfg, 16)] * 2  # raw and RL teacher, on the same eval problems
+    assert measured["raw_teacher"] < measured["rl_teacher"]
+    assert measured["gain"] == pytest.approx(measured["rl_teacher"] - measured["raw_teacher"], abs=1e-4)
+    assert measured["gain"] > 0.02
+
+    out = rollouts.run(cfg, arm="s2d")["s2d"]
+    assert out["c1_gate"]["passed"] is True and "overridden" not in out["c1_gate"]
+    assert out["c1_gate"]["gain"] == measured["gain"] and rollouts_file(cfg, "s2d").exists()
 
 
 def test_c1_gate_asks_for_stage1_when_its_measurement_is_missing(pipeline, tmp_path):
