@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import read_jsonl
+from s2d_pipeline.io import read_data_file
 from s2d_pipeline.layout import data_file
 from s2d_pipeline.tasks import Task
 
 
 def load_split(cfg: Config, task: Task, split: str) -> list[dict]:
-    """Canonical rows of `labels`, `prompts` or `eval`; each keeps its file line under `_line`."""
+    """Canonical rows of `labels`, `prompts` or `eval` (JSONL, a JSON array, Parquet or Arrow); each
+    keeps where it is in its file (line, or row number) under `_line`."""
     path = data_file(cfg, split)
-    return task.to_canonical(read_jsonl(path), path)
+    return task.to_canonical(read_data_file(path), path)

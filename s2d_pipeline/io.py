@@ -141,11 +141,50 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}: not valid JSON: {exc}") from exc
 
 
+# What `read_data_file` reads; named in its refusals, so a user knows what to convert to.
+DATA_FORMATS = "JSONL (one JSON object per line), a JSON array of objects, Parquet, Arrow (`datasets`' own files)"
+_ARROW_FILE_MAGIC, _ARROW_STREAM_START = b"ARROW1", b"\xff\xff\xff\xff"  # IPC file; IPC stream (save_to_disk)
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read a JSONL file; any defect is reported with the file and 1-based line number.
 
     Each returned row carries its line number under the key `_line`.
     """
+    path = _readable_file(path)
+    return _jsonl_rows(path, _read_bytes(path))
+
+
+def read_data_file(path: str | Path) -> list[dict]:
+    """The rows of a user's data file, told apart by content, not name: JSONL, a JSON array of
+    objects (`json.dump(rows, f)`), Parquet or an Arrow file (what `datasets` writes: `to_parquet`,
+    the shards of `save_to_disk`). Each row carries under `_line` where it is, for messages of the
+    form `file:N`: the line it starts on in a text file, its 1-based row number in Parquet or Arrow.
+    Anything else is refused with the formats that are read."""
+    path = _readable_file(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read: {exc.strerror}") from exc
+    if head.startswith(b"PAR1"):
+        return _arrow_rows(path, "Parquet", head)
+    if head.startswith((_ARROW_FILE_MAGIC, _ARROW_STREAM_START)):
+        return _arrow_rows(path, "Arrow", head)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # a UTF-16 byte-order mark: text, in another encoding
+        raise DataError(f"{path}: rule 'utf-8 encoding' failed: the file is UTF-16 (re-save the file as UTF-8)")
+    raw = _read_bytes(path)
+    if b"\x00" in raw:  # no UTF-8 text holds a NUL byte
+        raise DataError(
+            f"{path}: rule 'a readable data file' failed: it holds binary data, and is none of the formats "
+            f"s2d reads: {DATA_FORMATS}"
+        )
+    if raw.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):
+        return _json_array_rows(path, raw)
+    return _jsonl_rows(path, raw)
+
+
+def _readable_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -154,10 +193,17 @@ def read_jsonl(path: str | Path) -> list[dict]:
             f"{path}: rule 'a JSONL file' failed: this path is a directory, not a file "
             "(point the data key at the .jsonl file itself)"
         )
+    return path
+
+
+def _read_bytes(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot be read: {exc.strerror}") from exc
+
+
+def _jsonl_rows(path: Path, raw: bytes) -> list[dict]:
     rows: list[dict] = []
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
@@ -181,6 +227,73 @@ def read_jsonl(path: str | Path) -> list[dict]:
         row["_line"] = lineno
         rows.append(row)
     return rows
+
+
+def _json_array_rows(path: Path, raw: bytes) -> list[dict]:
+    """A JSON array's objects, each with the line its `{` is on (decoded one element at a time, so a
+    defect names the element's line)."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}:{line}: rule 'utf-8 encoding' failed: a byte cannot be decoded as UTF-8 (re-save the file as UTF-8)"
+        ) from exc
+    counted = {"pos": 0, "line": 1}
+
+    def line_at(pos: int) -> int:  # counted forward from the last call: positions only grow
+        counted["line"] += text.count("\n", counted["pos"], pos)
+        counted["pos"] = pos
+        return counted["line"]
+
+    decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    space = json.decoder.WHITESPACE.match
+    rows: list[dict] = []
+    pos = space(text, text.index("[") + 1).end()
+    while not (text.startswith("]", pos) and not rows):  # `[]` holds no rows
+        line = line_at(pos)
+        try:
+            element, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: rule 'valid JSON' failed: {exc}") from exc
+        except ValueError as exc:  # NaN / Infinity
+            raise DataError(f"{path}:{line}: rule 'valid JSON' failed: {exc}") from exc
+        if not isinstance(element, dict):
+            raise DataError(
+                f"{path}:{line}: rule 'a JSON array of objects' failed: each element must be a JSON object, "
+                f"got {type(element).__name__}"
+            )
+        rows.append({**element, "_line": line})
+        pos = space(text, pos).end()
+        if text.startswith(",", pos):
+            pos = space(text, pos + 1).end()
+        elif text.startswith("]", pos):
+            break
+        else:
+            raise DataError(f"{path}:{line_at(pos)}: rule 'valid JSON' failed: expected ',' or ']' after an element")
+    if text[pos + 1 :].strip():
+        raise DataError(f"{path}:{line_at(pos)}: rule 'valid JSON' failed: text after the array's closing ']'")
+    return rows
+
+
+def _arrow_rows(path: Path, kind: str, head: bytes) -> list[dict]:
+    """Rows of a Parquet or Arrow file, numbered from 1 (read with pyarrow, as `datasets` reads them)."""
+    import pyarrow as pa
+
+    try:
+        if kind == "Parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(str(path))
+        else:
+            with pa.memory_map(str(path)) as source:
+                opened = pa.ipc.open_file if head.startswith(_ARROW_FILE_MAGIC) else pa.ipc.open_stream
+                table = opened(source).read_all()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: rule 'readable {kind}' failed: {exc} (cut short or corrupt? write it again)"
+        ) from exc
+    return [{**row, "_line": i} for i, row in enumerate(table.to_pylist(), start=1)]
 
 
 def _reject_constant(name: str) -> float:

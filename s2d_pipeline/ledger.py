@@ -142,12 +142,12 @@ def labels_for(ledger: dict, arm: str, stage: str) -> list[str]:
 
 def label_rows(cfg: Config) -> list[dict]:
     """Every row of `data.labels` in canonical form (id, prompt, answer)."""
-    from s2d_pipeline.io import read_jsonl
+    from s2d_pipeline.io import read_data_file
     from s2d_pipeline.layout import data_file
     from s2d_pipeline.tasks import get_task
 
     labels_path = data_file(cfg, "labels")
-    return get_task(cfg.task).to_canonical(read_jsonl(labels_path), labels_path)
+    return get_task(cfg.task).to_canonical(read_data_file(labels_path), labels_path)
 
 
 def read_ledger(cfg: Config, rows: list[dict] | None = None) -> dict:

@@ -474,3 +474,46 @@ def test_chat_template_on_a_tokenizer_without_one_is_refused_before_anything_is_
     ), err
     assert str(project / "models" / "student") in err and "set it to false for a base model" in err, err
     assert _snapshot(project) == before and sorted(project.rglob("*")) == paths
+
+
+def test_data_as_parquet_and_json_array_is_read_and_validated_by_row(tmp_path, monkeypatch, capsys):
+    """The files a `datasets` user has: labels as Parquet, prompts as a JSON array (eval stays
+    JSONL). `s2d validate` reads them, passes them, and names file and row when one breaks a rule."""
+    from datasets import Dataset
+
+    from s2d_pipeline.cli import main
+    from s2d_pipeline.tasks.arithmetic import ArithmeticTask
+    from tests.helpers import MICRO
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    splits = ArithmeticTask(digits=1).generate_splits(0, 40, 40, 16)
+    Dataset.from_list(splits["labels"]).to_parquet(str(project / "data" / "labels.parquet"))
+    (project / "data" / "prompts.json").write_text(json.dumps(splits["prompts"], indent=2))
+    (project / "data" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in splits["eval"]))
+    data = {"generate": False, "labels": "data/labels.parquet", "prompts": "data/prompts.json"}
+    params = deep_merge(MICRO, {"data": data, "tracking": {"enabled": False}})
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(project)
+
+    assert main(["validate"]) == 0, capsys.readouterr().err
+    report = json.loads((project / "artifacts/validate/report.json").read_text())
+    assert report["splits"]["labels"]["rows"] == 40 and report["splits"]["prompts"]["rows"] == 40
+    assert main(["allocate"]) == 0, capsys.readouterr().err  # the ledger reads the labels the same way
+    ledger = json.loads((project / "artifacts/allocate/ledger.json").read_text())
+    assert set(ledger["arms"]["s2d"]["stages"]["teacher_rl"]["ids"]) <= {r["id"] for r in splits["labels"]}
+
+    from s2d_pipeline.config import load_config
+    from s2d_pipeline.stages.prepare import split_file
+
+    # `data.split_from` (one labelled file that prepare splits) may be Parquet too, as GSM8K is on the hub.
+    whole = {"generate": False, "split_from": "data/labels.parquet", "n_eval": 8, "n_labels": 16, "n_prompts": 16}
+    split = split_file(load_config(project / "params.yaml", {"data": whole}, root=project))
+    assert sorted(r["id"] for part in split.values() for r in part) == sorted(r["id"] for r in splits["labels"])
+
+    splits["labels"][2]["answer"] = " "
+    Dataset.from_list(splits["labels"]).to_parquet(str(project / "data" / "labels.parquet"))
+    capsys.readouterr()
+    assert main(["validate"]) == 2
+    err = capsys.readouterr().err
+    assert "data/labels.parquet:3 (id=lab-00002): rule 'answer is not empty' failed" in err, err

@@ -224,6 +224,97 @@ def test_read_jsonl_missing_file(tmp_path):
     assert str(tmp_path / "none.jsonl") in str(info.value)
 
 
+# ---- a user's data file in another format ------------------------------------------------------
+
+ROWS = [
+    {"id": "lab-0", "prompt": "1+2=", "answer": "3"},
+    {"id": "lab-1", "prompt": "4+4=", "answer": "8"},
+    {"id": "lab-2", "prompt": "9+9=", "answer": "18"},
+]
+
+
+def test_json_array_rows_carry_the_line_each_object_starts_on(tmp_path):
+    from s2d_pipeline.io import read_data_file
+
+    f = tmp_path / "labels.json"
+    f.write_text(json.dumps(ROWS, indent=2))  # what `json.dump(rows, f, indent=2)` writes
+    starts = [i for i, line in enumerate(f.read_text().splitlines(), start=1) if line.strip() == "{"]
+    assert read_data_file(f) == [{**row, "_line": line} for row, line in zip(ROWS, starts, strict=True)]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ('[\n  {"id": "a"},\n  "just text"\n]', 3, "each element must be a JSON object, got str"),
+        ('[\n  {"id": "a"},\n  {"id": "b", "answer": NaN}\n]', 3, "NaN is not valid JSON"),
+        ('[\n  {"id": "a"},\n  {"id": "b",\n]', 4, "rule 'valid JSON' failed"),
+    ],
+)
+def test_json_array_defects_name_the_line(tmp_path, text, line, message):
+    from s2d_pipeline.io import read_data_file
+
+    f = tmp_path / "labels.json"
+    f.write_text(text)
+    with pytest.raises(DataError, match=message) as info:
+        read_data_file(f)
+    assert str(info.value).startswith(f"{f}:{line}: "), info.value
+
+
+def test_parquet_written_by_datasets_is_read_with_row_numbers(tmp_path):
+    from datasets import Dataset
+
+    from s2d_pipeline.io import read_data_file
+
+    f = tmp_path / "labels.parquet"
+    Dataset.from_list(ROWS).to_parquet(str(f))
+    assert read_data_file(f) == [{**row, "_line": i} for i, row in enumerate(ROWS, start=1)]
+
+
+def test_arrow_file_saved_by_datasets_is_read_with_row_numbers(tmp_path):
+    from datasets import Dataset
+
+    from s2d_pipeline.io import read_data_file
+
+    Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
+    (f,) = (tmp_path / "saved").glob("*.arrow")
+    assert read_data_file(f) == [{**row, "_line": i} for i, row in enumerate(ROWS, start=1)]
+
+
+def test_corrupt_parquet_is_refused_naming_file_and_format(tmp_path):
+    from datasets import Dataset
+
+    from s2d_pipeline.io import read_data_file
+
+    f = tmp_path / "labels.parquet"
+    Dataset.from_list(ROWS).to_parquet(str(f))
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # a copy cut short
+    with pytest.raises(DataError, match="rule 'readable Parquet' failed") as info:
+        read_data_file(f)
+    assert str(info.value).startswith(f"{f}: "), info.value
+
+
+def test_binary_garbage_is_refused_with_the_formats_read_not_an_encoding_hint(tmp_path):
+    from s2d_pipeline.io import read_data_file
+
+    f = tmp_path / "labels.jsonl"
+    f.write_bytes(hashlib.sha256(b"seed").digest() * 64 + b"\x00\x01\x02")  # 2 kB of noise
+    with pytest.raises(DataError) as info:
+        read_data_file(f)
+    message = str(info.value)
+    assert message.startswith(f"{f}: rule 'a readable data file' failed"), message
+    assert "JSONL" in message and "JSON array" in message and "Parquet" in message and "Arrow" in message
+    assert "UTF-8" not in message and "re-save" not in message, message
+
+
+def test_jsonl_in_another_encoding_keeps_its_encoding_hint(tmp_path):
+    from s2d_pipeline.io import read_data_file
+
+    f = tmp_path / "labels.jsonl"
+    f.write_bytes('{"id": "a"}\n{"id": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"rule 'utf-8 encoding' failed.*re-save the file as UTF-8"):
+        read_data_file(f)
+
+
 # ---- small helpers ----------------------------------------------------------------------------
 
 

@@ -73,10 +73,10 @@ def split_file(cfg: Config) -> dict[str, list[dict]]:
     Rows keep their own `id`, or get `<file stem>-<line>` so an id names its source line."""
     import random
 
-    from s2d_pipeline.io import read_jsonl
+    from s2d_pipeline.io import read_data_file
 
     path = cfg.path(cfg.data.split_from)
-    rows = read_jsonl(path)
+    rows = read_data_file(path)
     d = cfg.data
     need = d.n_eval + d.n_labels + d.n_prompts
     if len(rows) < need:
