@@ -351,6 +351,8 @@ def cpu(out: Path, steps: int | None = None, repeats: int = 3, params: Path | No
                 }
                 for p in problems[:1024]
             ]
+        for r in rollouts:  # the warmup trains on sampled ids; these stand-in completions are encoded once
+            r["completion_ids"] = tok(r["completion"], add_special_tokens=False)["input_ids"]
         if params is not None:
             result["generation"] = _generation_speed(
                 cfg, load_model(teacher, cfg), tok, [r["prompt"] for r in rollouts]

@@ -1,19 +1,79 @@
 """Batched sampling and scoring shared by prepare's gate, rollouts and evaluate.
 
 Plain `model.generate` with left padding: on tiny CPU models it is fast enough, and real-model
-profiles can switch generation-heavy stages to vLLM through TRL's options.
+profiles can switch generation-heavy stages to vLLM through TRL's options. Every generation path
+stops on the same ids (`stop_token_ids`), and per-token scoring never holds a whole batch's
+full-vocabulary distributions (`score_completion_ids`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# One float32 full-vocabulary tensor of a scoring chunk stays under this (at 152k tokens: 220 positions);
+# scoring holds at most three at once.
+SCORING_CHUNK_BYTES = 128 * 2**20
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled completion: `token_ids` are the ids the model sampled, its end token included when
+    `finished` (it stopped on one of `stop_token_ids`; otherwise it ran to `max_new_tokens`); `text`
+    is their decoding for people and verifiers (special tokens and the end token left out)."""
+
+    text: str
+    token_ids: list[int]
+    finished: bool
 
 
 def device_of(model):
     return next(model.parameters()).device
 
 
-def generate(
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """A rendered prompt's ids as every stage conditions on them: the rendering already holds any
+    special tokens (a chat template's), so the tokenizer adds none."""
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion, as TRL's trainers and vLLM stop: the model's
+    `generation_config.eos_token_id` (an int or a list: Qwen's `<|im_end|>` and `<|endoftext|>`,
+    Llama 3.1's 128001/128008/128009) and the tokenizer's eos. `model` is a loaded model or the
+    directory it is saved in."""
+    if isinstance(model, (str, Path)):
+        generation_config = saved_generation_config(Path(model))
+    else:
+        generation_config = getattr(model, "generation_config", None)
+    listed = getattr(generation_config, "eos_token_id", None)
+    ids = [] if listed is None else [listed] if isinstance(listed, int) else list(listed)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(int(i) for i in ids))
+
+
+def saved_generation_config(model_dir: Path, trust_remote_code: bool = False):
+    """The generation config `from_pretrained` would give the model in `model_dir`: its
+    generation_config.json, else the one derived from its config.json."""
+    from transformers import AutoConfig, GenerationConfig
+
+    if (model_dir / "generation_config.json").is_file():
+        return GenerationConfig.from_pretrained(str(model_dir), local_files_only=True)
+    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code, local_files_only=True)
+    return GenerationConfig.from_model_config(config)
+
+
+def _completion(tokenizer, sampled: list[int], stops: set[int]) -> Completion:
+    """Cut a row of `generate`'s output at its first stop id (what follows is padding)."""
+    end = next((i for i, t in enumerate(sampled) if t in stops), None)
+    ids = sampled if end is None else sampled[: end + 1]
+    content = ids if end is None else ids[:-1]
+    return Completion(tokenizer.decode(content, skip_special_tokens=True), ids, end is not None)
+
+
+def generate_completions(
     model,
     tokenizer,
     prompts: Sequence[str],
@@ -24,21 +84,19 @@ def generate(
     num_return_sequences: int = 1,
     batch_size: int = 256,
     seed: int | None = None,
-    with_finished: bool = False,
     desc: str | None = None,
-):
-    """Completions per prompt (`num_return_sequences` each), decoded without special tokens. With
-    `with_finished`, also whether each one ended with the end token (an instruct model's end of
-    turn) rather than at `max_new_tokens`: (completions, finished), shaped alike. `desc` shows a
-    progress bar over the prompts."""
+) -> list[list[Completion]]:
+    """`num_return_sequences` completions per prompt, stopped on any of the model's stop ids
+    (`stop_token_ids`). `desc` shows a progress bar over the prompts."""
     import torch
 
     if seed is not None:
         torch.manual_seed(seed)
+    stops = stop_token_ids(model, tokenizer)
+    stop_set = set(stops)
     was_training = model.training
     model.eval()
-    out: list[list[str]] = []
-    ended: list[list[bool]] = []
+    out: list[list[Completion]] = []
     bar = None
     if desc:
         from s2d_pipeline.console import progress
@@ -59,37 +117,60 @@ def generate(
                     top_k=None if greedy else 0,
                     num_return_sequences=num_return_sequences,
                     pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
+                    eos_token_id=stops or None,
                 )
-                new = gen[:, enc["input_ids"].shape[1] :]
-                texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-                stops = (new == tokenizer.eos_token_id).any(-1).tolist()
+                new = gen[:, enc["input_ids"].shape[1] :].tolist()
+                rows = [_completion(tokenizer, r, stop_set) for r in new]
                 for i in range(len(chunk)):
-                    out.append(texts[i * num_return_sequences : (i + 1) * num_return_sequences])
-                    ended.append(stops[i * num_return_sequences : (i + 1) * num_return_sequences])
+                    out.append(rows[i * num_return_sequences : (i + 1) * num_return_sequences])
                 if bar is not None:
                     bar.update(len(chunk))
     finally:
         model.train(was_training)
         if bar is not None:
             bar.close()
-    return (out, ended) if with_finished else out
+    return out
 
 
-def sample(
+def generate(
     model,
     tokenizer,
     prompts: Sequence[str],
-    settings,
     *,
-    n: int,
-    seed: int,
+    max_new_tokens: int,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    num_return_sequences: int = 1,
+    batch_size: int = 256,
+    seed: int | None = None,
     with_finished: bool = False,
     desc: str | None = None,
 ):
+    """The texts of `generate_completions` per prompt; with `with_finished`, also whether each one
+    ended on a stop id (an instruct model's end of turn) rather than at `max_new_tokens`:
+    (completions, finished), shaped alike."""
+    groups = generate_completions(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        temperature=temperature,
+        num_return_sequences=num_return_sequences,
+        batch_size=batch_size,
+        seed=seed,
+        desc=desc,
+    )
+    texts = [[c.text for c in g] for g in groups]
+    return (texts, [[c.finished for c in g] for g in groups]) if with_finished else texts
+
+
+def sample_completions(
+    model, tokenizer, prompts: Sequence[str], settings, *, n: int, seed: int, desc: str | None = None
+) -> list[list[Completion]]:
     """`n` sampled completions per prompt with a stage's settings (its max_completion_length,
     temperature and batch_size); `desc` shows a progress bar."""
-    return generate(
+    return generate_completions(
         model,
         tokenizer,
         prompts,
@@ -99,13 +180,19 @@ def sample(
         num_return_sequences=n,
         batch_size=settings.batch_size,
         seed=seed,
-        with_finished=with_finished,
         desc=desc,
     )
 
 
+def sample(model, tokenizer, prompts: Sequence[str], settings, *, n: int, seed: int, desc: str | None = None):
+    """The texts of `sample_completions`, per prompt."""
+    groups = sample_completions(model, tokenizer, prompts, settings, n=n, seed=seed, desc=desc)
+    return [[c.text for c in g] for g in groups]
+
+
 def generate_vllm(
     model_dir,
+    tokenizer,
     prompts: Sequence[str],
     cfg,
     *,
@@ -113,10 +200,10 @@ def generate_vllm(
     temperature: float,
     num_return_sequences: int,
     seed: int,
-) -> tuple[list[list[str]], list[list[bool]]]:
-    """Sampled completions from vLLM (`runtime.use_vllm`), and whether each ended with the end token:
-    the rollouts stage's fast path on GPUs.
-    The engine is torn down afterwards so the HF model that scores the samples gets the memory back."""
+) -> list[list[Completion]]:
+    """Sampled completions from vLLM (`runtime.use_vllm`), stopped on the same ids as `generate`:
+    the rollouts stage's fast path on GPUs. The engine is torn down afterwards so the HF model that
+    scores the samples gets the memory back."""
     import gc
 
     try:
@@ -128,6 +215,7 @@ def generate_vllm(
             "key 'runtime.use_vllm' is true but vllm is not installed (pip install -e '.[gpu]' on a GPU machine)"
         ) from exc
     r = cfg.runtime
+    stops = stop_token_ids(model_dir, tokenizer)
     llm = LLM(
         model=str(model_dir),
         dtype=cfg.models.dtype,
@@ -138,11 +226,17 @@ def generate_vllm(
         max_model_len=cfg.models.max_seq_len,
     )
     params = SamplingParams(
-        n=num_return_sequences, temperature=temperature, top_p=1.0, top_k=-1, max_tokens=max_new_tokens, seed=seed
+        n=num_return_sequences,
+        temperature=temperature,
+        top_p=1.0,
+        top_k=-1,
+        max_tokens=max_new_tokens,
+        seed=seed,
+        stop_token_ids=stops,
     )
     outputs = llm.generate(list(prompts), params)
-    samples = [[c.text for c in out.outputs] for out in outputs]
-    finished = [[c.finish_reason == "stop" for c in out.outputs] for out in outputs]
+    # vLLM's token_ids end with the stop token it stopped on; cut as `generate`'s rows are cut.
+    samples = [[_completion(tokenizer, list(c.token_ids), set(stops)) for c in out.outputs] for out in outputs]
     del llm
     gc.collect()
     try:
@@ -151,7 +245,7 @@ def generate_vllm(
         torch.cuda.empty_cache()
     except Exception:  # noqa: BLE001 - best effort
         pass
-    return samples, finished
+    return samples
 
 
 def accuracy(
@@ -169,41 +263,115 @@ def accuracy(
 def completion_token_stats(
     student, teacher, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 256
 ) -> dict:
-    """Teacher log-probability of each completion, and mean per-token KL(student || teacher) over
-    completion tokens (the C2 diagnostic). With `student=None` only the teacher is scored."""
+    """`score_completion_ids` of completion texts, encoded as every stage encodes them (evaluate's C2
+    and the C2 stopping rule score the student's decoded samples this way)."""
+    return score_completion_ids(
+        student,
+        teacher,
+        [encode_prompt(tokenizer, p) for p in prompts],
+        [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions],
+        pad_token_id=tokenizer.pad_token_id,
+        batch_size=batch_size,
+    )
+
+
+def score_completion_ids(
+    student,
+    teacher,
+    prompt_ids: Sequence[list[int]],
+    completion_ids: Sequence[list[int]],
+    *,
+    pad_token_id: int,
+    batch_size: int = 256,
+    chunk_bytes: int = SCORING_CHUNK_BYTES,
+) -> dict:
+    """Teacher log-probability of each completion (summed over its tokens), and mean per-token
+    KL(student || teacher) over completion tokens (the C2 diagnostic). With `student=None` only the
+    teacher is scored.
+
+    Each model's hidden states are computed once per batch; only the positions that predict a
+    completion token are projected to the vocabulary, a chunk of positions at a time, and each chunk
+    leaves only its per-token scalars behind: memory follows `chunk_bytes`, not batch x length x
+    vocabulary (a float32 152k-vocabulary distribution is 0.6 MB per token)."""
     import torch
 
     logprobs: list[float] = []
     kl_sum, kl_tokens = 0.0, 0
+    dev = device_of(teacher)  # all vocabulary-wide math on the teacher's device
+    per_chunk = max(1, chunk_bytes // (4 * teacher.config.get_text_config().vocab_size))
     with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            ps, cs = prompts[start : start + batch_size], completions[start : start + batch_size]
-            p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in ps]
-            c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs]
-            seqs = [a + b for a, b in zip(p_ids, c_ids, strict=True)]
+        for start in range(0, len(prompt_ids), batch_size):
+            ps, cs = prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size]
+            seqs = [list(a) + list(b) for a, b in zip(ps, cs, strict=True)]
             width = max(len(s) for s in seqs)
-            pad = tokenizer.pad_token_id
-            ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])  # left pad
+            ids = torch.tensor([[pad_token_id] * (width - len(s)) + s for s in seqs])  # left pad
             attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
-            mask = torch.zeros_like(ids, dtype=torch.bool)
-            for i, c in enumerate(c_ids):
+            # The hidden state at t predicts token t + 1: the last len(c) tokens are predicted from
+            # positions width - 1 - len(c) .. width - 2.
+            predicts = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
+            for i, c in enumerate(cs):
                 if c:
-                    mask[i, width - len(c) :] = True
-            # logits at t predict token t+1; all math on the teacher's device (full-vocab tensors are big)
-            dev = device_of(teacher)
-            ids, attn, target_mask = ids.to(dev), attn.to(dev), mask[:, 1:].to(dev)
-            t_logp = torch.log_softmax(_logits(teacher, ids, attn)[:, :-1].float(), -1)
-            tok_logp = t_logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-            logprobs += (tok_logp * target_mask).sum(-1).tolist()
+                    predicts[i, max(0, width - 1 - len(c)) :] = True
+            rows, cols = predicts.nonzero(as_tuple=True)
+            targets = ids[:, 1:][rows, cols].to(dev)
+            t_hidden = _hidden_states(teacher, ids, attn, rows, cols)
+            s_hidden = _hidden_states(student, ids, attn, rows, cols) if student is not None else None
+            seq_logp = torch.zeros(len(seqs), dtype=torch.float32, device=dev)
+            rows = rows.to(dev)
+            for a in range(0, len(targets), per_chunk):
+                b = a + per_chunk
+                t_logp = _log_probs(teacher, t_hidden[a:b])
+                seq_logp.index_add_(0, rows[a:b], t_logp.gather(-1, targets[a:b, None]).squeeze(-1))
+                if s_hidden is not None:
+                    s_logp = _log_probs(student, s_hidden[a:b]).to(dev)
+                    # sum_v p_s (log p_s - log p_t), in place: no further vocabulary-wide tensor
+                    gap = t_logp.neg_().add_(s_logp)
+                    kl_sum += float(torch.dot(s_logp.exp_().view(-1), gap.view(-1)))
+                    del s_logp, gap
+                del t_logp
+            logprobs += seq_logp.tolist()
             if student is not None:
-                s_logp = torch.log_softmax(_logits(student, ids, attn)[:, :-1].to(dev).float(), -1)
-                kl = (s_logp.exp() * (s_logp - t_logp)).sum(-1)
-                kl_sum += float((kl * target_mask).sum())
-                kl_tokens += int(target_mask.sum())
+                kl_tokens += len(targets)
     return {"teacher_logprob": logprobs, "kl": kl_sum / max(kl_tokens, 1), "tokens": kl_tokens}
 
 
-def _logits(model, ids, attn):
+def _hidden_states(model, ids, attn, rows, cols):
+    """The last hidden states (before the LM head) at the (row, position) pairs given, shaped
+    (pairs, hidden). Left padding: positions count from each sequence's first token."""
     dev = device_of(model)
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    return model(input_ids=ids.to(dev), attention_mask=attn.to(dev), position_ids=position_ids.to(dev)).logits
+    out = model.base_model(
+        input_ids=ids.to(dev), attention_mask=attn.to(dev), position_ids=position_ids.to(dev), use_cache=False
+    )
+    return out.last_hidden_state[rows.to(dev), cols.to(dev)]
+
+
+def _log_probs(model, hidden):
+    """float32 log-probabilities over the vocabulary for `hidden` (positions x hidden size)."""
+    import torch
+
+    return torch.log_softmax(_project(model, hidden).float(), -1)
+
+
+def _project(model, hidden):
+    """The model's logits for `hidden`: its LM head, then what its forward does after the head."""
+    import torch
+
+    scale, softcap = logit_transform(model.config)
+    logits = model.get_output_embeddings()(hidden)
+    if scale != 1.0:
+        logits = logits * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def logit_transform(config) -> tuple[float, float | None]:
+    """(scale, softcap) a model applies to its LM head's output: Cohere multiplies by `logit_scale`,
+    Granite divides by `logits_scaling`, Gemma soft-caps at `final_logit_softcapping`; Qwen and Llama
+    do neither. Losses that project hidden states themselves must apply the same."""
+    text = config.get_text_config()
+    scale = getattr(text, "logit_scale", None) or 1.0
+    if getattr(text, "logits_scaling", None):
+        scale = scale / text.logits_scaling
+    return float(scale), getattr(text, "final_logit_softcapping", None) or None

@@ -8,6 +8,7 @@ checkpoint. torch/transformers are imported inside functions to keep the CLI fas
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -146,7 +147,12 @@ def save_model(model, tokenizer, directory: Path) -> None:
 
 def check_vocab_compatible(teacher_dir: Path, student_dir: Path, cfg: Config) -> None:
     """Distillation compares full next-token distributions: teacher and student must share a
-    vocabulary. Checked from the tokenizers and configs alone, before any training starts."""
+    vocabulary. The student is also trained on the teacher's samples, which end on the teacher's end
+    ids and follow the teacher's chat rendering: both must be the student's too, or the student learns
+    to stop on a token its own generation does not stop on, after prompts rendered as it never sees
+    them. Checked from the tokenizers and configs alone, before any training starts."""
+    from s2d_pipeline.generation import stop_token_ids
+
     t_tok, s_tok = load_tokenizer(teacher_dir, cfg), load_tokenizer(student_dir, cfg)
     if t_tok.get_vocab() != s_tok.get_vocab():
         t, s = t_tok.get_vocab(), s_tok.get_vocab()
@@ -167,6 +173,28 @@ def check_vocab_compatible(teacher_dir: Path, student_dir: Path, cfg: Config) ->
         raise ConfigError(
             f"teacher vocab_size {t_cfg.vocab_size} != student vocab_size {s_cfg.vocab_size} "
             f"({teacher_dir} vs {student_dir}); TRL's distillation trainers require equal sizes"
+        )
+    t_stop, s_stop = stop_token_ids(teacher_dir, t_tok), stop_token_ids(student_dir, s_tok)
+    if set(t_stop) != set(s_stop):
+        raise ConfigError(
+            f"teacher ({teacher_dir}) and student ({student_dir}) end a completion on different token ids: "
+            f"teacher {t_stop} {t_tok.convert_ids_to_tokens(t_stop)}, student {s_stop} "
+            f"{s_tok.convert_ids_to_tokens(s_stop)} (generation_config.json eos_token_id and the tokenizer's "
+            "eos). The student is trained to stop where the teacher stopped: give both the same end ids."
+        )
+    t_template, s_template = getattr(t_tok, "chat_template", None), getattr(s_tok, "chat_template", None)
+    if cfg.models.chat_template and t_template != s_template:
+        t_lines, s_lines = (t_template or "").splitlines(), (s_template or "").splitlines()
+        line = next(
+            (i for i, (a, b) in enumerate(zip(t_lines, s_lines, strict=False)) if a != b),
+            min(len(t_lines), len(s_lines)),
+        )
+        shown = [(lines[line] if line < len(lines) else "<end of template>")[:80] for lines in (t_lines, s_lines)]
+        raise ConfigError(
+            f"teacher ({teacher_dir}) and student ({student_dir}) chat templates differ, first at line "
+            f"{line + 1}: teacher {shown[0]!r}, student {shown[1]!r}. The student is trained on prompts "
+            "rendered with the teacher's template: give both the same template (or set models.chat_template: "
+            "false for base models)."
         )
 
 

@@ -2,9 +2,10 @@
 
 - GRPO (`trl.GRPOTrainer`): teacher RL (Stage 1), student RL (Stage 3) and the direct-GRPO baseline;
   the reward is the task verifier (sparse, 0/1 per completion).
-- Forward KL on teacher rollouts (`trl.experimental.gkd.GKDTrainer`, `lmbda=0, beta=0`): Stage 2a,
-  token-level KL to the teacher's full next-token distribution on the teacher's own samples;
-  `warmup.loss: sft` swaps in `trl.SFTTrainer` (cross-entropy on the sampled tokens only).
+- Forward KL on teacher rollouts (`trl.experimental.gkd.GKDTrainer`, `lmbda=0, beta=0`, its loss
+  computed in chunks: `chunked_forward_kl_trainer`): Stage 2a, token-level KL to the teacher's full
+  next-token distribution on the token ids the teacher sampled; `warmup.loss: sft` swaps in
+  `trl.SFTTrainer` (cross-entropy on the sampled tokens only).
 - On-policy distillation (`trl.DistillationTrainer`, `beta=1`): Stage 2b, the student samples and
   the loss is per-token reverse KL to the teacher.
 
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from s2d_pipeline.config import Config
+from s2d_pipeline.generation import encode_prompt
 
 
 def training_args(
@@ -262,8 +264,11 @@ def rows_dataset(rows: list[dict]):
 
 
 class PromptCompletionCollator:
-    """Tokenises (prompt, completion) text pairs; labels cover completion tokens only, plus the end
-    token when the teacher's completion ended with it (`finished`), so the student learns to stop.
+    """Training sequences from (prompt text, sampled completion ids) rows: the prompt encoded as every
+    stage encodes a rendered prompt (`generation.encode_prompt`), then `completion_ids` exactly as the
+    teacher sampled them, its end token included when it stopped on one (so the student learns to
+    stop there). Re-encoding the decoded text would give a BPE tokenizer's canonical split, not the
+    teacher's tokens. Labels cover completion tokens only.
 
     Used by the forward-KL warmup (GKD with lmbda=0 never generates, so it only needs
     `input_ids`, `attention_mask` and `labels`) and by its SFT variant.
@@ -278,10 +283,8 @@ class PromptCompletionCollator:
         tok = self.tokenizer
         seqs, labels = [], []
         for ex in examples:
-            p = tok(ex["prompt"], add_special_tokens=False)["input_ids"]
-            c = tok(ex["completion"], add_special_tokens=False)["input_ids"]
-            if ex.get("finished"):
-                c = c + [tok.eos_token_id]
+            p = encode_prompt(tok, ex["prompt"])
+            c = [int(i) for i in ex["completion_ids"]]
             ids = (p + c)[: self.max_length]
             seqs.append(ids)
             labels.append(([-100] * len(p) + c)[: self.max_length])
@@ -292,6 +295,71 @@ class PromptCompletionCollator:
         attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
         label_t = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
         return {"input_ids": input_ids, "attention_mask": attention, "labels": label_t}
+
+
+def chunked_forward_kl_trainer(**kwargs):
+    """TRL's `GKDTrainer` (give it `lmbda=0, beta=0`: forward KL(teacher || student) on the dataset's
+    sequences) with the loss computed without either model's full logits. GKD's own loss holds both
+    models' float logits for the whole batch (32 sequences x 4k tokens x 152k vocabulary is ~80 GB per
+    tensor); here only the completion positions' hidden states are kept, and TRL's
+    `ChunkedDivergenceFunction` (the kernel behind `DistillationTrainer`'s chunked loss) projects them
+    to the vocabulary tile by tile, forward and backward. Same loss and reduction as GKD's."""
+    import torch
+    from trl.experimental.gkd import GKDTrainer
+    from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+    from trl.models.utils import _ForwardRedirection
+
+    from s2d_pipeline.generation import logit_transform
+
+    class ChunkedForwardKLTrainer(GKDTrainer):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            if self.lmbda != 0.0 or self.seq_kd:
+                raise ValueError("the chunked forward-KL loss trains on the dataset's sequences: lmbda=0, no seq_kd")
+            # The backbones are called directly (the loss reads the LM heads' weights): route the calls
+            # through the wrappers' forward so DDP/FSDP/DeepSpeed still see a forward.
+            self._redirect = _ForwardRedirection()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            student = self.accelerator.unwrap_model(model)
+            loss = self._redirect(model, student, self._forward_kl, student, inputs, num_items_in_batch)
+            return (loss, None) if return_outputs else loss
+
+        def _forward_kl(self, student, inputs, num_items_in_batch):
+            # Causal shift: the hidden state at t predicts token t + 1; only completion targets count.
+            rows, cols = (inputs["labels"][:, 1:] != -100).nonzero(as_tuple=True)
+            h_s = _completion_hidden(student, inputs, rows, cols)
+            self.teacher_model.eval()
+            teacher = self.accelerator.unwrap_model(self.teacher_model)
+            with torch.no_grad():
+                h_t = self._redirect(self.teacher_model, teacher, _completion_hidden, teacher, inputs, rows, cols)
+            s_head, t_head = student.get_output_embeddings(), teacher.get_output_embeddings()
+            s_scale, s_cap = logit_transform(student.config)
+            t_scale, t_cap = logit_transform(teacher.config)
+            per_token, _ = ChunkedDivergenceFunction.apply(
+                h_s,
+                s_head.weight,
+                s_head.bias,
+                h_t.to(h_s.device),
+                t_head.weight,
+                t_head.bias,
+                self.beta,
+                self.temperature,
+                s_scale,
+                s_cap,
+                t_scale,
+                t_cap,
+            )
+            total = per_token.sum()
+            if num_items_in_batch is not None:
+                return total / torch.as_tensor(num_items_in_batch, device=total.device)
+            return total / max(len(rows), 1)
+
+    def _completion_hidden(model, inputs, rows, cols):
+        out = model.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        return out.last_hidden_state[:, :-1][rows, cols]
+
+    return ChunkedForwardKLTrainer(**kwargs)
 
 
 def kl_stop_callback(cfg: Config, teacher, tokenizer, prompts: list[str], target: float, every: int):
@@ -330,6 +398,7 @@ def train_forward_kl(
 ):
     """Forward KL on teacher samples: full-distribution forward KL (GKD, lmbda=0, beta=0), or SFT with
     `loss: sft`. Stage 2a (`settings` = cfg.warmup) and the healing of a derived student (cfg.prepare.heal).
+    `rollouts` rows hold the rendered `prompt` and the sampled `completion_ids` (`PromptCompletionCollator`).
     With `settings.kl_target` set, `steps` is a cap and training stops once C2 on `kl_prompts` is below
     the target (`kl_stop_callback`)."""
     from s2d_pipeline.models import load_model, load_tokenizer
@@ -340,10 +409,7 @@ def train_forward_kl(
     kl_target = getattr(w, "kl_target", None)
     teacher = load_model(teacher_dir, cfg) if forward_kl or kl_target is not None else None
     train_rows = epoch_rows(
-        [
-            {"prompt": r["prompt"], "completion": r["completion"], "finished": bool(r.get("finished"))}
-            for r in rollouts
-        ],
+        [{"prompt": r["prompt"], "completion_ids": [int(i) for i in r["completion_ids"]]} for r in rollouts],
         steps * w.batch_size,
         f"{run_name}-{cfg.seed}",
     )
@@ -354,12 +420,12 @@ def train_forward_kl(
     common["include_num_input_tokens_seen"] = "non_padding"  # GRPO and OPD count their own tokens
     common["train_sampling_strategy"] = "sequential"  # epoch_rows already shuffled, resumably
     if forward_kl:
-        from trl.experimental.gkd import GKDConfig, GKDTrainer
+        from trl.experimental.gkd import GKDConfig
 
         args = GKDConfig(
             **common, lmbda=0.0, beta=0.0, seq_kd=False, temperature=1.0, max_length=cfg.models.max_seq_len
         )
-        trainer = GKDTrainer(
+        trainer = chunked_forward_kl_trainer(
             model=student,
             teacher_model=teacher,
             args=args,

@@ -106,7 +106,8 @@ def run(cfg: Config) -> dict:
 
     bar = progress(total=len(teachers) + 1 + len(cfg.arms), desc="evaluate", unit="model")
     for name, path in teachers.items():
-        result["teachers"][name] = score(task, model(path), tokenizer, rows, cfg)
+        # A teacher is rendered and stopped with its own tokenizer, chat template and end ids.
+        result["teachers"][name] = score(task, model(path), load_tokenizer(path, cfg), rows, cfg)
         bar.update()
     raw = result["teachers"]["teacher_raw"]
     result["C1"] = {

@@ -101,7 +101,7 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
     import shutil
 
     from s2d_pipeline.data import load_split
-    from s2d_pipeline.generation import accuracy, sample
+    from s2d_pipeline.generation import accuracy, sample_completions
     from s2d_pipeline.layout import checkpoint_dir
     from s2d_pipeline.models import count_parameters, derive_student, import_gguf, resolve_gguf, save_model
     from s2d_pipeline.prompts import render
@@ -132,20 +132,10 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
         save_model(student, tokenizer, derived)
         pool = load_split(cfg, task, "prompts")[: heal.prompts]
         prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in pool]
-        samples, finished = sample(
-            teacher,
-            tokenizer,
-            prompts,
-            cfg.rollouts,
-            n=1,
-            seed=cfg.seed,
-            with_finished=True,
-            desc="heal: teacher samples",
+        samples = sample_completions(
+            teacher, tokenizer, prompts, cfg.rollouts, n=1, seed=cfg.seed, desc="heal: teacher samples"
         )
-        rollouts = [
-            {"prompt": p, "completion": c[0], "finished": f[0]}
-            for p, c, f in zip(prompts, samples, finished, strict=True)
-        ]
+        rollouts = [{"prompt": p, "completion_ids": c[0].token_ids} for p, c in zip(prompts, samples, strict=True)]
         t0 = time.perf_counter()
         trainer = train_forward_kl(
             cfg, heal, derived, base_model_dir(cfg, "teacher"), rollouts, heal.steps, "prepare/heal"

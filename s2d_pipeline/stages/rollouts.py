@@ -1,10 +1,11 @@
 """`s2d rollouts`: teacher trajectory generation on the unlabeled prompt pool (reads no label).
 
 For each teacher a configured arm warms up from (the RL teacher, or the raw one for `raw_bridge`),
-samples `rollouts.samples_per_prompt` completions per prompt and writes
-`artifacts/rollouts/<teacher>.jsonl` with `prompt_id`, `prompt`, `completion`, `num_tokens` and
-`teacher_logprob` (sum over completion tokens), which DVC versions. An RL teacher that fails the C1
-gate (`s2d_pipeline.gate`) is not sampled: the stage stops with the gate's report.
+samples `rollouts.samples_per_prompt` completions per prompt, rendered and stopped with the teacher's
+own tokenizer and end ids, and writes `artifacts/rollouts/<teacher>.jsonl`, which DVC versions. The
+warmup trains on `completion_ids`, the ids the teacher sampled; `completion` is their text, for people
+and verifiers. An RL teacher that fails the C1 gate (`s2d_pipeline.gate`) is not sampled: the stage
+stops with the gate's report.
 
     s2d rollouts
 """
@@ -19,16 +20,27 @@ from s2d_pipeline.io import write_jsonl, write_unit_metrics
 from s2d_pipeline.layout import rollouts_file, teacher_dir, unit_metrics_dir
 from s2d_pipeline.tasks import get_task
 
-# `prompt` is the rendered text the teacher was conditioned on (chat template included); `finished`
-# says the completion ended with the end token (the warmup then teaches the student to stop there).
-ROLLOUT_COLUMNS = ("prompt_id", "prompt", "completion", "finished", "num_tokens", "teacher_logprob", "teacher")
+# `prompt`: the rendered text the teacher was conditioned on (chat template included).
+# `completion_ids`: the sampled ids, ending with the end token when `finished` (it stopped on one of the
+# teacher's end ids; false: it ran to max_completion_length). `num_tokens` and `teacher_logprob` (summed)
+# cover the completion's tokens without that end token, as evaluate's C2 counts them.
+ROLLOUT_COLUMNS = (
+    "prompt_id",
+    "prompt",
+    "completion",
+    "completion_ids",
+    "finished",
+    "num_tokens",
+    "teacher_logprob",
+    "teacher",
+)
 
 
 def run(cfg: Config, arm: str | None = None) -> dict:
     from s2d_pipeline import runtime
     from s2d_pipeline.data import load_split
     from s2d_pipeline.gate import require_improved_teacher
-    from s2d_pipeline.generation import completion_token_stats, generate_vllm, sample
+    from s2d_pipeline.generation import encode_prompt, generate_vllm, sample_completions, score_completion_ids
     from s2d_pipeline.models import load_model, load_tokenizer
     from s2d_pipeline.prompts import render
 
@@ -44,8 +56,9 @@ def run(cfg: Config, arm: str | None = None) -> dict:
         tokenizer = load_tokenizer(path, cfg)
         prompts = [render(cfg, task, tokenizer, row["prompt"]) for row in pool]
         if cfg.runtime.use_vllm:
-            samples, finished = generate_vllm(
+            samples = generate_vllm(
                 path,
+                tokenizer,
                 prompts,
                 cfg,
                 max_new_tokens=r.max_completion_length,
@@ -55,30 +68,31 @@ def run(cfg: Config, arm: str | None = None) -> dict:
             )
         model = load_model(path, cfg, for_inference=True)
         if not cfg.runtime.use_vllm:
-            samples, finished = sample(
-                model,
-                tokenizer,
-                prompts,
-                r,
-                n=r.samples_per_prompt,
-                seed=cfg.seed,
-                with_finished=True,
-                desc=f"rollouts/{teacher}",
+            samples = sample_completions(
+                model, tokenizer, prompts, r, n=r.samples_per_prompt, seed=cfg.seed, desc=f"rollouts/{teacher}"
             )
-        flat_prompts = [p for p, cs in zip(prompts, samples, strict=True) for _ in cs]
+        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
         flat = [c for cs in samples for c in cs]
-        stats = completion_token_stats(None, model, tokenizer, flat_prompts, flat, batch_size=r.batch_size)
+        stats = score_completion_ids(
+            None,
+            model,
+            [ids for ids, cs in zip(prompt_ids, samples, strict=True) for _ in cs],
+            [_content_ids(c) for c in flat],
+            pad_token_id=tokenizer.pad_token_id,
+            batch_size=r.batch_size,
+        )
         rows = []
         for i, (row, cs) in enumerate(zip(pool, samples, strict=True)):
-            for j, completion in enumerate(cs):
+            for j, c in enumerate(cs):
                 k = i * r.samples_per_prompt + j
                 rows.append(
                     {
                         "prompt_id": row["id"],
                         "prompt": prompts[i],
-                        "completion": completion,
-                        "finished": finished[i][j],
-                        "num_tokens": len(tokenizer(completion, add_special_tokens=False)["input_ids"]),
+                        "completion": c.text,
+                        "completion_ids": c.token_ids,
+                        "finished": c.finished,
+                        "num_tokens": len(_content_ids(c)),
                         "teacher_logprob": round(stats["teacher_logprob"][k], 5),
                         "teacher": teacher,
                     }
@@ -91,3 +105,8 @@ def run(cfg: Config, arm: str | None = None) -> dict:
             **({"c1_gate": c1} if c1 else {}),
         }
     return write_unit_metrics(unit_metrics_dir(cfg, "rollouts"), metrics, prune=arm is None)
+
+
+def _content_ids(completion) -> list[int]:
+    """A completion's ids without its end token."""
+    return completion.token_ids[:-1] if completion.finished else completion.token_ids
