@@ -127,20 +127,18 @@ def test_distributed_run_whose_launcher_fails_is_a_crash_and_retried(project):
 
 
 def test_distributed_run_refusing_its_input_is_a_user_error_with_the_childs_message(project):
-    """A launched process refuses its input (here: the data files are missing) and exits 2, which
-    `accelerate launch` reports as status 1 like any failure: the child's own message still
+    """A launched process refuses its input (here: an arm the params do not configure) and exits 2,
+    which `accelerate launch` reports as status 1 like any failure: the child's own message still
     reaches the caller as a user error, so the flow does not retry it."""
     from s2d_pipeline.cli import run_distributed
     from s2d_pipeline.config import deep_merge, load_config
 
     config = _one_cpu_accelerate(project)
     overrides = deep_merge(
-        MICRO, {"runtime": {"accelerate_config": config, "num_processes": 1}, "data": {"generate": False}}
+        MICRO, {"runtime": {"accelerate_config": config, "num_processes": 1}, "arms": ["s2d", "grpo_direct"]}
     )
-    cfg = load_config(project / "params.yaml", overrides, root=project, check_paths=False)
+    cfg = load_config(project / "params.yaml", overrides, root=project)
     with pytest.raises(S2DError) as caught:
-        run_distributed("warmup", cfg, "s2d")
-    assert "cannot start" in str(caught.value) and "key 'data.labels': file 'data/labels.jsonl' does not exist" in str(
-        caught.value
-    )
+        run_distributed("warmup", cfg, "no_opd")
+    assert str(caught.value) == "--arm: 'no_opd' is not a configured arm (key 'arms': s2d, grpo_direct)"
     assert not _retried(caught.value)
