@@ -76,7 +76,7 @@ def collect(directory: Path, wall_s: float | None) -> dict:
     from s2d_pipeline.layout import metrics_file, stage_metrics
     from s2d_pipeline.stages import STAGES
 
-    cfg = load_config(directory / "params.yaml", root=directory, check_paths=False)
+    cfg = load_config(directory / "params.yaml", root=directory)
     stages = {}
     for name in STAGES:
         if name not in PER_ARM_STAGES and not metrics_file(cfg, name).exists():

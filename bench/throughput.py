@@ -191,7 +191,7 @@ def _cpu_project(root: Path, steps: int | None, params: Path | None = None):
         cfg = load_config(root / "params.yaml", {**overrides, "prepare": {"heal": {"steps": 0}}}, root=root)
         prepare.run(cfg)
         return cfg, get_task(cfg.task)
-    cfg = load_config(root / "params.yaml", overrides, root=root, check_paths=False)
+    cfg = load_config(root / "params.yaml", overrides, root=root)
     task = get_task(cfg.task)
     for split, rows in task.generate_splits(0, 512, 2048, 64).items():
         write_jsonl(data_file(cfg, split), rows)

@@ -28,12 +28,23 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
+from s2d_pipeline import dvc_units
+from s2d_pipeline.arms import PER_ARM_STAGES, stage_unit, stage_units
+from s2d_pipeline.cli import run_child, run_stage
+from s2d_pipeline.dvc_units import address
+from s2d_pipeline.errors import S2DError
+from s2d_pipeline.inputs import load_checked_config
+from s2d_pipeline.io import read_json
+from s2d_pipeline.layout import metrics_file, unit_metrics_dir, unit_metrics_file
+from s2d_pipeline.runtime import health_problem, quiet_offline_env, tracking_uri
+from s2d_pipeline.stages import PIPELINE
+from s2d_pipeline.stages.evaluate import comparison_rows
+from s2d_pipeline.tracking import find_pipeline_run, preflight
+
 
 def _not_a_user_error(task, task_run, state) -> bool:
     """Retry a lost worker or an OOM, not bad input or an impossible budget: those fail the same way
     every time."""
-    from s2d_pipeline.errors import S2DError
-
     return not isinstance(state.result(raise_on_failure=False), S2DError)
 
 
@@ -45,10 +56,7 @@ def _not_a_user_error(task, task_run, state) -> bool:
     task_run_name="{name}",
 )
 def run_stage_task(name: str, params: str, overrides: dict | None) -> dict:
-    from s2d_pipeline.cli import run_stage
-    from s2d_pipeline.config import load_config
-
-    cfg = load_config(params, overrides)
+    cfg = load_checked_config(params, overrides)
     return run_stage(name, cfg)
 
 
@@ -64,10 +72,7 @@ def run_arm_task(name: str, unit: str, arm: str, params: str, overrides: dict | 
     (on whichever worker of its queue takes it), in this process, or, as the `slot`-th of several
     training at once, in its own (with its own share of the cores or GPUs and its own RNG state, so
     results do not depend on the interleaving)."""
-    from s2d_pipeline.cli import run_stage
-    from s2d_pipeline.config import load_config
-
-    cfg = load_config(params, overrides)
+    cfg = load_checked_config(params, overrides)
     if cfg.flow.unit_deployment:
         return _run_unit_deployment(cfg, name, unit, arm, params, overrides)
     if slot is None:
@@ -82,16 +87,11 @@ def s2d_unit(stage: str, arm: str, params: str = "params.yaml", overrides: dict 
     run with `s2d: <error>` as its message, which the dispatching flow raises as that error."""
     from prefect.states import Failed
 
-    from s2d_pipeline.cli import run_stage
-    from s2d_pipeline.config import load_config
-    from s2d_pipeline.errors import S2DError
-    from s2d_pipeline.runtime import quiet_offline_env
-
     quiet_offline_env()
     if pipeline_key:  # the stage's MLflow run goes under the dispatching flow run's parent run
         os.environ["S2D_PIPELINE_RUN_ID"] = pipeline_key
     try:
-        return run_stage(stage, load_config(params, overrides), arm)
+        return run_stage(stage, load_checked_config(params, overrides), arm)
     except S2DError as exc:
         get_run_logger().error("s2d: %s", exc)
         return Failed(message=f"s2d: {exc}")
@@ -101,10 +101,6 @@ def _run_unit_deployment(cfg, name: str, unit: str, arm: str, params: str, overr
     """Run a unit as a run of `flow.unit_deployment` (a subflow of this flow run), wait for it, and
     read its metrics from the shared project directory."""
     from prefect.deployments import run_deployment
-
-    from s2d_pipeline.errors import S2DError
-    from s2d_pipeline.io import read_json
-    from s2d_pipeline.layout import unit_metrics_file
 
     run = run_deployment(
         cfg.flow.unit_deployment,
@@ -147,8 +143,6 @@ def wait_for_unit_run(run_id, deployment: str, pickup_timeout_s: float, lost_aft
 
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelled, Crashed, StateType
-
-    from s2d_pipeline.errors import S2DError
 
     scheduled_at = time.monotonic()
     with get_client(sync_client=True) as client:
@@ -207,8 +201,6 @@ def unit_deployment_preflight(deployment: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from s2d_pipeline.errors import S2DError
-
     with get_client(sync_client=True) as client:
         try:
             found = client.read_deployment_by_name(deployment)
@@ -254,11 +246,6 @@ def _run_arm_process(name: str, arm: str, cfg, slot: int) -> dict:
 
     import yaml
 
-    from s2d_pipeline.arms import stage_unit
-    from s2d_pipeline.cli import run_child
-    from s2d_pipeline.io import read_json
-    from s2d_pipeline.layout import unit_metrics_file
-
     parallel = cfg.flow.parallel_arms
     resolved = cfg.model_dump(mode="json", exclude={"root"})
     env = dict(os.environ)
@@ -294,8 +281,6 @@ def s2d(params: str = "params.yaml", overrides: dict | None = None):
     overrides, bad data, an impossible budget) fails the run with that error as the state message."""
     from prefect.states import Failed
 
-    from s2d_pipeline.errors import S2DError
-
     logger = get_run_logger()
     try:
         return _run_pipeline(params, overrides, logger)
@@ -305,16 +290,8 @@ def s2d(params: str = "params.yaml", overrides: dict | None = None):
 
 
 def _run_pipeline(params: str, overrides: dict | None, logger) -> dict:
-    from s2d_pipeline.arms import PER_ARM_STAGES
-    from s2d_pipeline.config import load_config
-    from s2d_pipeline.io import read_json
-    from s2d_pipeline.layout import metrics_file
-    from s2d_pipeline.runtime import quiet_offline_env
-    from s2d_pipeline.stages import PIPELINE
-    from s2d_pipeline.tracking import preflight
-
     quiet_offline_env()
-    cfg = load_config(params, overrides)
+    cfg = load_checked_config(params, overrides)
     preflight(cfg)  # fail fast on an unreachable tracking server, before any task
     if cfg.flow.unit_deployment:
         unit_deployment_preflight(cfg.flow.unit_deployment)
@@ -349,11 +326,6 @@ def _fan_out(cfg, name: str, params: str, overrides: dict | None, dvc: DvcState 
     """One task per unit of a per-arm stage (an RL teacher, a teacher's rollouts, a bridge, a
     student GRPO run), `flow.parallel_arms` at a time; a unit `dvc.lock` has up to date is skipped,
     and each unit run is recorded there. Returns the stage's metrics."""
-    from s2d_pipeline.arms import stage_units
-    from s2d_pipeline.dvc_units import address
-    from s2d_pipeline.io import read_json
-    from s2d_pipeline.layout import unit_metrics_dir, unit_metrics_file
-
     units = stage_units(name, cfg.arms)
     for stale in unit_metrics_dir(cfg, name).glob("*.json"):  # units of arms no longer configured
         if stale.stem not in units:
@@ -390,8 +362,6 @@ def _publish_comparison(cfg, evaluation: dict, promotion: dict) -> None:
     """The comparison as a table artifact, and a markdown artifact linking the MLflow parent run."""
     from prefect.artifacts import create_markdown_artifact
 
-    from s2d_pipeline.stages.evaluate import comparison_rows
-
     create_table_artifact(
         comparison_rows(evaluation), key="s2d-comparison", description="eval accuracy and C2 KL per model"
     )
@@ -405,12 +375,9 @@ def _publish_comparison(cfg, evaluation: dict, promotion: dict) -> None:
 
 def _mlflow_parent_link(cfg) -> str | None:
     """The parent run's page when the tracking store is a server a browser can open."""
-    from s2d_pipeline.runtime import tracking_uri
-
     uri = tracking_uri(cfg)
     if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
         return None
-    from s2d_pipeline.tracking import find_pipeline_run
 
     run = find_pipeline_run(cfg)  # never `parent_run_id`: that would set the ended run RUNNING again
     return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" if run else None
@@ -436,8 +403,6 @@ class DvcState:
                 "not a params.yaml run (params %s, overrides %s): dvc.lock is left as it is", params, overrides
             )
             return None
-        from s2d_pipeline import dvc_units
-        from s2d_pipeline.errors import S2DError
 
         try:
             dvc_units.check(cfg)
@@ -476,9 +441,6 @@ def prefect_api_preflight(timeout_s: float = 5.0) -> None:
     """Fail in seconds, naming the URL, when PREFECT_API_URL points at a server that does not answer
     (instead of Prefect's retries failing the first task after the imports and client timeouts).
     Without PREFECT_API_URL Prefect starts a temporary local server, so there is nothing to check."""
-    from s2d_pipeline.errors import S2DError
-    from s2d_pipeline.runtime import health_problem
-
     url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
     if not url:
         return
@@ -494,8 +456,6 @@ def prefect_api_preflight(timeout_s: float = 5.0) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from s2d_pipeline.errors import S2DError
-
     try:
         prefect_api_preflight()
     except S2DError as exc:

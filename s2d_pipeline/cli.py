@@ -28,8 +28,17 @@ import os
 import sys
 import time
 
+from s2d_pipeline import console, dvc_units
+from s2d_pipeline.arms import PER_ARM_STAGES, stage_unit
+from s2d_pipeline.config import parse_overrides
 from s2d_pipeline.errors import S2DError
+from s2d_pipeline.gate import GATE_METRIC
+from s2d_pipeline.inputs import load_checked_config
+from s2d_pipeline.io import read_json
+from s2d_pipeline.layout import metrics_file, stage_dir, stage_metrics
 from s2d_pipeline.stages import STAGE_INFO, STAGES
+from s2d_pipeline.stages.validate import skipped_rules
+from s2d_pipeline.tracking import end_pipeline_run, log_flat_metrics, preflight, stage_run
 
 TIMINGS_ENV = "S2D_TIMINGS"  # a file: each stage appends its compute / tracking / process seconds
 LAUNCHED_ENV = "S2D_LAUNCHED"  # set in the launched processes, so they run the stage instead of relaunching
@@ -70,8 +79,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def check_arm(name: str, cfg, arm: str) -> None:
-    from s2d_pipeline.arms import PER_ARM_STAGES
-
     if name not in PER_ARM_STAGES:
         raise S2DError(f"--arm: stage '{name}' runs once for all arms (per-arm stages: {', '.join(PER_ARM_STAGES)})")
     if arm not in cfg.arms:
@@ -81,8 +88,6 @@ def check_arm(name: str, cfg, arm: str) -> None:
 def run_stage(name: str, cfg, arm: str | None = None) -> dict:
     """Run one stage (or, with `arm`, the unit of it that arm needs) inside its MLflow child run
     (under the pipeline's parent) and log its metrics."""
-    from s2d_pipeline.arms import stage_unit
-
     unit = None
     if arm is not None:
         check_arm(name, cfg, arm)
@@ -91,8 +96,6 @@ def run_stage(name: str, cfg, arm: str | None = None) -> dict:
             return {}  # the arm has no such step (e.g. `warmup --arm no_warmup`): nothing to launch or run
     if STAGE_INFO[name].trains and cfg.runtime.accelerate_config and not os.environ.get(LAUNCHED_ENV):
         return run_distributed(name, cfg, arm)
-    from s2d_pipeline.tracking import end_pipeline_run, log_flat_metrics, stage_run
-
     entered = time.perf_counter()
     module = importlib.import_module(f"s2d_pipeline.stages.{name}")
     # One arm's unit runs in one run `stage/unit` under the pipeline run (trainers log into it too).
@@ -150,8 +153,6 @@ def run_distributed(name: str, cfg, arm: str | None = None) -> dict:
 
     import yaml
 
-    from s2d_pipeline.layout import stage_metrics
-
     if not cfg.path(cfg.runtime.accelerate_config).is_file():
         raise S2DError(
             f"key 'runtime.accelerate_config': {cfg.runtime.accelerate_config} not found (see infra/accelerate/)"
@@ -171,8 +172,6 @@ def run_distributed(name: str, cfg, arm: str | None = None) -> dict:
     metrics = stage_metrics(cfg, name)
     if arm is None:
         return metrics
-    from s2d_pipeline.arms import stage_unit
-
     unit = stage_unit(name, arm)
     return {unit: metrics[unit]} if unit in metrics else {}
 
@@ -235,6 +234,24 @@ def _leave_message_for_parent(exc: S2DError) -> None:
         (Path(directory) / f"{rank:05d}-{os.getpid()}.txt").write_text(str(exc), encoding="utf-8")
 
 
+def summary_facts(name: str, cfg) -> dict:
+    """What stage `name`'s summary prints besides its metrics (the console reads no files)."""
+    if name == "validate":
+        return {"skipped_rules": skipped_rules(cfg)}
+    if name == "evaluate":
+        return {"gate_metric": GATE_METRIC}
+    return {}
+
+
+def report(cfg) -> str:
+    """`s2d report`: the comparison table and the promotion decision."""
+    table = stage_dir(cfg, "evaluate") / "comparison.md"
+    if not table.is_file():
+        raise S2DError(f"{table}: no comparison yet; run the pipeline first (`make run`, `dvc repro` or `s2d run`)")
+    promotion = metrics_file(cfg, "promote")
+    return console.report(table.read_text(), read_json(promotion) if promotion.is_file() else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -244,29 +261,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # MLflow configures its own loggers at INFO ("Creating initial MLflow database tables")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
-        from s2d_pipeline import console
-        from s2d_pipeline.config import load_config, parse_overrides
-
         stages = [*STAGES] if args.stage == "run" else [] if args.stage in ("report", "dvc-units") else [args.stage]
-        cfg = load_config(
+        cfg = load_checked_config(
             args.params,
             parse_overrides(args.overrides),
-            check_models=any(STAGE_INFO[name].uses_models for name in stages),
+            models=any(STAGE_INFO[name].uses_models for name in stages),
         )
         if args.arm is not None and args.stage in ("run", "report", "dvc-units"):
             raise S2DError("--arm runs one stage's unit: name the stage, e.g. `s2d warmup --arm no_opd`")
         if args.arm is not None:
             check_arm(args.stage, cfg, args.arm)
         if args.stage == "dvc-units" or os.environ.get(DVC_STAGE_ENV):
-            from s2d_pipeline import dvc_units
-
             if args.stage != "dvc-units" or args.check:
                 dvc_units.check(cfg)  # under DVC: its per-arm stages must be this config's units
             else:
                 print(f"wrote {dvc_units.write(cfg)}", flush=True)
         if stages:
-            from s2d_pipeline.tracking import preflight
-
             preflight(cfg)
         # Under `accelerate launch` (run_distributed) the launching process prints the plan and summary.
         human = not args.json and not os.environ.get(LAUNCHED_ENV)
@@ -276,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
             metrics = run_stage(name, cfg, args.arm)
             if args.json:
                 print(json.dumps({"stage": name, **metrics}, default=str), flush=True)
-            elif human and (lines := console.summary(name, metrics, cfg)):
+            elif human and (lines := console.summary(name, metrics, cfg, **summary_facts(name, cfg))):
                 print("\n".join(lines), flush=True)
         if args.stage == "report" or (args.stage == "run" and not args.json):
-            print(("\n" if stages else "") + console.report(cfg), flush=True)
+            print(("\n" if stages else "") + report(cfg), flush=True)
     except S2DError as exc:
         print(f"s2d {args.stage}: error: {exc}", file=sys.stderr)
         _leave_message_for_parent(exc)

@@ -4,8 +4,8 @@ The defaults live here, once; `params.yaml` spells every one of them out (DVC tr
 a test checks that the two agree key by key). Profiles under `profiles/` hold only what differs
 from the defaults (`s2d --params profiles/qwen3-math.yaml ...`): every params file is merged over
 the defaults before it is validated. Unknown keys
-and wrong types are rejected with the dotted key named; a profile that points at models or data
-that are not on disk fails here, before anything trains (s2d never downloads).
+and wrong types are rejected with the dotted key named. Whether the models and data a profile points
+at are on disk is not a setting's own property: `s2d_pipeline.inputs` checks that at start.
 
 Only pydantic and PyYAML are imported, so the CLI starts fast.
 """
@@ -15,9 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,7 +44,6 @@ class TrackingConfig(Section):
 class ArithmeticTaskConfig(Section):
     """The embedded synthetic task: addition written least-significant digit first (generates its data)."""
 
-    implementation: ClassVar[str] = "s2d_pipeline.tasks.arithmetic:ArithmeticTask"
     name: Literal["arithmetic"] = "arithmetic"
     digits: int = Field(3, ge=1, le=9, description="operand digits; the answer has digits + 1")
 
@@ -60,7 +58,6 @@ class SumsConfig(Section):
 class MathTaskConfig(Section):
     """MATH / GSM8K-style problems from the user's files, graded by math-verify."""
 
-    implementation: ClassVar[str] = "s2d_pipeline.tasks.math:MathTask"
     name: Literal["math"] = "math"
     prompt_template: str = Field(
         "Solve the problem. Put the final answer in \\boxed{{}}.\n\nProblem: {problem}\n\nSolution:",
@@ -72,7 +69,7 @@ class MathTaskConfig(Section):
     fallback: Literal["none", "last_number"] = "none"
 
 
-# The task's own settings, chosen by `task.name`: one class per task, each naming its adapter.
+# The task's own settings, chosen by `task.name`: one class per task (the adapters in tasks/ go by the same names).
 TaskConfig = Annotated[ArithmeticTaskConfig | MathTaskConfig, Field(discriminator="name")]
 TASK_NAMES = tuple(t.model_fields["name"].default for t in (ArithmeticTaskConfig, MathTaskConfig))
 
@@ -390,20 +387,29 @@ def _format_errors(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def params_file(params: str | Path | None = None) -> Path:
+    """The params file: `params`, else `$S2D_PARAMS`, else ./params.yaml."""
+    return Path(params or os.environ.get("S2D_PARAMS", DEFAULT_PARAMS))
+
+
+def params_source(params: str | Path | None, overrides: dict | None) -> str:
+    """What an error blames: the params file, or the overrides on top of it."""
+    source = str(params_file(params))
+    return f"overrides {json.dumps(overrides)} (on {source})" if overrides else source
+
+
 def load_config(
     params: str | Path | None = None,
     overrides: dict | None = None,
     *,
     root: str | Path | None = None,
-    check_paths: bool = True,
-    check_models: bool = True,
 ) -> Config:
     """Load and validate params (default: `$S2D_PARAMS` or ./params.yaml).
 
-    `overrides` is a nested dict applied on top (used by tests and flow parameters); `check_models`
-    False skips the model checks of `check_inputs_exist` (for stages that read data only).
+    `overrides` is a nested dict applied on top (used by tests and flow parameters). The models and
+    data the params point at are not looked at here (`s2d_pipeline.inputs.load_checked_config`).
     """
-    params = Path(params or os.environ.get("S2D_PARAMS", DEFAULT_PARAMS))
+    params = params_file(params)
     if not params.exists():
         raise ConfigError(f"{params}: params file not found (run s2d from the project directory)")
     try:
@@ -413,32 +419,16 @@ def load_config(
     if not isinstance(raw, dict):
         raise ConfigError(f"{params}: top level must be a mapping of keys, got {type(raw).__name__}")
     if not overrides:
-        return config_from_dict(raw, source=str(params), root=root, check_paths=check_paths, check_models=check_models)
+        return config_from_dict(raw, source=str(params), root=root)
     try:
-        return config_from_dict(
-            deep_merge(raw, overrides),
-            source=str(params),
-            root=root,
-            check_paths=check_paths,
-            check_models=check_models,
-        )
+        return config_from_dict(deep_merge(raw, overrides), source=str(params), root=root)
     except ConfigError:
-        config_from_dict(raw, source=str(params), root=root, check_paths=False)  # the file's own error
+        config_from_dict(raw, source=str(params), root=root)  # the file's own error
     # The file alone is valid, so the overrides broke it: name them, not the file.
-    source = f"overrides {json.dumps(overrides)} (on {params})"
-    return config_from_dict(
-        deep_merge(raw, overrides), source=source, root=root, check_paths=check_paths, check_models=check_models
-    )
+    return config_from_dict(deep_merge(raw, overrides), source=params_source(params, overrides), root=root)
 
 
-def config_from_dict(
-    raw: dict,
-    *,
-    source: str = "<params>",
-    root: str | Path | None = None,
-    check_paths: bool = True,
-    check_models: bool = True,
-) -> Config:
+def config_from_dict(raw: dict, *, source: str = "<params>", root: str | Path | None = None) -> Config:
     if "root" in raw:
         raise ConfigError(f"{source}: invalid params:\n  - unknown key 'root'")
     raw = merge_over_defaults(raw)
@@ -446,8 +436,6 @@ def config_from_dict(
         cfg = Config.model_validate({**raw, "root": Path(root or Path.cwd()).resolve()})
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
-    if check_paths:
-        check_inputs_exist(cfg, source, models=check_models)
     return cfg
 
 
@@ -507,107 +495,3 @@ def _yaml_scalar(text: str):
         except ValueError:
             return value
     return value
-
-
-def resolve_model_ref(ref: str, root: Path) -> Path | None:
-    """A local model directory for `ref` (a path or a hub id in the local cache), or None."""
-    p = Path(ref) if Path(ref).is_absolute() else root / ref
-    if (p / "config.json").exists():
-        return p
-    if "/" in ref and not ref.startswith((".", "/")):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover - transformers always brings it
-            return None
-        hit = try_to_load_from_cache(ref, "config.json")
-        if isinstance(hit, str):
-            return Path(hit).parent
-    return None
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def looks_like_path(ref: str, root: Path) -> bool:
-    """True when a model reference can only be a local path, not a hub id (`org/name`): absolute,
-    relative with `.`/`~`, no or several slashes, or under a directory that exists in the project."""
-    if Path(ref).is_absolute() or ref.startswith((".", "~")) or "\\" in ref or not _HUB_ID.match(ref):
-        return True
-    return (root / ref.split("/", 1)[0]).is_dir()
-
-
-def missing_model_problem(key: str, ref: str, root: Path, role: str) -> str:
-    """Why `ref` is not a usable model, and what to do: a path names what is missing there; only a
-    reference that can be a hub id gets the hint to fetch it (s2d never downloads)."""
-    p = Path(ref).expanduser()
-    p = p if p.is_absolute() else root / p
-    if p.is_dir():
-        return (
-            f"key '{key}': {p} has no config.json, so it is not a Transformers model directory "
-            "(save the model there with `save_pretrained`, or point the key at the directory that has it)"
-        )
-    if p.exists():
-        return f"key '{key}': {p} is a file; point the key at the model's directory (config.json, *.safetensors)"
-    if looks_like_path(ref, root):
-        return (
-            f"key '{key}': the path '{ref}' does not exist ({p}); point the key at a local model directory "
-            "(s2d never downloads)"
-        )
-    return (
-        f"key '{key}': '{ref}' is neither a local model directory ({p} does not exist) nor a model in the "
-        f"local Hugging Face cache. s2d never downloads: fetch it yourself (e.g. `hf download {ref} "
-        f"--local-dir models/{role}`) and point the key at that directory"
-    )
-
-
-def check_inputs_exist(cfg: Config, source: str = "params", *, models: bool = True) -> None:
-    """Fail at start, with a clear message, when a real profile's models or data are missing.
-    `models=False` skips the model checks (stages that read only data: validate, allocate, promote)."""
-    problems: list[str] = []
-    if models and cfg.models.source == "path":
-        for role in ("teacher", "student"):
-            spec: ModelSpec = getattr(cfg.models, role)
-            if not spec.path:
-                problems.append(f"key 'models.{role}.path' is required when models.source is 'path'")
-            elif resolve_model_ref(spec.path, cfg.root) is None:
-                problems.append(missing_model_problem(f"models.{role}.path", spec.path, cfg.root, role))
-    if models and cfg.models.source == "gguf":
-        if not cfg.models.teacher.gguf:
-            problems.append("key 'models.teacher.gguf' is required when models.source is 'gguf'")
-        else:
-            from s2d_pipeline.models import resolve_gguf
-
-            try:
-                resolve_gguf(cfg.models.teacher.gguf, cfg.root)
-            except ConfigError as exc:
-                problems.append(str(exc))
-        if not cfg.models.student.keep_layers:
-            problems.append(
-                "key 'models.student.keep_layers' is required when models.source is 'gguf' "
-                "(the teacher layers the student is cut from)"
-            )
-    if cfg.data.split_from:
-        if cfg.data.generate:
-            problems.append("keys 'data.split_from' and 'data.generate' exclude each other: set data.generate: false")
-        elif cfg.path(cfg.data.split_from).is_dir():
-            problems.append(
-                f"key 'data.split_from': '{cfg.data.split_from}' is a directory; point the key at the .jsonl file itself"
-            )
-        elif not cfg.path(cfg.data.split_from).is_file():
-            problems.append(f"key 'data.split_from': file '{cfg.data.split_from}' does not exist")
-    elif not cfg.data.generate:
-        for key in ("labels", "prompts", "eval"):
-            rel = getattr(cfg.data, key)
-            if not cfg.path(rel).exists():
-                problems.append(f"key 'data.{key}': file '{rel}' does not exist")
-            elif not cfg.path(rel).is_file():
-                problems.append(f"key 'data.{key}': '{rel}' is a directory; point the key at the .jsonl file itself")
-    from s2d_pipeline.tasks import get_task
-
-    if cfg.data.generate and not get_task(cfg.task).can_generate:
-        problems.append(
-            f"key 'data.generate' is true but task '{cfg.task.name}' has no generator: "
-            "set data.generate: false and point data.labels/prompts/eval at your files"
-        )
-    if problems:
-        raise ConfigError(f"{source}: cannot start:\n" + "\n".join(f"  - {p}" for p in problems))

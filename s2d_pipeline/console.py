@@ -8,18 +8,21 @@ progress bars with an ETA for the long loops, a short summary when a stage ends,
   (the stage's summary says how it went), to a log or pipe it writes at most one update every
   `LOG_INTERVAL_S` seconds and stays as one line.
 - `TrainerProgress`: the same bar for a TRL / Transformers trainer (steps, reward or loss, ETA).
-- `quiet_libraries()`: library progress bars and warnings that say nothing about the run.
-- `report(cfg)`: the comparison table and the promotion decision (`s2d report`, the end of `make run`).
+- `report(table, promotion)`: the comparison table and the promotion decision (`s2d report`, the end
+  of `make run`).
 
-Only the standard library is imported at module level (the CLI must start fast).
+The console renders what it is given: callers read the files and pass in the facts it prints (the
+validation report's skipped rules, the gate's metric). Only the standard library and `arms` are
+imported at module level (the CLI must start fast).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
+
+from s2d_pipeline import arms as arm_specs
 
 LOG_INTERVAL_S = 30.0  # not a terminal: one progress update per half minute at most
 
@@ -83,48 +86,6 @@ def TrainerProgress(desc: str):  # noqa: N802 - a class built on demand (transfo
     return _TrainerProgress()
 
 
-def quiet_libraries() -> None:
-    """Turn off what libraries print that says nothing about this run. Each switch is the library's
-    own API, or a filter on one exact third-party message, with the reason next to it."""
-    import warnings
-
-    # "Writing model shards" / "Loading weights" bars on every save and load of a tiny model.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()  # "Map" bars of trainers preparing a few hundred rows
-    except ImportError:  # pragma: no cover - TRL always brings it
-        pass
-    # TRL 1.16's own generation helpers (`unwrap_model_for_generation`, `disable_gradient_checkpointing`)
-    # read `model.is_gradient_checkpointing`, which transformers 5 deprecates: one FutureWarning per
-    # generation step that s2d cannot act on. Only that message is ignored.
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    # evaluate registers the student from a local directory; MLflow's transformers flavour then looks
-    # for a hub model card and license for that path and warns twice that it is not a hub repo id.
-    mlflow_transformers = logging.getLogger("mlflow.transformers")
-    if not any(isinstance(f, _DropMessages) for f in mlflow_transformers.filters):
-        mlflow_transformers.addFilter(
-            _DropMessages(
-                "The model card could not be retrieved from the hub",
-                "Unable to find license information for this model",
-            )
-        )
-
-
-class _DropMessages(logging.Filter):
-    """Drops log records whose message starts with one of `prefixes` (one logger, exact texts)."""
-
-    def __init__(self, *prefixes: str):
-        super().__init__()
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefixes)
-
-
 # ---- stage plans -------------------------------------------------------------------------------
 
 
@@ -134,8 +95,6 @@ def _n(count: int, word: str) -> str:
 
 def _teacher_labels(cfg) -> dict[str, int]:
     """Labels each RL teacher is trained on (the ledger's split, computed from the params)."""
-    from s2d_pipeline import arms as arm_specs
-
     holds_out = any(arm_specs.SPECS[a].labels.holds_out_stage3 for a in cfg.arms)
     holdout = round(cfg.budget * cfg.allocation.stage3_fraction) if holds_out else 0
     out = {}
@@ -155,8 +114,6 @@ def _steps_by_arm(pairs: list[tuple[str, int]]) -> str:
 def announce(name: str, cfg, arm: str | None = None) -> str:
     """One line: what stage `name` does on this config and how big it is; with `arm` (`s2d <stage>
     --arm`) whose unit of a per-arm stage has nothing to do, that it does nothing."""
-    from s2d_pipeline import arms as arm_specs
-
     if arm is not None and arm_specs.stage_unit(name, arm) is None:
         return f"{name}: arm {arm} has no {name} unit; nothing to do"
     arms = list(cfg.arms)
@@ -244,8 +201,17 @@ def _trend(m: dict, key: str) -> str:
     return f"{key} {a:.3g} → {b:.3g}"
 
 
-def summary(name: str, metrics: dict, cfg) -> list[str]:
-    """A few indented lines that say how stage `name` went."""
+def summary(
+    name: str,
+    metrics: dict,
+    cfg,
+    *,
+    skipped_rules: dict[str, str] | None = None,
+    gate_metric: str | None = None,
+) -> list[str]:
+    """A few indented lines that say how stage `name` went. What is not in the metrics comes from
+    the caller: `skipped_rules` (validate: each rule the validation report skipped, and why) and
+    `gate_metric` (evaluate: the metric the promotion gate compares)."""
     lines: list[str] = []
     if name == "prepare":
         rows = [
@@ -273,7 +239,7 @@ def summary(name: str, metrics: dict, cfg) -> list[str]:
             + ", ".join(f"{n} {s}" for s, n in rows.items())
             + " rows"
         )
-        for rule, why in _skipped_rules(cfg).items():
+        for rule, why in (skipped_rules or {}).items():
             lines.append(f"skipped rule '{rule}': {why}")
     elif name == "allocate":
         spent = metrics.get("spent", {})
@@ -302,7 +268,7 @@ def summary(name: str, metrics: dict, cfg) -> list[str]:
                 f"{_secs(m)}"
             )
     elif name == "evaluate":
-        lines.append(_headline(metrics))
+        lines.append(_headline(metrics, gate_metric))
         lines.append(f"table: {Path(cfg.artifacts_dir) / 'evaluate' / 'comparison.md'} (`s2d report` prints it)")
     elif name == "promote":
         lines.append(_decision(metrics))
@@ -317,31 +283,15 @@ def _c1_line(c1: dict, gate) -> str:
     )
 
 
-def _skipped_rules(cfg) -> dict[str, str]:
-    """Rules the validation report skipped, and why (once per rule, not per split)."""
-    import json
-
-    from s2d_pipeline.layout import validation_report
-
-    try:
-        report = json.loads(validation_report(cfg).read_text())
-    except (OSError, ValueError):
-        return {}
-    out: dict[str, str] = {}
-    for split in report.get("splits", {}).values():
-        for rule in split.get("rules", []):
-            if rule.get("passed") is None and rule.get("skipped"):
-                out.setdefault(rule["rule"], rule["skipped"])
-    return out
-
-
-def _headline(result: dict) -> str:
-    from s2d_pipeline.arms import BASELINE_ARM, CANDIDATE_ARM
-    from s2d_pipeline.gate import GATE_METRIC
-
-    metric = GATE_METRIC
+def _headline(result: dict, metric: str | None) -> str:
+    if metric is None:
+        return ""
     arms = result.get("arms", {})
-    shown = [f"{a} {arms[a][metric]:.3f}" for a in (CANDIDATE_ARM, BASELINE_ARM) if a in arms and metric in arms[a]]
+    shown = [
+        f"{a} {arms[a][metric]:.3f}"
+        for a in (arm_specs.CANDIDATE_ARM, arm_specs.BASELINE_ARM)
+        if a in arms and metric in arms[a]
+    ]
     raw = result.get("student_raw", {}).get(metric)
     if raw is not None:
         shown.append(f"raw student {raw:.3f}")
@@ -364,19 +314,12 @@ def _decision(promote: dict) -> str:
 # ---- the result ---------------------------------------------------------------------------------
 
 
-def report(cfg) -> str:
-    """The comparison table (`artifacts/evaluate/comparison.md`) and the promotion decision."""
-    from s2d_pipeline.errors import S2DError
-    from s2d_pipeline.io import read_json
-    from s2d_pipeline.layout import metrics_file, stage_dir
-
-    table = stage_dir(cfg, "evaluate") / "comparison.md"
-    if not table.is_file():
-        raise S2DError(f"{table}: no comparison yet; run the pipeline first (`make run`, `dvc repro` or `s2d run`)")
-    out = [table.read_text().rstrip()]
-    promote = metrics_file(cfg, "promote")
-    if promote.is_file():
-        out += ["", "Promotion: " + _decision(read_json(promote))]
+def report(table: str, promotion: dict | None) -> str:
+    """The comparison table (the text of `artifacts/evaluate/comparison.md`) and the promotion
+    decision (`metrics/promote.json`; None before `s2d promote` ran)."""
+    out = [table.rstrip()]
+    if promotion is not None:
+        out += ["", "Promotion: " + _decision(promotion)]
     else:
         out += ["", "Promotion: not decided yet (run `s2d promote`)"]
     return "\n".join(out)

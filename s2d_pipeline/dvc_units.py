@@ -16,7 +16,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from s2d_pipeline.arms import PER_ARM_STAGES, SPECS, STUDENT_RL, bridge_final_step, stage_units
 from s2d_pipeline.config import Config
+from s2d_pipeline.errors import S2DError
+from s2d_pipeline.io import atomic_path
+from s2d_pipeline.layout import (
+    base_model_dir,
+    rollouts_file,
+    stage_dir,
+    student_dir,
+    teacher_dir,
+    unit_metrics_dir,
+    unit_metrics_file,
+)
 
 FILE = "dvc_units.yaml"
 KEY = "dvc_units"  # the vars key dvc.yaml reads (kept apart from params.yaml's keys)
@@ -36,16 +48,6 @@ def units(cfg: Config) -> dict:
     unit does not need repeats one it has, so every item has the same fields). With
     `dvc.per_arm_stages` one item per unit (`--arm <arm>`), else one item `all` for the whole stage,
     whose inputs are the units' inputs' stage directories."""
-    from s2d_pipeline.arms import PER_ARM_STAGES, SPECS, STUDENT_RL, bridge_final_step, stage_units
-    from s2d_pipeline.layout import (
-        base_model_dir,
-        rollouts_file,
-        stage_dir,
-        student_dir,
-        teacher_dir,
-        unit_metrics_dir,
-        unit_metrics_file,
-    )
 
     def rel(path: Path) -> str:
         path = Path(path)
@@ -130,8 +132,6 @@ def render(cfg: Config) -> str:
 
 
 def write(cfg: Config) -> Path:
-    from s2d_pipeline.io import atomic_path
-
     path = cfg.root / FILE
     with atomic_path(path) as tmp:
         tmp.write_text(render(cfg))
@@ -140,8 +140,6 @@ def write(cfg: Config) -> Path:
 
 def check(cfg: Config) -> None:
     """Raise S2DError when the project's dvc_units.yaml does not match `cfg`'s arms."""
-    from s2d_pipeline.errors import S2DError
-
     path = cfg.root / FILE
     if not path.is_file():
         raise S2DError(f"{path} is missing: run `s2d dvc-units` to write it, then `dvc repro`")

@@ -13,6 +13,13 @@ with a report, unless `gates.c1.override` is set.
 
 from __future__ import annotations
 
+import logging
+
+from s2d_pipeline.arms import BASELINE_ARM
+from s2d_pipeline.errors import GateError, S2DError
+from s2d_pipeline.io import read_json
+from s2d_pipeline.layout import unit_metrics_file
+
 GATE_METRIC_TAG = "s2d.eval.gate_metric"
 EVAL_SHA_TAG = "s2d.data_sha.eval"
 
@@ -24,8 +31,6 @@ GATE_METRIC = "avg_at_k"
 
 def decide(candidate: float, baseline: float | None, champion: float | None, same_eval: bool) -> list[str]:
     """Reasons the gate fails (an empty list means promote)."""
-    from s2d_pipeline.arms import BASELINE_ARM
-
     reasons = []
     if baseline is not None and not candidate > baseline:
         reasons.append(f"challenger {candidate:.4f} does not beat {BASELINE_ARM} {baseline:.4f} at the same budget")
@@ -53,12 +58,6 @@ def require_improved_teacher(cfg, teacher: str) -> dict | None:
     """The C1 decision for distilling from `teacher` (None for the raw teacher, which no gate guards):
     the measurement with `min_gain` and `passed`. Raises GateError when the RL teacher did not gain
     more than `gates.c1.min_gain` and `gates.c1.override` is off."""
-    import logging
-
-    from s2d_pipeline.errors import GateError, S2DError
-    from s2d_pipeline.io import read_json
-    from s2d_pipeline.layout import unit_metrics_file
-
     if teacher == "raw":
         return None
     path = unit_metrics_file(cfg, "teacher_rl", teacher)

@@ -12,6 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from s2d_pipeline.console import progress
+from s2d_pipeline.errors import ConfigError
+from s2d_pipeline.prompts import render
+
 # One float32 full-vocabulary tensor of a scoring chunk stays under this (at 152k tokens: 220 positions);
 # scoring holds at most three at once.
 SCORING_CHUNK_BYTES = 128 * 2**20
@@ -99,8 +103,6 @@ def generate_completions(
     out: list[list[Completion]] = []
     bar = None
     if desc:
-        from s2d_pipeline.console import progress
-
         bar = progress(total=len(prompts), desc=desc, unit="prompt")
     try:
         with torch.no_grad():
@@ -209,8 +211,6 @@ def generate_vllm(
     try:
         from vllm import LLM, SamplingParams
     except ImportError as exc:
-        from s2d_pipeline.errors import ConfigError
-
         raise ConfigError(
             "key 'runtime.use_vllm' is true but vllm is not installed (pip install -e '.[gpu]' on a GPU machine)"
         ) from exc
@@ -252,8 +252,6 @@ def accuracy(
     cfg, task, model, tokenizer, rows: Sequence[dict], *, max_new_tokens: int, batch_size: int = 256
 ) -> float:
     """Greedy accuracy of `model` on canonical rows with answers, scored by the task verifier."""
-    from s2d_pipeline.prompts import render
-
     prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in rows]
     completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     hits = [task.verify(c[0], r["answer"]) for c, r in zip(completions, rows, strict=True)]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from s2d_pipeline.arms import PER_ARM_STAGES
 from s2d_pipeline.config import Config
+from s2d_pipeline.io import read_json, read_unit_metrics
 
 SPLITS = ("labels", "prompts", "eval")
 
@@ -33,9 +35,6 @@ def unit_metrics_file(cfg: Config, stage: str, unit: str) -> Path:
 
 def stage_metrics(cfg: Config, stage: str) -> dict:
     """Any stage's metrics as one dict (a per-arm stage's keyed by unit)."""
-    from s2d_pipeline.arms import PER_ARM_STAGES
-    from s2d_pipeline.io import read_json, read_unit_metrics
-
     if stage in PER_ARM_STAGES:
         return read_unit_metrics(unit_metrics_dir(cfg, stage))
     return read_json(metrics_file(cfg, stage))
@@ -44,12 +43,26 @@ def stage_metrics(cfg: Config, stage: str) -> dict:
 def base_model_dir(cfg: Config, role: str) -> Path:
     """The raw (pre-RL) teacher or student: built by `prepare`, or the user's model path."""
     if cfg.models.source == "path":
-        from s2d_pipeline.config import resolve_model_ref
-
         ref = getattr(cfg.models, role).path
         resolved = resolve_model_ref(ref, cfg.root) if ref else None
         return resolved if resolved is not None else cfg.path(ref or f"<missing {role} path>")
     return stage_dir(cfg, "prepare") / role
+
+
+def resolve_model_ref(ref: str, root: Path) -> Path | None:
+    """A local model directory for `ref` (a path or a hub id in the local cache), or None."""
+    p = Path(ref) if Path(ref).is_absolute() else root / ref
+    if (p / "config.json").exists():
+        return p
+    if "/" in ref and not ref.startswith((".", "/")):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - transformers always brings it
+            return None
+        hit = try_to_load_from_cache(ref, "config.json")
+        if isinstance(hit, str):
+            return Path(hit).parent
+    return None
 
 
 def validation_report(cfg: Config) -> Path:

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 
 from s2d_pipeline.arms import SPECS, STUDENT_RL, TEACHER_RL, LabelUse
 from s2d_pipeline.errors import BudgetError
+from s2d_pipeline.io import read_data_file, read_json, sha256_file
+from s2d_pipeline.layout import data_file, ledger_file
+from s2d_pipeline.tasks import get_task
 
 if TYPE_CHECKING:
     from s2d_pipeline.config import Config
@@ -142,19 +145,12 @@ def labels_for(ledger: dict, arm: str, stage: str) -> list[str]:
 
 def label_rows(cfg: Config) -> list[dict]:
     """Every row of `data.labels` in canonical form (id, prompt, answer)."""
-    from s2d_pipeline.io import read_data_file
-    from s2d_pipeline.layout import data_file
-    from s2d_pipeline.tasks import get_task
-
     labels_path = data_file(cfg, "labels")
     return get_task(cfg.task).to_canonical(read_data_file(labels_path), labels_path)
 
 
 def read_ledger(cfg: Config, rows: list[dict] | None = None) -> dict:
     """The ledger, re-checked against the current labels file (refuses a stale one)."""
-    from s2d_pipeline.io import read_json, sha256_file
-    from s2d_pipeline.layout import data_file, ledger_file
-
     ledger = read_json(ledger_file(cfg))
     labels_path = data_file(cfg, "labels")
     if ledger.get("labels_sha256") != sha256_file(labels_path):

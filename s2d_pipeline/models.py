@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from s2d_pipeline.errors import ConfigError, S2DError
+from s2d_pipeline.generation import stop_token_ids
+from s2d_pipeline.runtime import device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -94,8 +96,6 @@ def load_model(path: str | Path, cfg: Config, *, for_inference: bool = False):
             raise S2DError(unreadable_weights_message(Path(path), cfg, "no *.safetensors weights")) from None
         raise
     if for_inference:
-        from s2d_pipeline.runtime import device
-
         model.to(device(cfg))
     return model
 
@@ -151,8 +151,6 @@ def check_vocab_compatible(teacher_dir: Path, student_dir: Path, cfg: Config) ->
     ids and follow the teacher's chat rendering: both must be the student's too, or the student learns
     to stop on a token its own generation does not stop on, after prompts rendered as it never sees
     them. Checked from the tokenizers and configs alone, before any training starts."""
-    from s2d_pipeline.generation import stop_token_ids
-
     t_tok, s_tok = load_tokenizer(teacher_dir, cfg), load_tokenizer(student_dir, cfg)
     if t_tok.get_vocab() != s_tok.get_vocab():
         t, s = t_tok.get_vocab(), s_tok.get_vocab()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from s2d_pipeline.errors import ConfigError
+
 
 def messages(cfg, task, problem: str) -> list[dict]:
     system = [{"role": "system", "content": cfg.models.system_prompt}] if cfg.models.system_prompt else []
@@ -29,8 +31,6 @@ def render(cfg, task, tokenizer, problem: str) -> str:
     if not cfg.models.chat_template:
         return task.format_prompt(problem)
     if not getattr(tokenizer, "chat_template", None):
-        from s2d_pipeline.errors import ConfigError
-
         raise ConfigError(
             "key 'models.chat_template' is true but the tokenizer has no chat template "
             f"({getattr(tokenizer, 'name_or_path', 'tokenizer')}); set it to false for a base model"

@@ -1,9 +1,12 @@
-"""Process-level setup shared by every stage: seeds, threads, offline mode, device."""
+"""Process-level setup shared by every stage: seeds, threads, offline mode, device, and the library
+output that says nothing about the run."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import warnings
 
 from s2d_pipeline.config import Config
 
@@ -36,8 +39,6 @@ def setup(cfg: Config, seed_offset: int = 0) -> None:
     import numpy as np
     import torch
 
-    from s2d_pipeline.console import quiet_libraries
-
     quiet_libraries()
 
     if cfg.runtime.torch_threads:
@@ -46,6 +47,46 @@ def setup(cfg: Config, seed_offset: int = 0) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def quiet_libraries() -> None:
+    """Turn off what libraries print that says nothing about this run. Each switch is the library's
+    own API, or a filter on one exact third-party message, with the reason next to it."""
+    # "Writing model shards" / "Loading weights" bars on every save and load of a tiny model.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()  # "Map" bars of trainers preparing a few hundred rows
+    except ImportError:  # pragma: no cover - TRL always brings it
+        pass
+    # TRL 1.16's own generation helpers (`unwrap_model_for_generation`, `disable_gradient_checkpointing`)
+    # read `model.is_gradient_checkpointing`, which transformers 5 deprecates: one FutureWarning per
+    # generation step that s2d cannot act on. Only that message is ignored.
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # evaluate registers the student from a local directory; MLflow's transformers flavour then looks
+    # for a hub model card and license for that path and warns twice that it is not a hub repo id.
+    mlflow_transformers = logging.getLogger("mlflow.transformers")
+    if not any(isinstance(f, _DropMessages) for f in mlflow_transformers.filters):
+        mlflow_transformers.addFilter(
+            _DropMessages(
+                "The model card could not be retrieved from the hub",
+                "Unable to find license information for this model",
+            )
+        )
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of `prefixes` (one logger, exact texts)."""
+
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
 
 
 def device(cfg: Config) -> str:

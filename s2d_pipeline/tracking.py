@@ -17,6 +17,12 @@ import time
 from collections.abc import Iterator
 
 from s2d_pipeline.config import Config
+from s2d_pipeline.errors import S2DError
+from s2d_pipeline.gate import EVAL_SHA_TAG, GATE_METRIC, GATE_METRIC_TAG
+from s2d_pipeline.io import is_main_process, sha256_file
+from s2d_pipeline.layout import SPLITS, data_file
+from s2d_pipeline.models import load_model, load_tokenizer
+from s2d_pipeline.runtime import health_problem, tracking_uri
 
 PIPELINE_KEY_TAG = "s2d.pipeline_key"
 
@@ -32,8 +38,6 @@ def git_commit(cfg: Config) -> str:
 
 
 def data_hashes(cfg: Config) -> dict[str, str]:
-    from s2d_pipeline.layout import SPLITS, data_file
-
     out = {}
     for split in SPLITS:
         path = data_file(cfg, split)
@@ -45,8 +49,6 @@ def data_hashes(cfg: Config) -> dict[str, str]:
 
 @functools.cache  # keyed by size and mtime: a rewritten file (prepare) is hashed again
 def _file_hash(path: str, size: int, mtime_ns: int) -> str:
-    from s2d_pipeline.io import sha256_file
-
     return sha256_file(path)[:16]
 
 
@@ -154,8 +156,6 @@ def open_store(cfg: Config):
     """mlflow, pointed at the project's store and experiment; returns (mlflow, experiment id)."""
     import mlflow
 
-    from s2d_pipeline.runtime import tracking_uri
-
     for key, value in HTTP_RETRY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     mlflow.set_tracking_uri(tracking_uri(cfg))
@@ -227,8 +227,6 @@ def end_pipeline_run(cfg: Config, status: str = "FINISHED") -> None:
 def stage_run(cfg: Config, stage: str, arm: str | None = None, metrics: dict | None = None) -> Iterator:
     """A child run `stage/arm` under the pipeline's parent; yields the run (None when disabled, and on
     the non-main ranks of a multi-process stage)."""
-    from s2d_pipeline.io import is_main_process
-
     if not cfg.tracking.enabled or not is_main_process():
         yield None
         return
@@ -251,8 +249,6 @@ def stage_run(cfg: Config, stage: str, arm: str | None = None, metrics: dict | N
 
 
 def _store_answers(cfg: Config) -> bool:
-    from s2d_pipeline.runtime import health_problem, tracking_uri
-
     uri = tracking_uri(cfg)
     return not uri.startswith(("http://", "https://")) or health_problem(uri, timeout_s=2.0) is None
 
@@ -261,15 +257,11 @@ def _store_answers(cfg: Config) -> bool:
 def server_guard(cfg: Config, stage: str) -> Iterator[None]:
     """A stage that fails while the tracking server is down fails with the URL and what to do (the
     preflight only sees a server that is down before the stage starts); any other error passes."""
-    from s2d_pipeline.errors import S2DError
-
     try:
         yield
     except S2DError:
         raise
     except Exception as exc:
-        from s2d_pipeline.runtime import health_problem, tracking_uri
-
         uri = tracking_uri(cfg)
         problem = health_problem(uri) if uri.startswith(("http://", "https://")) else None
         if problem is None:
@@ -302,8 +294,6 @@ def log_flat_metrics(metrics: dict, prefix: str = "") -> None:
 @contextlib.contextmanager
 def arm_run(cfg: Config, stage: str, arm: str, params: dict | None = None) -> Iterator:
     """A run for one arm, active while the arm runs (TRL's callback logs into it), with `params`."""
-    from s2d_pipeline.io import is_main_process
-
     if not cfg.tracking.enabled or not is_main_process():
         yield None
         return
@@ -338,9 +328,6 @@ def register_student(cfg: Config, model_dir, arm: str, gate_value: float, descri
     full provenance is the run's `provenance.json`), and point alias `challenger` at it."""
     import mlflow
     from mlflow import MlflowClient
-
-    from s2d_pipeline.gate import EVAL_SHA_TAG, GATE_METRIC, GATE_METRIC_TAG
-    from s2d_pipeline.models import load_model, load_tokenizer
 
     name = cfg.tracking.registered_model
     record = provenance(cfg)
@@ -378,8 +365,6 @@ def log_to_pipeline_run(cfg: Config, metrics: dict[str, float], figures: list, t
     """Headline metrics, chart images and the comparison table on the pipeline's parent run."""
     from mlflow import MlflowClient
 
-    from s2d_pipeline.io import is_main_process
-
     if not cfg.tracking.enabled or not is_main_process():
         return
     open_store(cfg)
@@ -403,13 +388,9 @@ def _pinned_requirements() -> list[str]:
 
 def preflight(cfg: Config, timeout_s: float = 5.0) -> None:
     """Fail before any compute when the configured MLflow server cannot be reached."""
-    from s2d_pipeline.runtime import tracking_uri
-
     uri = tracking_uri(cfg)
     if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
         return
-    from s2d_pipeline.errors import S2DError
-    from s2d_pipeline.runtime import health_problem
 
     problem = health_problem(uri, timeout_s)
     if problem is None:

@@ -10,8 +10,8 @@
   the loss is per-token reverse KL to the teacher.
 
 Trainer defaults that are slow or wrong at tiny scale on a CPU (bf16, gradient checkpointing) come
-from `runtime` params, so real profiles get the GPU settings. All imports are local: torch,
-transformers and TRL cost seconds.
+from `runtime` params, so real profiles get the GPU settings. torch, transformers and TRL are
+imported inside the functions that use them: they cost seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from s2d_pipeline.config import Config
-from s2d_pipeline.generation import encode_prompt
+from s2d_pipeline.console import TrainerProgress
+from s2d_pipeline.evaluation import student_teacher_kl
+from s2d_pipeline.generation import encode_prompt, logit_transform
+from s2d_pipeline.io import atomic_dir
+from s2d_pipeline.layout import checkpoint_dir
+from s2d_pipeline.models import load_model, load_tokenizer
+from s2d_pipeline.prompts import completion_text, trainer_prompt
+from s2d_pipeline.runtime import device
+from s2d_pipeline.tracking import arm_run
 
 
 def training_args(
@@ -36,9 +44,6 @@ def training_args(
     """TrainingArguments shared by every trainer (TRL configs extend TrainingArguments); `settings` is
     the stage's params section (its learning_rate and warmup_steps). Checkpoints (model, optimizer,
     scheduler and RNG states) go to `checkpoint_dir(cfg, run_name)`."""
-    from s2d_pipeline.layout import checkpoint_dir
-    from s2d_pipeline.runtime import device
-
     on_cpu = device(cfg) == "cpu"
     every = cfg.runtime.checkpoint_steps
     return dict(
@@ -119,7 +124,6 @@ def fit(trainer, cfg: Config, inputs: list[Path], rows: list[dict]) -> None:
     trainer.accelerator.wait_for_everyone()
     if resume:
         logging.getLogger(__name__).warning("%s: resuming from %s", trainer.args.run_name, resume)
-    from s2d_pipeline.console import TrainerProgress
 
     trainer.add_callback(_NoFinalCheckpoint())
     trainer.add_callback(TrainerProgress(trainer.args.run_name))
@@ -173,8 +177,6 @@ def verifier_reward(task) -> Callable:
     """The sparse verifiable reward as a TRL reward function. TRL passes every dataset column:
     `answer` is graded; `label_id` names the ledger label each completion was rewarded against."""
 
-    from s2d_pipeline.prompts import completion_text
-
     def verifier(prompts, completions, answer, **_):
         return task.rewards([completion_text(c) for c in completions], answer)
 
@@ -184,9 +186,6 @@ def verifier_reward(task) -> Callable:
 def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_name: str, seed_offset: int = 0):
     """GRPO on `rows` (canonical labeled rows) from the model in `model_dir`; returns the trainer."""
     from trl import GRPOConfig, GRPOTrainer
-
-    from s2d_pipeline.models import load_model, load_tokenizer
-    from s2d_pipeline.prompts import trainer_prompt
 
     model, tokenizer = load_model(model_dir, cfg), load_tokenizer(model_dir, cfg)
     train_rows = epoch_rows(
@@ -309,8 +308,6 @@ def chunked_forward_kl_trainer(**kwargs):
     from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
     from trl.models.utils import _ForwardRedirection
 
-    from s2d_pipeline.generation import logit_transform
-
     class ChunkedForwardKLTrainer(GKDTrainer):
         def __init__(self, **kw):
             super().__init__(**kw)
@@ -368,8 +365,6 @@ def kl_stop_callback(cfg: Config, teacher, tokenizer, prompts: list[str], target
     as `c2_kl`; training stops once it is below `target`."""
     from transformers import TrainerCallback
 
-    from s2d_pipeline.stages.evaluate import student_teacher_kl
-
     class KLStop(TrainerCallback):
         trainer = None  # set after the trainer is built: the callback logs through it
 
@@ -401,8 +396,6 @@ def train_forward_kl(
     `rollouts` rows hold the rendered `prompt` and the sampled `completion_ids` (`PromptCompletionCollator`).
     With `settings.kl_target` set, `steps` is a cap and training stops once C2 on `kl_prompts` is below
     the target (`kl_stop_callback`)."""
-    from s2d_pipeline.models import load_model, load_tokenizer
-
     w = settings
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
     forward_kl = getattr(w, "loss", "forward_kl") == "forward_kl"
@@ -453,8 +446,6 @@ def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list, 
     conversation TRL renders with the chat template); per-token reverse KL to the teacher."""
     from trl import DistillationConfig, DistillationTrainer
 
-    from s2d_pipeline.models import load_model, load_tokenizer
-
     o = cfg.opd
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
     common = dict(
@@ -494,9 +485,6 @@ def train_arm(cfg: Config, stage: str, arm: str, out: Path, train: Callable, sum
     trainer) and save its model atomically to `out`; returns the arm's metrics: `fields`, the
     summarised trainer log, the wall time and which process trained it."""
     import time
-
-    from s2d_pipeline.io import atomic_dir
-    from s2d_pipeline.tracking import arm_run
 
     started = time.perf_counter()
     with arm_run(cfg, stage, arm, params={f"s2d.{k}": v for k, v in fields.items()}), atomic_dir(out) as tmp:

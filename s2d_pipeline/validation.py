@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from s2d_pipeline.config import Config
+from s2d_pipeline.data import load_split
 from s2d_pipeline.errors import DataError
 from s2d_pipeline.io import is_missing, sha256_file
-from s2d_pipeline.layout import SPLITS, data_file
+from s2d_pipeline.layout import SPLITS, base_model_dir, data_file
+from s2d_pipeline.models import load_tokenizer
+from s2d_pipeline.prompts import render
 from s2d_pipeline.tasks import Task
 
 # Human rule names: the report, the error message and the tests all use these strings.
@@ -161,8 +164,6 @@ def validate_splits(cfg: Config, task: Task) -> dict:
     "failures": [{"line", "id", "value", ...}]}]}}}. A split that cannot be read fails with the
     reader's message; the other splits are still checked (the leak rule needs a readable eval).
     """
-    from s2d_pipeline.data import load_split
-
     loaded: dict[str, list[dict] | DataError] = {}
     for split in SPLITS:
         try:
@@ -476,19 +477,14 @@ def _prompt_token_counter(cfg: Config, task: Task):
     """(count_tokens(problems) -> [int], None): the tokens of each problem as every stage renders it
     (`prompts.render`: the chat template for instruct models), with the student's tokenizer (teacher
     and student share a vocabulary); or (None, reason) when no tokenizer exists yet."""
-    from s2d_pipeline.layout import base_model_dir
-
     model_dir = base_model_dir(cfg, "student")
     if not (model_dir / "tokenizer_config.json").exists() and not (model_dir / "tokenizer.json").exists():
         how = (
             "models.student.path" if cfg.models.source == "path" else "run `s2d prepare` first to check prompt lengths"
         )
         return None, f"no tokenizer found at {model_dir} ({how})"
-    from s2d_pipeline.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir, cfg)
-
-    from s2d_pipeline.prompts import render
 
     def count_tokens(problems: list[str]) -> list[int]:
         if not problems:

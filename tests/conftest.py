@@ -63,11 +63,13 @@ def pipeline(tmp_path_factory):
 
     import importlib
 
-    training.verifier_reward, training.train_grpo = reward_spy, train_grpo_spy
-    try:
+    from s2d_pipeline.stages import student_rl, teacher_rl
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "verifier_reward", reward_spy)
+        for stage in (teacher_rl, student_rl):  # the stages that run GRPO, each with its own name for it
+            patch.setattr(stage, "train_grpo", train_grpo_spy)
         out = {}
         for name in stages_through("evaluate"):
             out[name] = importlib.import_module(f"s2d_pipeline.stages.{name}").run(cfg)
-    finally:
-        training.verifier_reward, training.train_grpo = real_reward, real_train_grpo
     return cfg, out, seen

@@ -81,7 +81,7 @@ def write_dvc_units(root: Path) -> None:
     from s2d_pipeline import dvc_units
     from s2d_pipeline.config import load_config
 
-    dvc_units.write(load_config(root / "params.yaml", root=root, check_paths=False))
+    dvc_units.write(load_config(root / "params.yaml", root=root))
 
 
 def params_equal(a, b) -> bool:

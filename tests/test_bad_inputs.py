@@ -356,7 +356,7 @@ def test_bad_input_is_refused_clearly_and_nothing_is_lost(name, good_project, tm
 
 
 def test_only_hub_ids_get_the_fetch_hint(tmp_path):
-    from s2d_pipeline.config import missing_model_problem
+    from s2d_pipeline.inputs import missing_model_problem
 
     (tmp_path / "models").mkdir()
     for ref in ("./m", "/abs/m", "models/m", "a/b/c", "gpt2-local"):

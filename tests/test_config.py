@@ -6,6 +6,7 @@ import yaml
 
 from s2d_pipeline.config import Config, config_from_dict, load_config, parse_overrides
 from s2d_pipeline.errors import ConfigError, S2DError
+from s2d_pipeline.inputs import check_inputs_exist, load_checked_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,10 +47,10 @@ def test_profiles_hold_only_what_differs_and_partial_sections_keep_their_default
     cfg = config_from_dict({"models": {"teacher": {"num_layers": 4}}}, root=tmp_path)
     assert (cfg.models.teacher.num_layers, cfg.models.teacher.hidden_size) == (4, Config().models.teacher.hidden_size)
     # Another task replaces the default task's settings instead of merging with them.
-    math = config_from_dict({"task": {"name": "math"}, "data": {"generate": False}}, root=tmp_path, check_paths=False)
+    math = config_from_dict({"task": {"name": "math"}, "data": {"generate": False}}, root=tmp_path)
     assert math.task.name == "math" and not hasattr(math.task, "digits")
     with pytest.raises(ConfigError, match=r"unknown key 'task.digits'"):
-        config_from_dict({"task": {"name": "math", "digits": 2}}, root=tmp_path, check_paths=False)
+        config_from_dict({"task": {"name": "math", "digits": 2}}, root=tmp_path)
     with pytest.raises(ConfigError, match=r"key 'task.digits'"):
         config_from_dict({"task": {"digits": 0}}, root=tmp_path)
 
@@ -79,7 +80,7 @@ def test_dvc_units_run_whole_stages_or_one_per_unit_and_a_stale_file_is_refused(
     from s2d_pipeline import dvc_units
     from s2d_pipeline.cli import main
 
-    default = load_config(REPO / "params.yaml", root=REPO, check_paths=False)
+    default = load_config(REPO / "params.yaml", root=REPO)
     dvc_units.check(default)  # the committed file is current
     whole = yaml.safe_load((REPO / "dvc_units.yaml").read_text())["dvc_units"]
     assert {stage: list(items) for stage, items in whole.items()} == {s: ["all"] for s in whole}
@@ -98,7 +99,7 @@ def test_dvc_units_run_whole_stages_or_one_per_unit_and_a_stale_file_is_refused(
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"dvc": {"per_arm_stages": True}}))
     shutil.copy(REPO / "dvc_units.yaml", tmp_path / "dvc_units.yaml")
-    per_unit = load_config(params, root=tmp_path, check_paths=False)
+    per_unit = load_config(params, root=tmp_path)
     with pytest.raises(S2DError, match=r"does not match params.yaml's `arms` \(s2d, .*`dvc.per_arm_stages` \(true\)"):
         dvc_units.check(per_unit)
     assert main(["--params", str(params), "dvc-units", "--check"]) == 2
@@ -122,14 +123,22 @@ def test_dvc_units_run_whole_stages_or_one_per_unit_and_a_stale_file_is_refused(
 
 def test_a_task_that_cannot_generate_data_is_refused_when_asked_to(tmp_path):
     with pytest.raises(ConfigError, match=r"data.generate' is true but task 'math' has no generator"):
-        config_from_dict({"task": {"name": "math"}}, root=tmp_path)
+        check_inputs_exist(config_from_dict({"task": {"name": "math"}}, root=tmp_path))
+
+
+def test_every_task_setting_has_an_adapter():
+    """config's task settings and the adapters in tasks/ go by the same names."""
+    from s2d_pipeline.config import TASK_NAMES
+    from s2d_pipeline.tasks import TASKS
+
+    assert sorted(TASKS) == sorted(TASK_NAMES)
 
 
 def test_gpu_smoke_profile_refuses_missing_models(tmp_path):
-    cfg = load_config(REPO / "profiles" / "gpu-smoke.yaml", root=tmp_path, check_paths=False)
+    cfg = load_config(REPO / "profiles" / "gpu-smoke.yaml", root=tmp_path)
     assert cfg.runtime.device == "cuda" and cfg.models.source == "path" and set(cfg.arms) == {"s2d", "grpo_direct"}
     with pytest.raises(ConfigError, match="models.teacher.path"):
-        load_config(REPO / "profiles" / "gpu-smoke.yaml", root=tmp_path)
+        load_checked_config(REPO / "profiles" / "gpu-smoke.yaml", root=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -138,10 +147,10 @@ def test_gpu_smoke_profile_refuses_missing_models(tmp_path):
     ids=lambda p: p.stem,
 )
 def test_real_profiles_validate_and_refuse_missing_models(profile, tmp_path):
-    cfg = load_config(profile, root=tmp_path, check_paths=False)
+    cfg = load_config(profile, root=tmp_path)
     assert cfg.models.source == "path" and not cfg.data.generate
     with pytest.raises(ConfigError) as err:
-        load_config(profile, root=tmp_path)
+        load_checked_config(profile, root=tmp_path)
     msg = str(err.value)
     assert "models.teacher.path" in msg and "never downloads" in msg and "data.labels" in msg
 
@@ -198,20 +207,21 @@ def test_local_model_directory_satisfies_path_profile(tmp_path):
         },
         root=tmp_path,
     )
+    check_inputs_exist(cfg)
     assert cfg.path(cfg.models.teacher.path) == tmp_path / "teacher"
 
 
 def test_smollm2_profile_imports_a_gguf_teacher_and_cuts_the_student_from_it(tmp_path):
-    cfg = load_config(REPO / "profiles" / "smollm2-arith.yaml", root=tmp_path)  # the GGUF file is installed
+    cfg = load_checked_config(REPO / "profiles" / "smollm2-arith.yaml", root=tmp_path)  # the GGUF file is installed
     assert cfg.models.source == "gguf" and cfg.models.chat_template and cfg.data.generate
     assert cfg.task.name == "math" and cfg.task.sums is not None and cfg.prepare.heal.steps > 0
     assert cfg.artifacts_dir != Config().artifacts_dir  # beside the default run's outputs
     with pytest.raises(ConfigError, match=r"models.teacher.gguf.*no GGUF file at"):
-        load_config(
+        load_checked_config(
             REPO / "profiles" / "smollm2-arith.yaml", {"models": {"teacher": {"gguf": "nope.gguf"}}}, root=tmp_path
         )
     with pytest.raises(ConfigError, match=r"package 'not_a_package' is not installed"):
-        load_config(
+        load_checked_config(
             REPO / "profiles" / "smollm2-arith.yaml",
             {"models": {"teacher": {"gguf": "not_a_package:x.gguf"}}},
             root=tmp_path,

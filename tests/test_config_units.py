@@ -62,7 +62,6 @@ def test_finite_overrides_build_a_config(tmp_path):
     cfg = config_from_dict(
         parse_overrides(["teacher_rl.learning_rate=1e-3", "prepare.teacher.noise_rate=0.25", "budget=8"]),
         root=tmp_path,
-        check_paths=False,
     )
     assert cfg.teacher_rl.learning_rate == 1e-3 and cfg.prepare.teacher.noise_rate == 0.25 and cfg.budget == 8
 
@@ -74,13 +73,13 @@ def test_finite_overrides_build_a_config(tmp_path):
 def test_non_finite_floats_are_rejected_naming_the_key(tmp_path, key, value):
     overrides = parse_overrides([f"{key}={value}"])
     with pytest.raises(ConfigError) as info:
-        config_from_dict(overrides, root=tmp_path, check_paths=False)
+        config_from_dict(overrides, root=tmp_path)
     assert f"'{key}'" in str(info.value)
 
 
 def test_non_finite_float_from_a_params_dict_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match=r"'teacher_rl\.beta'"):
-        config_from_dict({"teacher_rl": {"beta": math.inf}}, root=tmp_path, check_paths=False)
+        config_from_dict({"teacher_rl": {"beta": math.inf}}, root=tmp_path)
 
 
 @pytest.mark.parametrize("pairs", [["budget=1", "budget.x=2"], ["budget.x=2", "budget=1"]])
@@ -116,7 +115,7 @@ def no_env_uri(monkeypatch):
 
 
 def _cfg(root, uri):
-    return config_from_dict({"tracking": {"uri": uri}}, root=root, check_paths=False)
+    return config_from_dict({"tracking": {"uri": uri}}, root=root)
 
 
 def test_relative_sqlite_resolves_against_root_not_cwd(tmp_path, monkeypatch, no_env_uri):

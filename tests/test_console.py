@@ -148,6 +148,7 @@ def test_report_prints_the_table_and_the_promotion_decision(trained_project, cap
 
 def test_evaluate_summary_names_the_gate_metric_and_both_arms(micro_cfg):
     from s2d_pipeline.console import summary
+    from s2d_pipeline.gate import GATE_METRIC
 
     result = {
         "k": 4,
@@ -155,5 +156,5 @@ def test_evaluate_summary_names_the_gate_metric_and_both_arms(micro_cfg):
         "arms": {"s2d": {"avg_at_k": 0.75}, "grpo_direct": {"avg_at_k": 0.5}},
         "student_raw": {"avg_at_k": 0.25},
     }
-    lines = summary("evaluate", result, micro_cfg)
+    lines = summary("evaluate", result, micro_cfg, gate_metric=GATE_METRIC)
     assert lines[0] == "  avg_at_k (k = 4) on 10 eval problems: s2d 0.750, grpo_direct 0.500, raw student 0.250"

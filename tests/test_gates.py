@@ -16,7 +16,7 @@ def _with(cfg, root=None, **changes):
     from s2d_pipeline.config import config_from_dict, deep_merge
 
     raw = deep_merge(cfg.model_dump(mode="json", exclude={"root"}), changes)
-    return config_from_dict(raw, root=root or cfg.root, check_paths=False)
+    return config_from_dict(raw, root=root or cfg.root)
 
 
 def _copy(pipeline, tmp_path, subdirs, **changes):
@@ -30,16 +30,16 @@ def _copy(pipeline, tmp_path, subdirs, **changes):
 @pytest.fixture
 def c1_scored(monkeypatch):
     """The ids of the rows each C1 scoring saw: a spy around the real `score` that `teacher_rl` calls."""
-    from s2d_pipeline.stages import evaluate
+    from s2d_pipeline.stages import teacher_rl
 
     scored: list[list[str]] = []
-    real_score = evaluate.score
+    real_score = teacher_rl.score
 
     def score_spy(task, model, tokenizer, rows, *args, **kwargs):
         scored.append([r["id"] for r in rows])
         return real_score(task, model, tokenizer, rows, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "score", score_spy)
+    monkeypatch.setattr(teacher_rl, "score", score_spy)
     return scored
 
 
@@ -102,7 +102,6 @@ def test_c1_gate_passes_a_teacher_stage1_improved(pipeline, tmp_path, monkeypatc
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from s2d_pipeline import training
     from s2d_pipeline.layout import base_model_dir, rollouts_file
     from s2d_pipeline.stages import rollouts, teacher_rl
 
@@ -119,13 +118,13 @@ def test_c1_gate_passes_a_teacher_stage1_improved(pipeline, tmp_path, monkeypatc
     untrained = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(pretrained))
     untrained.save_pretrained(base_model_dir(cfg, "teacher"))  # the copy's raw teacher; tokenizer kept
 
-    real_train_grpo = training.train_grpo
+    real_train_grpo = teacher_rl.train_grpo
 
     def stage1_from_the_pretrained_teacher(stage_cfg, task, model_dir, *args, **kwargs):
         assert model_dir == base_model_dir(cfg, "teacher")  # Stage 1 starts from the raw teacher ...
         return real_train_grpo(stage_cfg, task, pretrained, *args, **kwargs)  # ... here the better one
 
-    monkeypatch.setattr(training, "train_grpo", stage1_from_the_pretrained_teacher)
+    monkeypatch.setattr(teacher_rl, "train_grpo", stage1_from_the_pretrained_teacher)
     measured = teacher_rl.run(cfg, arm="s2d")["s2d"]["c1_gate"]
     assert c1_scored == [_first_eval_ids(cfg, 16)] * 2  # raw and RL teacher, on the same eval problems
     assert measured["raw_teacher"] < measured["rl_teacher"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from s2d_pipeline.errors import S2DError
-from s2d_pipeline.stages.evaluate import accuracy_metrics
+from s2d_pipeline.evaluation import accuracy_metrics
 from s2d_pipeline.tasks.arithmetic import VOCAB, ArithmeticTask
 
 TASK = ArithmeticTask(digits=1)  # "3+4=" means 3 + 4; completions are 2 digits, least significant first

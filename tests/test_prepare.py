@@ -36,7 +36,6 @@ def test_gate_refuses_base_models_outside_the_band_after_every_retry(project):
 def test_gate_retries_with_a_new_seed_and_records_every_attempt(project, monkeypatch):
     """A base model stuck on a plateau cannot be produced on demand; the fault is injected by making
     the first gate measurement out of band (the real accuracy is used for every later one)."""
-    from s2d_pipeline import generation
     from s2d_pipeline.stages import prepare
 
     cfg = load_config(
@@ -44,13 +43,13 @@ def test_gate_retries_with_a_new_seed_and_records_every_attempt(project, monkeyp
         deep_merge(SHORT, {"prepare": {"gate_min_accuracy": 0.0, "gate_max_accuracy": 0.95, "max_retries": 2}}),
         root=project,
     )
-    real, calls = generation.accuracy, []
+    real, calls = prepare.accuracy, []
 
     def first_out_of_band(*args, **kwargs):
         calls.append(1)
         return 1.0 if len(calls) == 1 else real(*args, **kwargs)
 
-    monkeypatch.setattr(generation, "accuracy", first_out_of_band)
+    monkeypatch.setattr(prepare, "accuracy", first_out_of_band)
     metrics = prepare.run(cfg)
     teacher, student = metrics["teacher"]["attempts"], metrics["student"]["attempts"]
     assert [a["gate_greedy_accuracy"] for a in teacher][0] == 1.0 and len(teacher) == 2

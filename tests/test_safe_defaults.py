@@ -18,7 +18,7 @@ from tests.helpers import REPO
 
 def test_remote_code_is_off_unless_a_param_turns_it_on(tmp_path):
     for params in [REPO / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))]:
-        assert load_config(params, root=tmp_path, check_paths=False).models.trust_remote_code is False, params
+        assert load_config(params, root=tmp_path).models.trust_remote_code is False, params
 
 
 def test_models_are_written_and_read_as_safetensors_only(pipeline, tmp_path):

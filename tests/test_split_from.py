@@ -9,6 +9,7 @@ import pytest
 
 from s2d_pipeline.config import load_config
 from s2d_pipeline.errors import ConfigError, DataError
+from s2d_pipeline.inputs import load_checked_config
 from tests.helpers import SHARED_GSM8K, SMOLLM2_PROFILE
 
 
@@ -60,4 +61,6 @@ def test_split_refuses_too_few_rows_and_a_missing_file(gsm8k_cfg, tmp_path):
     with pytest.raises(DataError, match=r"small.jsonl: rule 'enough rows to split' failed: 20 rows"):
         split_file(cfg)
     with pytest.raises(ConfigError, match=r"data.split_from': file 'nope.jsonl' does not exist"):
-        load_config(tmp_path / "params.yaml", {"data": {"generate": False, "split_from": "nope.jsonl"}}, root=tmp_path)
+        load_checked_config(
+            tmp_path / "params.yaml", {"data": {"generate": False, "split_from": "nope.jsonl"}}, root=tmp_path
+        )

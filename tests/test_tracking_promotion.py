@@ -28,7 +28,7 @@ def _tracked(cfg0, tmp_path, **changes):
     shutil.copytree(cfg0.root, root, ignore=shutil.ignore_patterns("checkpoints", "mlruns", "*.db"))
     raw = cfg0.model_dump(mode="json", exclude={"root"})
     raw["tracking"] = {**raw["tracking"], "enabled": True, "uri": f"sqlite:///{tmp_path}/mlflow.db"}
-    return config_from_dict({**raw, **changes}, root=root, check_paths=False)
+    return config_from_dict({**raw, **changes}, root=root)
 
 
 def test_evaluate_registers_challenger_and_promote_moves_champion_only_through_the_gate(pipeline, tmp_path):

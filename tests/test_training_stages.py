@@ -113,7 +113,7 @@ def test_evaluate_writes_every_arm_and_the_comparison(pipeline):
 
 
 def test_accuracy_metrics_score_known_right_and_wrong_completions():
-    from s2d_pipeline.stages.evaluate import accuracy_metrics
+    from s2d_pipeline.evaluation import accuracy_metrics
     from s2d_pipeline.tasks.arithmetic import ArithmeticTask
 
     task = ArithmeticTask(3)
@@ -160,7 +160,7 @@ def test_sft_warmup_variant_trains(pipeline, tmp_path):
     raw = cfg0.model_dump(mode="json", exclude={"root"})
     raw["warmup"]["loss"] = "sft"
     raw["arms"] = ["s2d"]
-    cfg = config_from_dict(raw, root=tmp_path, check_paths=False)
+    cfg = config_from_dict(raw, root=tmp_path)
     out = warmup.run(cfg)
     assert out["s2d"]["loss"] == "sft" and out["s2d"]["loss_last"] is not None
     assert not params_equal(

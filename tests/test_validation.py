@@ -34,7 +34,7 @@ BOUNDS = {
 
 
 def make_cfg(root: Path, overrides: dict | None = None) -> Config:
-    return config_from_dict(deep_merge(BOUNDS, overrides or {}), root=root, check_paths=False)
+    return config_from_dict(deep_merge(BOUNDS, overrides or {}), root=root)
 
 
 def write_splits(cfg: Config, splits: dict[str, list[dict]]) -> None:

@@ -20,70 +20,30 @@ import time
 from pathlib import Path
 
 from s2d_pipeline import arms as arm_specs
+from s2d_pipeline import runtime
+from s2d_pipeline.arms import BASELINE_ARM, CANDIDATE_ARM
 from s2d_pipeline.config import Config
-from s2d_pipeline.io import atomic_path, sha256_file, write_json
-from s2d_pipeline.layout import base_model_dir, metrics_file, rl_teacher_dir, stage_dir, student_dir, teacher_dir
+from s2d_pipeline.console import progress
+from s2d_pipeline.data import load_split
+from s2d_pipeline.evaluation import score, student_teacher_kl
+from s2d_pipeline.gate import GATE_METRIC
+from s2d_pipeline.io import atomic_path, read_json, sha256_file, write_json
+from s2d_pipeline.layout import (
+    base_model_dir,
+    ledger_file,
+    metrics_file,
+    rl_teacher_dir,
+    stage_dir,
+    student_dir,
+    teacher_dir,
+)
+from s2d_pipeline.models import load_model, load_tokenizer
+from s2d_pipeline.prompts import render
 from s2d_pipeline.tasks import get_task
-
-
-def score(task, model, tokenizer, rows: list[dict], cfg: Config, settings=None) -> dict:
-    """Greedy accuracy, avg_at_k and pass_at_k of one model on labeled rows, sampled with `settings`
-    (k, temperature, max_completion_length, batch_size; default: the evaluate section)."""
-    from s2d_pipeline.generation import generate, sample
-    from s2d_pipeline.prompts import render
-
-    e = settings or cfg.evaluate
-    prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in rows]
-    greedy = generate(model, tokenizer, prompts, max_new_tokens=e.max_completion_length, batch_size=e.batch_size)
-    sampled = sample(model, tokenizer, prompts, e, n=e.k, seed=cfg.seed)
-    return accuracy_metrics(task, [c[0] for c in greedy], sampled, rows)
-
-
-def accuracy_metrics(task, greedy: list[str], sampled: list[list[str]], rows: list[dict]) -> dict:
-    """Greedy accuracy, avg_at_k and pass_at_k from completions, scored by the task verifier."""
-    g = [task.verify(c, r["answer"]) for c, r in zip(greedy, rows, strict=True)]
-    hits = [[task.verify(c, r["answer"]) for c in cs] for cs, r in zip(sampled, rows, strict=True)]
-    n = max(len(rows), 1)
-    return {
-        "greedy": round(sum(g) / n, 4),
-        "avg_at_k": round(sum(sum(h) / len(h) if h else 0.0 for h in hits) / n, 4),
-        "pass_at_k": round(sum(any(h) for h in hits) / n, 4),
-    }
-
-
-def own_samples(cfg: Config, model, tokenizer, prompts: list[str]) -> list[str]:
-    """One sample per prompt at temperature 1, as C2 draws them (seeded)."""
-    from s2d_pipeline.generation import generate
-
-    e = cfg.evaluate
-    samples = generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=e.max_completion_length,
-        greedy=False,
-        temperature=1.0,
-        batch_size=e.batch_size,
-        seed=cfg.seed,
-    )
-    return [s[0] for s in samples]
-
-
-def student_teacher_kl(cfg: Config, task, student, teacher, tokenizer, prompts: list[str]) -> float:
-    """C2: mean per-token KL(student || teacher) on the student's own samples."""
-    from s2d_pipeline.generation import completion_token_stats
-
-    samples = own_samples(cfg, student, tokenizer, prompts)
-    stats = completion_token_stats(student, teacher, tokenizer, prompts, samples, batch_size=cfg.evaluate.batch_size)
-    return round(stats["kl"], 5)
+from s2d_pipeline.tracking import arm_run, log_flat_metrics, log_to_pipeline_run, provenance, register_student
 
 
 def run(cfg: Config) -> dict:
-    from s2d_pipeline import runtime
-    from s2d_pipeline.data import load_split
-    from s2d_pipeline.models import load_model, load_tokenizer
-    from s2d_pipeline.prompts import render
-
     runtime.setup(cfg)
     started = time.perf_counter()
     task = get_task(cfg.task)
@@ -102,7 +62,6 @@ def run(cfg: Config) -> dict:
     teachers = {"teacher_raw": base_model_dir(cfg, "teacher")}
     teachers.update({f"teacher_rl/{k}": rl_teacher_dir(cfg, k) for k in arm_specs.rl_teachers(cfg.arms)})
     result: dict = {"eval_problems": len(rows), "k": cfg.evaluate.k, "teachers": {}, "arms": {}}
-    from s2d_pipeline.console import progress
 
     bar = progress(total=len(teachers) + 1 + len(cfg.arms), desc="evaluate", unit="model")
     for name, path in teachers.items():
@@ -140,7 +99,6 @@ def run(cfg: Config) -> dict:
         result["arms"][arm] = entry
         bar.update()
     bar.close()
-    from s2d_pipeline.tracking import provenance
 
     result["provenance"] = provenance(cfg)
     result["wall_s"] = round(time.perf_counter() - started, 2)
@@ -163,9 +121,6 @@ def models_evaluated(result: dict) -> dict[str, dict]:
 def model_params(cfg: Config, name: str) -> dict:
     """What an evaluated model is, as MLflow params (so the compare view and parallel coordinates
     can line arms up by teacher, steps and labels spent)."""
-    from s2d_pipeline.io import read_json
-    from s2d_pipeline.layout import ledger_file
-
     if name not in arm_specs.SPECS:
         teacher = name.removeprefix("teacher_rl/") if name.startswith("teacher_rl/") else None
         return {"model": name, "role": "teacher" if name.startswith("teacher") else "student", "rl_teacher": teacher}
@@ -189,9 +144,6 @@ def summary(result: dict) -> dict:
     """The headline in a few numbers (`metrics/summary.json`, what `dvc metrics show` prints): the
     candidate's and the baseline's sampled accuracy, their gap, and the RL teachers' C1; the whole
     table is `comparison.md` and the plots."""
-    from s2d_pipeline.arms import BASELINE_ARM, CANDIDATE_ARM
-    from s2d_pipeline.gate import GATE_METRIC
-
     arms = result["arms"]
     headline = {arm: arms[arm][GATE_METRIC] for arm in (CANDIDATE_ARM, BASELINE_ARM) if arm in arms}
     if len(headline) == 2:
@@ -204,10 +156,6 @@ def _track(cfg: Config, result: dict) -> None:
     headline numbers, charts and comparison table on the pipeline's parent run; the candidate arm's
     student is registered and becomes the `challenger` (promotion is `s2d promote`)."""
     import mlflow
-
-    from s2d_pipeline.arms import CANDIDATE_ARM
-    from s2d_pipeline.gate import GATE_METRIC
-    from s2d_pipeline.tracking import arm_run, log_flat_metrics, log_to_pipeline_run, register_student
 
     for name, metrics in models_evaluated(result).items():
         with arm_run(cfg, "evaluate", name, params=model_params(cfg, name)):
@@ -238,8 +186,6 @@ def _track(cfg: Config, result: dict) -> None:
 def _headline_metrics(result: dict) -> dict[str, float]:
     """`<metric>/<model>`: the MLflow chart view groups a parent run's metrics by the prefix, so
     each chart compares the models on one metric."""
-    from s2d_pipeline.arms import BASELINE_ARM, CANDIDATE_ARM
-
     out = {
         f"{m}/{name.replace('/', '.')}": v[m]
         for name, v in models_evaluated(result).items()

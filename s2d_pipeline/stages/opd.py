@@ -12,19 +12,18 @@ from __future__ import annotations
 from functools import partial
 
 from s2d_pipeline import arms as arm_specs
+from s2d_pipeline import runtime
 from s2d_pipeline.config import Config
+from s2d_pipeline.data import load_split
+from s2d_pipeline.gate import require_improved_teacher
 from s2d_pipeline.io import write_unit_metrics
 from s2d_pipeline.layout import base_model_dir, student_dir, teacher_dir, unit_metrics_dir
+from s2d_pipeline.prompts import trainer_prompt
 from s2d_pipeline.tasks import get_task
+from s2d_pipeline.training import summarise_loss_history, train_arm, train_opd
 
 
 def run(cfg: Config, arm: str | None = None) -> dict:
-    from s2d_pipeline import runtime
-    from s2d_pipeline.data import load_split
-    from s2d_pipeline.gate import require_improved_teacher
-    from s2d_pipeline.prompts import trainer_prompt
-    from s2d_pipeline.training import summarise_loss_history, train_arm, train_opd
-
     runtime.setup(cfg)
     task = get_task(cfg.task)
     prompts = [trainer_prompt(cfg, task, r["prompt"]) for r in load_split(cfg, task, "prompts")]

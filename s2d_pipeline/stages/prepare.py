@@ -22,21 +22,34 @@ from __future__ import annotations
 import logging
 import time
 
+from s2d_pipeline import runtime
 from s2d_pipeline.config import Config
+from s2d_pipeline.console import progress
+from s2d_pipeline.data import load_split
 from s2d_pipeline.errors import ConfigError, DataError, S2DError
-from s2d_pipeline.io import atomic_dir, write_json, write_jsonl
-from s2d_pipeline.layout import base_model_dir, data_file, metrics_file
+from s2d_pipeline.generation import accuracy, sample_completions
+from s2d_pipeline.io import atomic_dir, read_data_file, write_json, write_jsonl
+from s2d_pipeline.layout import base_model_dir, checkpoint_dir, data_file, metrics_file
+from s2d_pipeline.models import (
+    build_char_tokenizer,
+    build_tiny_model,
+    check_gguf,
+    check_vocab_compatible,
+    count_parameters,
+    derive_student,
+    import_gguf,
+    resolve_gguf,
+    save_model,
+)
+from s2d_pipeline.prompts import render
 from s2d_pipeline.tasks import get_task
+from s2d_pipeline.training import save_trained, summarise_loss_history, train_forward_kl
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: Config) -> dict:
-    from s2d_pipeline import runtime
-
     if cfg.models.source == "gguf":  # an unreadable teacher file is refused before any output is written
-        from s2d_pipeline.models import check_gguf, resolve_gguf
-
         check_gguf(resolve_gguf(cfg.models.teacher.gguf, cfg.root), cfg.models.teacher.gguf)
     runtime.setup(cfg)
     started = time.perf_counter()
@@ -60,8 +73,6 @@ def run(cfg: Config) -> dict:
     elif cfg.models.source == "gguf":
         metrics.update(_import_and_derive(cfg, task, _read_eval(cfg, task)))
     else:
-        from s2d_pipeline.models import check_vocab_compatible
-
         check_vocab_compatible(base_model_dir(cfg, "teacher"), base_model_dir(cfg, "student"), cfg)
     metrics["wall_s"] = round(time.perf_counter() - started, 2)
     write_json(metrics_file(cfg, "prepare"), metrics)
@@ -72,8 +83,6 @@ def split_file(cfg: Config) -> dict[str, list[dict]]:
     """`data.split_from` split into eval, labels and prompts (answers dropped), seeded and disjoint.
     Rows keep their own `id`, or get `<file stem>-<line>` so an id names its source line."""
     import random
-
-    from s2d_pipeline.io import read_data_file
 
     path = cfg.path(cfg.data.split_from)
     rows = read_data_file(path)
@@ -99,13 +108,6 @@ def split_file(cfg: Config) -> dict[str, list[dict]]:
 def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
     """The GGUF teacher as safetensors; the student cut from it and healed; both scored on eval."""
     import shutil
-
-    from s2d_pipeline.data import load_split
-    from s2d_pipeline.generation import accuracy, sample_completions
-    from s2d_pipeline.layout import checkpoint_dir
-    from s2d_pipeline.models import count_parameters, derive_student, import_gguf, resolve_gguf, save_model
-    from s2d_pipeline.prompts import render
-    from s2d_pipeline.training import save_trained, summarise_loss_history, train_forward_kl
 
     gguf = resolve_gguf(cfg.models.teacher.gguf, cfg.root)
     t0 = time.perf_counter()
@@ -181,15 +183,10 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
 
 
 def _read_eval(cfg: Config, task) -> list[dict]:
-    from s2d_pipeline.data import load_split
-
     return load_split(cfg, task, "eval")
 
 
 def _build_base_models(cfg: Config, task, eval_rows: list[dict]) -> dict:
-    from s2d_pipeline.generation import accuracy
-    from s2d_pipeline.models import build_char_tokenizer, count_parameters, save_model
-
     tokenizer = build_char_tokenizer(task.symbols)
     p = cfg.prepare
     eval_prompts = {r["prompt"] for r in eval_rows}
@@ -244,9 +241,6 @@ def _pretrain(cfg: Config, corpus, tokenizer, spec, schedule, seed: int, role: s
     import numpy as np
     import torch
     from transformers import get_cosine_schedule_with_warmup
-
-    from s2d_pipeline.console import progress
-    from s2d_pipeline.models import build_tiny_model
 
     p = cfg.prepare
     model = build_tiny_model(spec, tokenizer, cfg.models.max_seq_len, seed)

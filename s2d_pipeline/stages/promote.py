@@ -13,6 +13,7 @@ from s2d_pipeline.config import Config
 from s2d_pipeline.gate import EVAL_SHA_TAG, GATE_METRIC, GATE_METRIC_TAG, decide
 from s2d_pipeline.io import read_json, write_json
 from s2d_pipeline.layout import metrics_file
+from s2d_pipeline.tracking import open_store
 
 GATE_LINE = "**Gate"
 
@@ -27,8 +28,6 @@ def run(cfg: Config) -> dict:
         return out
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from s2d_pipeline.tracking import open_store
 
     open_store(cfg)
     client = MlflowClient()

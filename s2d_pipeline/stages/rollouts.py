@@ -15,9 +15,15 @@ from __future__ import annotations
 import time
 
 from s2d_pipeline import arms as arm_specs
+from s2d_pipeline import runtime
 from s2d_pipeline.config import Config
+from s2d_pipeline.data import load_split
+from s2d_pipeline.gate import require_improved_teacher
+from s2d_pipeline.generation import encode_prompt, generate_vllm, sample_completions, score_completion_ids
 from s2d_pipeline.io import write_jsonl, write_unit_metrics
 from s2d_pipeline.layout import rollouts_file, teacher_dir, unit_metrics_dir
+from s2d_pipeline.models import load_model, load_tokenizer
+from s2d_pipeline.prompts import render
 from s2d_pipeline.tasks import get_task
 
 # `prompt`: the rendered text the teacher was conditioned on (chat template included).
@@ -37,13 +43,6 @@ ROLLOUT_COLUMNS = (
 
 
 def run(cfg: Config, arm: str | None = None) -> dict:
-    from s2d_pipeline import runtime
-    from s2d_pipeline.data import load_split
-    from s2d_pipeline.gate import require_improved_teacher
-    from s2d_pipeline.generation import encode_prompt, generate_vllm, sample_completions, score_completion_ids
-    from s2d_pipeline.models import load_model, load_tokenizer
-    from s2d_pipeline.prompts import render
-
     runtime.setup(cfg)
     task = get_task(cfg.task)
     r = cfg.rollouts

@@ -15,17 +15,16 @@ from __future__ import annotations
 from functools import partial
 
 from s2d_pipeline import arms as arm_specs
+from s2d_pipeline import runtime
 from s2d_pipeline.config import Config
 from s2d_pipeline.io import write_unit_metrics
 from s2d_pipeline.layout import base_model_dir, student_dir, unit_metrics_dir
+from s2d_pipeline.ledger import STUDENT_RL, labeled_rows
 from s2d_pipeline.tasks import get_task
+from s2d_pipeline.training import summarise_rl_history, train_arm, train_grpo
 
 
 def run(cfg: Config, arm: str | None = None) -> dict:
-    from s2d_pipeline import runtime
-    from s2d_pipeline.ledger import STUDENT_RL, labeled_rows
-    from s2d_pipeline.training import summarise_rl_history, train_arm, train_grpo
-
     runtime.setup(cfg)
     task = get_task(cfg.task)
     metrics: dict = {}

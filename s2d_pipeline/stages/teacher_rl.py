@@ -15,21 +15,20 @@ from __future__ import annotations
 from functools import partial
 
 from s2d_pipeline import arms as arm_specs
+from s2d_pipeline import runtime
 from s2d_pipeline.config import Config
+from s2d_pipeline.data import load_split
+from s2d_pipeline.evaluation import score
+from s2d_pipeline.gate import c1_measurement
 from s2d_pipeline.io import write_unit_metrics
 from s2d_pipeline.layout import base_model_dir, rl_teacher_dir, unit_metrics_dir
+from s2d_pipeline.ledger import TEACHER_RL, labeled_rows
+from s2d_pipeline.models import load_model, load_tokenizer
 from s2d_pipeline.tasks import get_task
+from s2d_pipeline.training import summarise_rl_history, train_arm, train_grpo
 
 
 def run(cfg: Config, arm: str | None = None) -> dict:
-    from s2d_pipeline import runtime
-    from s2d_pipeline.data import load_split
-    from s2d_pipeline.gate import c1_measurement
-    from s2d_pipeline.ledger import TEACHER_RL, labeled_rows
-    from s2d_pipeline.models import load_model, load_tokenizer
-    from s2d_pipeline.stages.evaluate import score
-    from s2d_pipeline.training import summarise_rl_history, train_arm, train_grpo
-
     runtime.setup(cfg)
     task = get_task(cfg.task)
     metrics: dict = {}

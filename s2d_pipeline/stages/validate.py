@@ -11,6 +11,7 @@ artifacts - and a DataError names file, line, id and rule (the CLI exits non-zer
 
 from __future__ import annotations
 
+import json
 import time
 
 from s2d_pipeline.config import Config
@@ -18,6 +19,7 @@ from s2d_pipeline.errors import DataError
 from s2d_pipeline.io import write_json
 from s2d_pipeline.layout import metrics_file, validation_report
 from s2d_pipeline.tasks import get_task
+from s2d_pipeline.validation import format_failures, validate_splits
 
 FAILED_REPORT_NAME = "report.failed.json"
 
@@ -26,9 +28,21 @@ def failed_report_path(cfg: Config):
     return validation_report(cfg).with_name(FAILED_REPORT_NAME)
 
 
-def run(cfg: Config) -> dict:
-    from s2d_pipeline.validation import format_failures, validate_splits
+def skipped_rules(cfg: Config) -> dict[str, str]:
+    """Rules the last good validation report skipped, and why (once per rule, not per split)."""
+    try:
+        report = json.loads(validation_report(cfg).read_text())
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, str] = {}
+    for split in report.get("splits", {}).values():
+        for rule in split.get("rules", []):
+            if rule.get("passed") is None and rule.get("skipped"):
+                out.setdefault(rule["rule"], rule["skipped"])
+    return out
 
+
+def run(cfg: Config) -> dict:
     started = time.perf_counter()
     task = get_task(cfg.task)
     report = validate_splits(cfg, task)

@@ -17,16 +17,19 @@ from functools import partial
 from pathlib import Path
 
 from s2d_pipeline import arms as arm_specs
+from s2d_pipeline import runtime
 from s2d_pipeline.config import Config
+from s2d_pipeline.data import load_split
 from s2d_pipeline.errors import DataError
 from s2d_pipeline.io import read_jsonl, write_unit_metrics
 from s2d_pipeline.layout import base_model_dir, rollouts_file, student_dir, teacher_dir, unit_metrics_dir
+from s2d_pipeline.models import load_tokenizer
+from s2d_pipeline.prompts import render
+from s2d_pipeline.tasks import get_task
+from s2d_pipeline.training import summarise_loss_history, train_arm, train_forward_kl
 
 
 def run(cfg: Config, arm: str | None = None) -> dict:
-    from s2d_pipeline import runtime
-    from s2d_pipeline.training import summarise_loss_history, train_arm, train_forward_kl
-
     runtime.setup(cfg)
     metrics: dict = {}
     kl_prompts = _kl_prompts(cfg) if cfg.warmup.kl_target is not None else None
@@ -76,11 +79,6 @@ def read_rollouts(path: Path) -> list[dict]:
 
 def _kl_prompts(cfg: Config) -> list[str]:
     """The rendered prompts the C2 stopping rule samples on: the last `warmup.kl_prompts` of the pool."""
-    from s2d_pipeline.data import load_split
-    from s2d_pipeline.models import load_tokenizer
-    from s2d_pipeline.prompts import render
-    from s2d_pipeline.tasks import get_task
-
     task = get_task(cfg.task)
     tokenizer = load_tokenizer(base_model_dir(cfg, "student"), cfg)
     return [

@@ -1,0 +1,56 @@
+"""How a model is measured, wherever it is measured: accuracy on labeled problems by the task
+verifier (`score`: greedy, avg_at_k, pass_at_k), and C2, the student's per-token KL to a teacher on
+the student's own samples (`student_teacher_kl`). `s2d evaluate` reports both for every model; the
+C1 gate in `teacher_rl` and warmup's C2 stopping rule measure with the same functions.
+"""
+
+from __future__ import annotations
+
+from s2d_pipeline.config import Config
+from s2d_pipeline.generation import completion_token_stats, generate, sample
+from s2d_pipeline.prompts import render
+
+
+def score(task, model, tokenizer, rows: list[dict], cfg: Config, settings=None) -> dict:
+    """Greedy accuracy, avg_at_k and pass_at_k of one model on labeled rows, sampled with `settings`
+    (k, temperature, max_completion_length, batch_size; default: the evaluate section)."""
+    e = settings or cfg.evaluate
+    prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in rows]
+    greedy = generate(model, tokenizer, prompts, max_new_tokens=e.max_completion_length, batch_size=e.batch_size)
+    sampled = sample(model, tokenizer, prompts, e, n=e.k, seed=cfg.seed)
+    return accuracy_metrics(task, [c[0] for c in greedy], sampled, rows)
+
+
+def accuracy_metrics(task, greedy: list[str], sampled: list[list[str]], rows: list[dict]) -> dict:
+    """Greedy accuracy, avg_at_k and pass_at_k from completions, scored by the task verifier."""
+    g = [task.verify(c, r["answer"]) for c, r in zip(greedy, rows, strict=True)]
+    hits = [[task.verify(c, r["answer"]) for c in cs] for cs, r in zip(sampled, rows, strict=True)]
+    n = max(len(rows), 1)
+    return {
+        "greedy": round(sum(g) / n, 4),
+        "avg_at_k": round(sum(sum(h) / len(h) if h else 0.0 for h in hits) / n, 4),
+        "pass_at_k": round(sum(any(h) for h in hits) / n, 4),
+    }
+
+
+def own_samples(cfg: Config, model, tokenizer, prompts: list[str]) -> list[str]:
+    """One sample per prompt at temperature 1, as C2 draws them (seeded)."""
+    e = cfg.evaluate
+    samples = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=e.max_completion_length,
+        greedy=False,
+        temperature=1.0,
+        batch_size=e.batch_size,
+        seed=cfg.seed,
+    )
+    return [s[0] for s in samples]
+
+
+def student_teacher_kl(cfg: Config, task, student, teacher, tokenizer, prompts: list[str]) -> float:
+    """C2: mean per-token KL(student || teacher) on the student's own samples."""
+    samples = own_samples(cfg, student, tokenizer, prompts)
+    stats = completion_token_stats(student, teacher, tokenizer, prompts, samples, batch_size=cfg.evaluate.batch_size)
+    return round(stats["kl"], 5)
