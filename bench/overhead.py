@@ -1,10 +1,8 @@
 """Pipeline overhead: where the wall time of the embedded default goes, through DVC and through Prefect.
 
-    python -m bench.overhead               # ~25 min on 2 CPU cores: three full pipeline runs + a no-op repro
-    python -m bench.overhead --only flows  # steps 3 and 4 only, back to back (the fan-out ratio in one run)
-    python -m bench.overhead --only dvc    # steps 1 and 2 only
-    python -m bench.overhead --only units  # step 5 only (~25 min): not part of the default run
-                                           # (--only keeps the other part's figures in the results file)
+    python -m bench.overhead run                       # ~25 min on 2 CPU cores
+    python -m bench.overhead run --only flows --again  # re-measure steps 3 and 4 (the fan-out ratio in one run)
+    python -m bench.overhead report
 
 Run from the repository root.
 
@@ -18,17 +16,15 @@ Works on fresh clones of the committed HEAD (so the numbers are those of a user'
 4. the same flow with `flow.parallel_arms: 2` (each per-arm stage fans out to `s2d <stage> --arm`
    processes, two at a time) in a third clone: its wall time against step 3's, and whether its
    evaluation equals the sequential flow's.
-5. (`--only units`) a Prefect server and process workers on this machine, as infra/README "Arms in
-   parallel" lays them out: the `s2d/train` deployment run sequentially, then with its units
-   dispatched to the `s2d-unit/unit` deployment and two unit workers (one unit each at a time, one
-   thread per training), each from a fresh clone: wall time against the sequential run's.
-Also timed: the heavy imports every training process pays (torch, transformers, trl, datasets) and
-`s2d --help` (the CLI must start without them). Results: bench/results/overhead.json.
+Also timed (`startup`): the heavy imports every training process pays (torch, transformers, trl,
+datasets) and `s2d --help` (the CLI must start without them). Each part is a cell of
+bench/results/overhead.jsonl: `startup`, `dvc` (steps 1-2), `flows` (3-4). The file also keeps two
+measurements made once, which the report shows: `dvc` with per-arm DVC stages, and units dispatched to
+Prefect unit workers (the infra/README layout; `git log -S measure_unit_workers` finds the code).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -37,27 +33,30 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import REPO, machine
+from bench import harness
 from s2d_pipeline.stages import STAGES
 
+RESULTS = harness.RESULTS / "overhead.jsonl"
+PARTS = ("startup", "dvc", "flows")
 VALIDATION = "validate"
 BOOKKEEPING = ("allocate", "promote")  # label ledger and promotion gate: no model work
 # Stages whose compute is the method's own work (building base models, training, generation,
 # evaluation): every stage of the pipeline except validation and the bookkeeping stages, so a stage
 # added to `s2d_pipeline.stages` counts here unless it is listed above.
 TRAINING = tuple(s for s in STAGES if s != VALIDATION and s not in BOOKKEEPING)
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
 
 
 def _clone(dest: Path) -> Path:
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(dest)], check=True)
+    subprocess.run(["git", "clone", "--quiet", str(harness.REPO), str(dest)], check=True)
     return dest
 
 
 def _env(repo: Path, timings: Path) -> dict:
-    venv_bin = str(Path(sys.executable).parent)
     return {
         **os.environ,
-        "PATH": f"{venv_bin}:{os.environ['PATH']}",
+        "PATH": f"{BIN}:{os.environ['PATH']}",
         "PYTHONPATH": str(repo),
         "S2D_TIMINGS": str(timings),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -74,31 +73,30 @@ def _timed(cmd: list[str], repo: Path, env: dict) -> float:
     return time.perf_counter() - t0
 
 
-def breakdown(total_s: float, timings: list[dict], one_process: bool) -> dict:
+def breakdown(total_s: float, timings: Path, one_process: bool) -> dict:
+    """Where `total_s` went, from the stages' timing records in `timings`."""
+    records = harness.read(timings)
     compute: dict[str, float] = {}  # a per-arm stage writes one record per unit: summed
-    for r in timings:
+    for r in records:
         compute[r["stage"]] = compute.get(r["stage"], 0.0) + r["compute_s"]
-    tracking = sum(r["tracking_s"] for r in timings)
+    tracking = sum(r["tracking_s"] for r in records)
     training = sum(v for k, v in compute.items() if k in TRAINING)
-    validation = compute.get(VALIDATION, 0.0)
-    other_stages = sum(v for k, v in compute.items() if k not in TRAINING and k != VALIDATION)
     if one_process:  # the flow: one interpreter, stages back to back
-        processes = max(r["process_s"] for r in timings)
-        startup = processes - sum(r["compute_s"] + r["tracking_s"] for r in timings)
+        processes = max(r["process_s"] for r in records)
+        startup = processes - sum(r["compute_s"] + r["tracking_s"] for r in records)
     else:
-        processes = sum(r["process_s"] for r in timings)
-        startup = sum(r["process_s"] - r["compute_s"] - r["tracking_s"] for r in timings)
-    driver = total_s - processes
+        processes = sum(r["process_s"] for r in records)
+        startup = sum(r["process_s"] - r["compute_s"] - r["tracking_s"] for r in records)
     overhead = total_s - training
     return {
         "total_s": round(total_s, 1),
         "stage_compute_s": {k: round(v, 1) for k, v in compute.items()},
         "training_and_eval_compute_s": round(training, 1),
-        "validation_s": round(validation, 1),
-        "allocate_promote_s": round(other_stages, 1),
+        "validation_s": round(compute.get(VALIDATION, 0.0), 1),
+        "allocate_promote_s": round(sum(v for k, v in compute.items() if k in BOOKKEEPING), 1),
         "tracking_s": round(tracking, 1),
         "process_start_imports_config_s": round(startup, 1),
-        "driver_s": round(driver, 1),
+        "driver_s": round(total_s - processes, 1),
         "orchestration_overhead_s": round(overhead, 1),
         "orchestration_overhead_pct": round(100 * overhead / total_s, 1),
     }
@@ -110,145 +108,136 @@ def _arm_scores(repo: Path) -> dict:
     return {k: result[k] for k in ("teachers", "student_raw", "arms", "C1")}
 
 
-def _measure_dvc(result: dict, tmp: Path, python: str) -> None:
+def measure_startup(tmp: Path) -> dict:
+    imports = _timed([PYTHON, "-c", "import torch, transformers, trl, datasets"], harness.REPO, dict(os.environ))
+    cli = _timed([PYTHON, "-m", "s2d_pipeline.cli", "--help"], harness.REPO, dict(os.environ))
+    return {"import_torch_transformers_trl_datasets_s": round(imports, 2), "cli_help_s": round(cli, 2)}
+
+
+def measure_dvc(tmp: Path) -> dict:
     """Steps 1 and 2: `dvc repro` from a fresh clone, then the no-op rerun."""
     repo = _clone(tmp / "dvc")
-    timings = tmp / "dvc-timings.jsonl"
-    total = _timed([str(Path(python).parent / "dvc"), "repro"], repo, _env(repo, timings))
-    records = [json.loads(line) for line in timings.read_text().splitlines()]
-    result["dvc_repro"] = breakdown(total, records, one_process=False)
-    noop_timings = tmp / "noop.jsonl"
-    result["dvc_repro_noop_s"] = round(
-        _timed([str(Path(python).parent / "dvc"), "repro"], repo, _env(repo, noop_timings)), 2
-    )
-    result["dvc_repro_noop_stages_run"] = len(noop_timings.read_text().splitlines()) if noop_timings.exists() else 0
-    print(json.dumps(result, indent=1), flush=True)
+    timings, noop = tmp / "dvc-timings.jsonl", tmp / "noop.jsonl"
+    total = _timed([str(BIN / "dvc"), "repro"], repo, _env(repo, timings))
+    noop_s = _timed([str(BIN / "dvc"), "repro"], repo, _env(repo, noop))
+    return {
+        "dvc_repro": breakdown(total, timings, one_process=False),
+        "dvc_repro_noop_s": round(noop_s, 2),
+        "dvc_repro_noop_stages_run": len(harness.read(noop)),
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=("dvc", "flows", "units"), help="rerun one part, keep the others' figures")
-    args = parser.parse_args()
-    out = REPO / "bench" / "results" / "overhead.json"
-    result: dict = {"machine": machine()}
-    kept = json.loads(out.read_text()) if out.exists() else {}
-    parts = {"dvc": "dvc_repro", "flows": "prefect_flow", "units": "unit_workers"}
-    measured = {args.only} if args.only else {"dvc", "flows"}
-    for part, key in parts.items():  # the parts not rerun keep their figures and when they were measured
-        if part not in measured and key in kept:
-            result[f"{key}_measured_at"] = kept.get(f"{key}_measured_at", kept["machine"]["commit"])
-            result.update({k: v for k, v in kept.items() if k.startswith(key) and not k.endswith("_measured_at")})
-    if "dvc_repro_per_arm_stages" in kept:  # a one-off measurement this script does not repeat
-        result["dvc_repro_per_arm_stages"] = kept["dvc_repro_per_arm_stages"]
-    python = sys.executable
-    result["import_torch_transformers_trl_datasets_s"] = round(
-        _timed([python, "-c", "import torch, transformers, trl, datasets"], REPO, dict(os.environ)), 2
-    )
-    result["cli_help_s"] = round(_timed([python, "-m", "s2d_pipeline.cli", "--help"], REPO, dict(os.environ)), 2)
-    with tempfile.TemporaryDirectory(prefix="s2d-overhead-") as tmp:
-        tmp = Path(tmp)
-        if args.only in (None, "dvc"):
-            _measure_dvc(result, tmp, python)
-        if args.only in (None, "flows"):
-            _measure_flows(result, tmp, python)
-        if args.only == "units":
-            _measure_unit_workers(result, tmp, python)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-
-
-def _measure_flows(result: dict, tmp: Path, python: str) -> None:
+def measure_flows(tmp: Path) -> dict:
     """Steps 3 and 4: the sequential flow, then the fanned-out one, each from a fresh clone."""
     repo = _clone(tmp / "flow")
     timings = tmp / "flow-timings.jsonl"
-    total = _timed([python, "-m", "flows.s2d"], repo, _env(repo, timings))
-    records = [json.loads(line) for line in timings.read_text().splitlines()]
-    result["prefect_flow"] = breakdown(total, records, one_process=True)
-    sequential = _arm_scores(repo)
-    print(json.dumps(result, indent=1), flush=True)
+    sequential = breakdown(_timed([PYTHON, "-m", "flows.s2d"], repo, _env(repo, timings)), timings, one_process=True)
+    scores = _arm_scores(repo)
 
     repo = _clone(tmp / "fan-out")
     params = repo / "params.yaml"
     params.write_text(params.read_text().replace("parallel_arms: 1 ", "parallel_arms: 2 ", 1))
     timings = tmp / "fan-out-timings.jsonl"
-    total = _timed([python, "-m", "flows.s2d"], repo, _env(repo, timings))
-    records = [json.loads(line) for line in timings.read_text().splitlines()]
-    result["prefect_flow_parallel_arms_2"] = {
+    total = _timed([PYTHON, "-m", "flows.s2d"], repo, _env(repo, timings))
+    fanned_out = {
         "total_s": round(total, 1),
         # summed over the units, which now share the cores: against the sequential flow's, the contention
-        "stage_compute_s": breakdown(total, records, one_process=False)["stage_compute_s"],
-        "vs_sequential_flow": round(total / result["prefect_flow"]["total_s"], 3),
-        "evaluation_equals_sequential": _arm_scores(repo) == sequential,
+        "stage_compute_s": breakdown(total, timings, one_process=False)["stage_compute_s"],
+        "vs_sequential_flow": round(total / sequential["total_s"], 3),
+        "evaluation_equals_sequential": _arm_scores(repo) == scores,
     }
+    return {"prefect_flow": sequential, "prefect_flow_parallel_arms_2": fanned_out}
 
 
-def _measure_unit_workers(result: dict, tmp: Path, python: str) -> None:
-    """Step 5: a Prefect server (SQLite) and process workers; the deployment run sequentially, then
-    with its units sent to two unit workers, each from a fresh clone. The server and workers are
-    managed as in tests/test_services.py."""
-    from tests.services import Server, free_port, http_ok, wait_until
+def run(parts: list[str], again: bool) -> None:
+    measure = {"startup": measure_startup, "dvc": measure_dvc, "flows": measure_flows}
+    with tempfile.TemporaryDirectory(prefix="s2d-overhead-") as tmp:
+        cells = [{"part": part} for part in parts]
+        harness.run_cells(RESULTS, cells, lambda cell: measure[cell["part"]](Path(tmp)), again)
 
-    prefect = str(Path(python).parent / "prefect")
-    port = free_port()
-    env = {
-        **_env(tmp, tmp / "unused-timings.jsonl"),
-        "PREFECT_HOME": str(tmp / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-    }
-    del env["S2D_TIMINGS"], env["PYTHONPATH"]
-    runs = {
-        "sequential": {"flow": {"parallel_arms": 1}},
-        "unit_workers": {
-            "flow": {"parallel_arms": 2, "unit_deployment": "s2d-unit/unit"},
-            "runtime": {"torch_threads": 1},
-        },
-    }
-    measured: dict = {}
-    server = Server(
-        "prefect", [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], tmp / "server.log", env
-    )
-    workers: list[Server] = []
-    try:
-        server.start()
-        wait_until(lambda: http_ok(f"{env['PREFECT_API_URL']}/health"), 180, "the Prefect server", server)
-        _timed([prefect, "work-pool", "create", "s2d-process", "--type", "process"], tmp, env)
-        for name, overrides in runs.items():
-            repo = _clone(tmp / f"units-{name}")
-            repo_env = {**env, "PYTHONPATH": str(repo), "PWD": str(repo)}  # prefect.yaml works in $PWD
-            _timed([prefect, "--no-prompt", "deploy", "-n", "train", "-n", "unit"], repo, repo_env)
-            worker = [prefect, "worker", "start", "-p", "s2d-process", "--type", "process"]
-            workers = [
-                Server(f"flows-{name}", [*worker, "-q", "default"], tmp / f"flows-{name}.log", repo_env, repo),
-                *(
-                    Server(f"units-{name}-{i}", [*worker, "-q", "units", "--limit", "1", "--name", f"units-{name}-{i}"],
-                           tmp / f"units-{name}-{i}.log", repo_env, repo)
-                    for i in range(2)
-                ),
-            ]  # fmt: skip
-            for w in workers:
-                w.start()
-            total = _timed(
-                [prefect, "deployment", "run", "s2d/train", "--param", f"overrides={json.dumps(overrides)}",
-                 "--watch", "--watch-interval", "5"],
-                repo, repo_env,
-            )  # fmt: skip
-            print(name, round(total, 1), "s", flush=True)
-            measured[name] = (total, _arm_scores(repo))
-            for w in workers:
-                w.stop()
-    finally:
-        for w in [*workers, server]:
-            w.stop()
-    (sequential, scores), (fanned_out, fanned_scores) = measured["sequential"], measured["unit_workers"]
-    result["unit_workers"] = {
-        "sequential_deployment_run_s": round(sequential, 1),
-        "fanned_out_deployment_run_s": round(fanned_out, 1),
-        "vs_sequential": round(fanned_out / sequential, 3),
-        # 1 thread per unit against 2 for the sequential run: CPU training is not bitwise equal across those
-        "evaluation_equals_sequential": fanned_scores == scores,
-    }
+
+def section() -> str:
+    records = harness.read(RESULTS, "part")
+    if not records:
+        return harness.not_run("overhead")
+    r = {k: v for record in records for k, v in record.items()}
+    at = {record["part"]: record["machine"]["commit"] for record in records}
+    lines = [
+        f"Machine: {' / '.join(dict.fromkeys(harness.describe(x['machine']) for x in records))}.",
+        "",
+        f"| | `dvc repro` (fresh clone; commit {at.get('dvc')}) | Prefect flow (`python -m flows.s2d`; "
+        f"commit {at.get('flows')}) |",
+        "|---|---|---|",
+    ]
+    d, f = r.get("dvc_repro") or {}, r.get("prefect_flow") or {}
+    rows = [
+        ("total wall time", "total_s"),
+        ("training + evaluation compute (incl. their torch imports)", "training_and_eval_compute_s"),
+        ("validation (GX)", "validation_s"),
+        ("allocate + promote", "allocate_promote_s"),
+        ("tracking (MLflow run setup, metric logging)", "tracking_s"),
+        ("process start, CLI imports, config load", "process_start_imports_config_s"),
+        ("driver itself (DVC hashing/locking/spawning; Prefect server + task bookkeeping)", "driver_s"),
+        ("**orchestration overhead** (total − training/eval compute)", "orchestration_overhead_s"),
+    ]
+    lines += [f"| {label} | {d.get(key, '')} s | {f.get(key, '')} s |" for label, key in rows]
+    lines += [
+        f"| **overhead share** (goal ≤ 10 %) | {d.get('orchestration_overhead_pct', '')} % | "
+        f"{f.get('orchestration_overhead_pct', '')} % |",
+        "",
+    ]
+    if "dvc_repro_noop_s" in r and "cli_help_s" in r:
+        lines += [
+            f"No-op `dvc repro` (nothing changed): **{r['dvc_repro_noop_s']} s** (goal ≤ 10 s), stages run: "
+            f"{r['dvc_repro_noop_stages_run']}. `s2d --help`: {r['cli_help_s']} s. Importing torch + transformers + "
+            f"trl + datasets costs {r['import_torch_transformers_trl_datasets_s']} s in every process that trains "
+            f"or generates (counted inside compute above; commit {at['startup']}).",
+            "",
+        ]
+    if per_unit := r.get("dvc_repro_per_arm_stages"):
+        lines += [
+            f"`dvc repro` with `dvc.per_arm_stages: true` (25 DVC stages instead of 10; commit "
+            f"{at['dvc_per_arm_stages']}): **{per_unit['total_s']} s, {per_unit['orchestration_overhead_pct']} % "
+            f"overhead** — tracking {per_unit['tracking_s']} s, DVC itself {per_unit['driver_s']} s, process start "
+            f"{per_unit['process_start_imports_config_s']} s, and {per_unit['training_and_eval_compute_s']} s of "
+            "compute, which counts each unit process's own torch import. Hence off by default.",
+            "",
+        ]
+    if fan := r.get("prefect_flow_parallel_arms_2"):
+        lines += [
+            f"Fanned out (`flow.parallel_arms: 2`: two units of a per-arm stage at once, each in its own "
+            f"process with half the cores): **{fan['total_s']} s**, {fan['vs_sequential_flow']} × the sequential "
+            f"flow's in the same run; evaluation equal to the sequential flow's: {fan['evaluation_equals_sequential']}. "
+            "Compute per stage, summed over its units (against the sequential column): "
+            + ", ".join(
+                f"{k} {v} s ({f.get('stage_compute_s', {}).get(k, '?')} s)" for k, v in fan["stage_compute_s"].items()
+            )
+            + ".",
+            "",
+            *([f"Why the evaluations differ: {fan['why_not_equal']}.", ""] if "why_not_equal" in fan else []),
+        ]
+    if units := r.get("unit_workers"):
+        lines += [
+            "Units dispatched to workers (measured once: a Prefect server, the `s2d/train` deployment, "
+            "`flow.unit_deployment: s2d-unit/unit` and two unit workers taking one unit each, one thread per "
+            f"training; commit {at['units']}): **{units['fanned_out_deployment_run_s']} s** against "
+            f"{units['sequential_deployment_run_s']} s for the same deployment run sequentially "
+            f"({units['vs_sequential']} ×); evaluation equal to the sequential run's: "
+            f"{units['evaluation_equals_sequential']} (2 threads per training there).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    def run_options(p):
+        p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="the parts to measure")
+
+    args = harness.parse_args("overhead", __doc__, run_options=run_options)
+    if args.command == "report":
+        print(section())
+    else:
+        run(args.only, args.again)
 
 
 if __name__ == "__main__":

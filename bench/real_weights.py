@@ -1,37 +1,36 @@
 """The real-weights profile end to end on this machine: per-stage wall time and peak memory, the
 comparison table and C1 (the RL teacher's gain over the raw teacher).
 
-    python -m bench.real_weights                                  # profiles/smollm2-arith.yaml
-    python -m bench.real_weights --params profiles/smollm2-arith.yaml -S teacher_rl.steps=40
-    python -m bench.real_weights --collect DIR                    # record a finished `s2d run` in DIR
+    python -m bench.real_weights run                                  # profiles/smollm2-arith.yaml
+    python -m bench.real_weights run --params profiles/smollm2-arith.yaml -S teacher_rl.steps=40
+    python -m bench.real_weights run --collect DIR --wall-s 1812      # record a finished `s2d run` in DIR
+    python -m bench.real_weights report
 
 Runs every stage in this process, in a temporary project, through `s2d_pipeline.cli.run_stage` (the
 code `s2d run` and `dvc repro` call), with tracking on. Peak memory is this process's resident-set
-high-water mark after each stage (`ru_maxrss`). Writes bench/results/real_weights_<profile>.json.
+high-water mark after each stage (`ru_maxrss`). One record per run, named by its params and overrides,
+in bench/results/real_weights.jsonl; the report shows the newest of each profile.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import REPO, machine
+from bench import harness
 
-RESULTS = REPO / "bench" / "results"
+RESULTS = harness.RESULTS / "real_weights.jsonl"
 
 
 def _summary(cfg, stages: dict) -> dict:
     evaluation = stages["evaluate"]["metrics"]
-    k = evaluation["k"]
     table = {"student_raw": evaluation["student_raw"], **evaluation["arms"], **evaluation["teachers"]}
     return {
         "profile": cfg.profile,
-        "k": k,
+        "k": evaluation["k"],
         "eval_problems": evaluation["eval_problems"],
         "table": {name: {m: v[m] for m in ("greedy", "avg_at_k", "pass_at_k")} for name, v in table.items()},
         "C1": evaluation["C1"],
@@ -58,14 +57,7 @@ def run(params: Path, overrides: list[str]) -> dict:
                 "metrics": metrics,
             }
             print(name, stages[name]["wall_s"], "s", flush=True)
-        return {
-            "machine": machine(),
-            "params": str(params.relative_to(REPO) if params.is_relative_to(REPO) else params),
-            "overrides": overrides,
-            "wall_s": round(time.perf_counter() - started, 1),
-            "stages": stages,
-            **_summary(cfg, stages),
-        }
+        return {"wall_s": round(time.perf_counter() - started, 1), "stages": stages, **_summary(cfg, stages)}
 
 
 def collect(directory: Path, wall_s: float | None) -> dict:
@@ -85,27 +77,61 @@ def collect(directory: Path, wall_s: float | None) -> dict:
             continue
         walls = [v["wall_s"] for v in metrics.values() if isinstance(v, dict) and "wall_s" in v]
         stages[name] = {"wall_s": metrics.get("wall_s", round(sum(walls), 1)), "metrics": metrics}
-    return {
-        "machine": machine(),
-        "params": str(directory / "params.yaml"),
-        "wall_s": wall_s,
-        "stages": stages,
-        **_summary(cfg, stages),
-    }
+    return {"wall_s": wall_s, "stages": stages, **_summary(cfg, stages)}
+
+
+def section() -> str:
+    if not (records := harness.read(RESULTS, "profile")):
+        return harness.not_run("real_weights")
+    out = []
+    for r in records:
+        k, overrides = r["k"], " ".join("-S " + o for o in r.get("overrides") or [])
+        how = "(metrics collected from a `s2d --params … run`; stage walls from the stages' own timers) "
+        out += [
+            f"Machine: {harness.machines([r])}. `{r['params']}` {overrides}{how if r.get('collected') else ''}"
+            f"— whole pipeline {r['wall_s'] / 60:.1f} min; eval on {r['eval_problems']} problems, avg_at_k with "
+            f"k = {k} at temperature 1.",
+            "",
+            "| model | greedy | avg_at_k | pass_at_k |",
+            "|---|---|---|---|",
+            *(
+                f"| {n} | {m['greedy']:.3f} | {m['avg_at_k']:.3f} | {m['pass_at_k']:.3f} |"
+                for n, m in r["table"].items()
+            ),
+            "",
+            "C1 (RL teacher minus raw teacher): "
+            + "; ".join(f"{t}: greedy {v['greedy']:+.3f}, avg_at_k {v['avg_at_k']:+.3f}" for t, v in r["C1"].items())
+            + ".",
+            "",
+        ]
+        if c2 := "; ".join(f"{a}: " + " → ".join(f"{v:.3f}" for v in kl.values()) for a, kl in r["C2"].items()):
+            out += [f"C2 (KL student‖teacher on the student's samples, before warmup → after each stage): {c2}.", ""]
+        out += ["| stage | wall | peak RSS |", "|---|---|---|"]
+        for stage, v in r["stages"].items():
+            rss = f"{v['peak_rss_gib']} GiB" if "peak_rss_gib" in v else "—"
+            out.append(f"| {stage} | {v['wall_s']} s | {rss} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.real_weights", description=__doc__.split("\n")[0])
-    p.add_argument("--params", type=Path, default=REPO / "profiles" / "smollm2-arith.yaml")
-    p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--collect", type=Path, default=None, help="record a finished `s2d run` in this directory")
-    p.add_argument("--wall-s", type=float, default=None, help="with --collect: the run's measured wall time")
-    args = p.parse_args()
-    result = collect(args.collect, args.wall_s) if args.collect else run(args.params.resolve(), args.overrides)
-    out = RESULTS / f"real_weights_{result['profile']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("wall_s", "table", "C1")}, indent=1))
+    def run_options(p):
+        p.add_argument("--params", type=Path, default=harness.REPO / "profiles" / "smollm2-arith.yaml")
+        p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--collect", type=Path, default=None, help="record a finished `s2d run` in this directory")
+        p.add_argument("--wall-s", type=float, default=None, help="with --collect: the run's measured wall time")
+
+    args = harness.parse_args("real_weights", __doc__, run_options=run_options)
+    if args.command == "report":
+        print(section())
+        return
+    params = (args.collect / "params.yaml") if args.collect else args.params.resolve()
+    name = str(params.relative_to(harness.REPO) if params.is_relative_to(harness.REPO) else params)
+    cell = {"params": name, "overrides": args.overrides, "collected": bool(args.collect)}
+    measure = (
+        (lambda _: collect(args.collect, args.wall_s)) if args.collect else (lambda _: run(params, args.overrides))
+    )
+    harness.run_cells(RESULTS, [cell], measure, args.again)
 
 
 if __name__ == "__main__":

@@ -1,227 +1,225 @@
 """Training and rollout throughput.
 
-    python -m bench.throughput cpu     # s2d's trainers vs the same TRL trainer called directly (tiny models)
-    python -m bench.throughput gpu     # random-init Qwen3-1.7B / 8B: train step, teacher forward, generation
+    python -m bench.throughput run cpu    # s2d's trainers vs the same TRL trainer called directly (tiny models)
+    python -m bench.throughput run cpu --params profiles/smollm2-arith.yaml --steps 2 --repeats 2  # real weights
+    python -m bench.throughput run gpu    # random-init Qwen3-1.7B / 8B: train step, teacher forward, generation
+    python -m bench.throughput report cpu|gpu [--params ...]
 
 Run from the repository root.
 
-`cpu` runs each training stage (GRPO, forward-KL warmup, OPD) twice on identical tiny models, data
-and batch: once through `s2d_pipeline.training` and once with the TRL trainer constructed here by
-hand, interleaved (A B A B ...) so machine noise hits both, after one untimed run of each (imports); it
-reports tokens/s and the ratio.
+`cpu` runs each training stage (GRPO, forward-KL warmup, OPD) on identical tiny models, data and batch,
+through `s2d_pipeline.training` and through the TRL trainer constructed here by hand, interleaved
+(A B A B ...) so machine noise hits both, after one untimed run of each (imports); it records tokens/s
+and the ratio. With `--params` (a real-weights profile) it also times HF `generate` of the teacher.
+Records, one per stage: bench/results/throughput_cpu[_<profile>].jsonl.
 
-`gpu` measures, with randomly initialised models of the real shapes (configs only, no weights),
-bf16 and sdpa: a Qwen3-1.7B training step (forward + backward with gradient checkpointing + fused
-AdamW, 8 x 2,048 tokens) with MFU counting 6N FLOPs per token; a Qwen3-8B teacher forward over
-8 x 2,048 tokens; and HF `generate` of the 1.7B at several batch sizes; vLLM where it is installed.
-Results go to bench/results/throughput_{cpu,gpu}.json (machine and versions included).
+`gpu` measures, with randomly initialised models of the real shapes (configs only, no weights), bf16
+and sdpa: a Qwen3-1.7B training step (forward + backward with gradient checkpointing + fused AdamW,
+8 x 2,048 tokens) with MFU counting 6N FLOPs per token; a Qwen3-8B teacher forward over 8 x 2,048
+tokens; and HF `generate` of the 1.7B at several batch sizes. Records: bench/results/throughput_gpu.jsonl.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import functools
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from bench.common import REPO, machine, peak_tflops, random_qwen3
+from bench import harness
+from bench.gpu_smoke import random_qwen3
 
-RESULTS = REPO / "bench" / "results"
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, for MFU
+GPU_RESULTS = harness.RESULTS / "throughput_gpu.jsonl"
+GPU_CELLS = [
+    {"measure": "train_step", "model": "qwen3-1.7b", "batch": 8, "seq": 2048},
+    {"measure": "forward", "model": "qwen3-8b", "batch": 8, "seq": 2048},
+    *(
+        {"measure": "generate", "model": "qwen3-1.7b", "batch": b, "seq": 128, "new_tokens": 128}
+        for b in (64, 256, 512)
+    ),
+]
+TRAINERS = {
+    "grpo": "teacher RL (GRPOTrainer)",
+    "warmup": "warmup (GKDTrainer, forward KL)",
+    "opd": "OPD (DistillationTrainer)",
+}
+
+
+def cpu_results(params: Path | None) -> Path:
+    return harness.RESULTS / f"throughput_cpu{f'_{params.stem}' if params else ''}.jsonl"
 
 
 # ---------------------------------------------------------------- gpu
 
 
-def _timed(fn, *args, warmup: int, reps: int) -> float:
-    """Mean seconds of `fn(*args)` over `reps` calls, after `warmup` untimed ones. The arguments are
-    referenced only during the call, so a model or optimizer the caller deletes afterwards is freed
-    before the next measurement (its peak memory must not include them)."""
+def gpu_cell(cell: dict) -> dict:
+    """One GPU measurement with its own model, so peak memory counts that model and nothing left over: a
+    training step (forward, backward, fused AdamW; gradient checkpointing), a forward pass without
+    gradients (how OPD scores student tokens with the teacher), or sampling exactly `new_tokens` a row."""
     import torch
 
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    model, kind, new = random_qwen3(cell["model"]), cell["measure"], cell.get("new_tokens")
+    ids = torch.randint(0, model.config.vocab_size, (cell["batch"], cell["seq"]), device="cuda")
+    model.train(kind == "train_step")
+    if kind == "train_step":
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+
+        def step():
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    elif kind == "forward":
+        step = torch.no_grad()(lambda: model(input_ids=ids))
+    else:
+        sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "eos_token_id": None}
+        mask = torch.ones_like(ids)
+        step = torch.no_grad()(
+            lambda: model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, pad_token_id=0, **sampling
+            )
+        )
+    warmup, reps = (1, 2) if kind == "generate" else (2, 5)
     for _ in range(warmup):
-        fn(*args)
+        step()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(reps):
-        fn(*args)
+        step()
     torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / reps
-
-
-def _train_step(model, opt, ids) -> None:
-    """One causal-LM training step on `ids`: forward, backward, optimizer step."""
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def _generate(model, prompt, new_tokens: int) -> None:
-    """Sample exactly `new_tokens` tokens after each row of `prompt` (no early stop)."""
-    import torch
-
-    with torch.no_grad():
-        model.generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-
-
-def _forward(model, ids) -> None:
-    """A forward pass over `ids` without gradients (how OPD scores student tokens with the teacher)."""
-    import torch
-
-    with torch.no_grad():
-        model(input_ids=ids)
-
-
-def gpu(out: Path, batch: int = 8, seq: int = 2048, gen_batches=(64, 256, 512), new_tokens: int = 128) -> dict:
-    import torch
-
-    info = machine()
-    peak = peak_tflops(info["gpu"])
-    result: dict = {"machine": info, "shape": {"batch": batch, "seq": seq}}
-
-    def save():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
-
-    # 1. student training step
-    torch.cuda.reset_peak_memory_stats()
-    model = random_qwen3("qwen3-1.7b")
-    model.gradient_checkpointing_enable()
-    model.config.use_cache = False
-    n = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq), device="cuda")
-    dt = _timed(_train_step, model, opt, ids, warmup=2, reps=5)
-    tps = batch * seq / dt
-    result["train_step_qwen3_1.7b"] = {
-        "parameters": n,
-        "step_s": round(dt, 3),
-        "tokens_per_s": round(tps),
-        "tflops": round(6 * n * tps / 1e12, 1),
-        "mfu": round(6 * n * tps / 1e12 / peak, 3) if peak else None,
-        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
-    }
-    save()
-    del opt
-    model.gradient_checkpointing_disable()
-    model.config.use_cache = True
-    model.eval()
-
-    # 2. generation (the rollout cost) at growing batch sizes
-    result["generate_qwen3_1.7b"] = []
-    for b in gen_batches:
-        torch.cuda.reset_peak_memory_stats()
-        prompt = torch.randint(0, model.config.vocab_size, (b, 128), device="cuda")
-        dt = _timed(_generate, model, prompt, new_tokens, warmup=1, reps=2)
-        result["generate_qwen3_1.7b"].append(
-            {
-                "batch": b,
-                "prompt_tokens": 128,
-                "new_tokens": new_tokens,
-                "s": round(dt, 2),
-                "new_tokens_per_s": round(b * new_tokens / dt),
-                "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
-            }
-        )
-        save()
-    del model
-    torch.cuda.empty_cache()
-
-    # 3. teacher forward (OPD scores every student token with it)
-    torch.cuda.reset_peak_memory_stats()
-    teacher = random_qwen3("qwen3-8b").eval()
-    n = sum(p.numel() for p in teacher.parameters())
-    ids = torch.randint(0, teacher.config.vocab_size, (batch, seq), device="cuda")
-    dt = _timed(_forward, teacher, ids, warmup=2, reps=5)
-    tps = batch * seq / dt
-    result["forward_qwen3_8b"] = {
+    dt, peak = (time.perf_counter() - t0) / reps, round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    if kind == "generate":
+        return {"s": round(dt, 2), "new_tokens_per_s": round(cell["batch"] * new / dt), "peak_gib": peak}
+    n, tps = sum(p.numel() for p in model.parameters()), cell["batch"] * cell["seq"] / dt
+    tflops = (6 if kind == "train_step" else 2) * n * tps / 1e12  # forward 2N per token, backward 4N more
+    peak_tflops = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(0)), None)
+    mfu = round(tflops / peak_tflops, 3) if peak_tflops and kind == "train_step" else None
+    return {
         "parameters": n,
         "s": round(dt, 3),
         "tokens_per_s": round(tps),
-        "tflops": round(2 * n * tps / 1e12, 1),
-        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        "tflops": round(tflops, 1),
+        "mfu": mfu,
+        "peak_gib": peak,
     }
-    del teacher
-    torch.cuda.empty_cache()
-    result["vllm"] = "not installed on this machine" if info.get("vllm") is None else "installed; not measured yet"
-    save()
-    return result
+
+
+def gpu_section() -> str:
+    records = harness.read(GPU_RESULTS, "measure", "model", "batch", "seq")
+    if not records:
+        return "No GPU run yet: `python -m bench.throughput run gpu` on a GPU machine.\n"
+    by = {r["measure"]: r for r in records}
+    t, fwd = by["train_step"], by["forward"]
+    vllm = "installed; not measured yet" if records[0]["machine"].get("vllm") else "not installed on this machine"
+    lines = [
+        f"Machine: {harness.machines(records)}. Random-init Qwen3 shapes, bf16, sdpa, {t['batch']} × {t['seq']} tokens.",
+        "",
+        "| measurement | result | H100 80GB reference |",
+        "|---|---|---|",
+        f"| Qwen3-1.7B train step (fwd + bwd, grad. checkpointing, fused AdamW) | {t['tokens_per_s']:,} tokens/s, "
+        f"{t['tflops']} TFLOP/s (6N), MFU {t['mfu']}, peak {t['peak_gib']} GiB | 22.6k tokens/s, 234 TFLOP/s |",
+        f"| Qwen3-8B teacher forward | {fwd['tokens_per_s']:,} tokens/s ({fwd['tflops']} TFLOP/s, 2N), "
+        f"peak {fwd['peak_gib']} GiB | 28.5k tokens/s |",
+    ]
+    for g in (r for r in records if r["measure"] == "generate"):
+        ref = "1.75k new tokens/s" if g["batch"] == 64 else ""
+        lines.append(
+            f"| Qwen3-1.7B HF `generate`, batch {g['batch']} ({g['seq']} prompt + {g['new_tokens']} new tokens, "
+            f"sampled) | {g['new_tokens_per_s']:,} new tokens/s, peak {g['peak_gib']} GiB | {ref} |"
+        )
+    return "\n".join([*lines, f"| vLLM rollouts | {vllm} | |", ""])
 
 
 # ---------------------------------------------------------------- cpu: s2d vs TRL called directly
 
 
-def _cpu_project(root: Path, steps: int | None, params: Path | None = None):
-    """A project for the CPU comparison. Default (tiny profile): random-init base models and generated
-    data (no pretraining: speed does not depend on what the weights know). With `params` (a real-weights
-    profile such as profiles/smollm2-arith.yaml): its own `prepare` (GGUF import, the cut student, no
-    healing) and data, so the trainers run on the real model, tokenizer and chat-template prompts."""
+class Project(NamedTuple):
+    """A scratch project and the batches both sides train on."""
+
+    cfg: Any
+    task: Any
+    rows: list[dict]  # labeled rows (GRPO)
+    rollouts: list[dict]  # prompt + stand-in completion (warmup)
+    prompts: list  # trainer prompts (OPD)
+    root: Path
+
+
+def _cpu_project(root: Path, steps: int | None, params: Path | None) -> Project:
+    """Default (tiny profile): random-init base models and generated data (no pretraining: speed does not
+    depend on what the weights know). With `params` (a real-weights profile such as
+    profiles/smollm2-arith.yaml): its own `prepare` (GGUF import, the cut student, no healing) and data,
+    so the trainers run on the real model, tokenizer and chat-template prompts."""
+    from s2d_pipeline import runtime
     from s2d_pipeline.config import load_config
+    from s2d_pipeline.data import load_split
     from s2d_pipeline.io import write_jsonl
     from s2d_pipeline.layout import base_model_dir, data_file
-    from s2d_pipeline.models import build_char_tokenizer, build_tiny_model, save_model
+    from s2d_pipeline.models import build_char_tokenizer, build_tiny_model, load_tokenizer, save_model
+    from s2d_pipeline.prompts import render, trainer_prompt
     from s2d_pipeline.tasks import get_task
     from s2d_pipeline.tasks.arithmetic import VOCAB
 
     overrides = {
         "tracking": {"enabled": False},
         "runtime": {"torch_threads": None},
-        **{
-            stage: {"warmup_steps": 0, **({"steps": steps} if steps else {})}
-            for stage in ("teacher_rl", "warmup", "opd")
-        },
+        **{s: {"warmup_steps": 0, **({"steps": steps} if steps else {})} for s in ("teacher_rl", "warmup", "opd")},
     }
-    (root / "params.yaml").write_text((params or REPO / "params.yaml").read_text())
+    (root / "params.yaml").write_text((params or harness.REPO / "params.yaml").read_text())
     if params is not None:
         from s2d_pipeline.stages import prepare
 
         cfg = load_config(root / "params.yaml", {**overrides, "prepare": {"heal": {"steps": 0}}}, root=root)
         prepare.run(cfg)
-        return cfg, get_task(cfg.task)
-    cfg = load_config(root / "params.yaml", overrides, root=root)
-    task = get_task(cfg.task)
-    for split, rows in task.generate_splits(0, 512, 2048, 64).items():
-        write_jsonl(data_file(cfg, split), rows)
-    tok = build_char_tokenizer(VOCAB)
-    for role in ("teacher", "student"):
-        save_model(
-            build_tiny_model(getattr(cfg.models, role), tok, cfg.models.max_seq_len, 0), tok, base_model_dir(cfg, role)
-        )
-    return cfg, task
+        task = get_task(cfg.task)
+    else:
+        cfg = load_config(root / "params.yaml", overrides, root=root)
+        task = get_task(cfg.task)
+        for split, rows in task.generate_splits(0, 512, 2048, 64).items():
+            write_jsonl(data_file(cfg, split), rows)
+        tok = build_char_tokenizer(VOCAB)
+        for role in ("teacher", "student"):
+            model = build_tiny_model(getattr(cfg.models, role), tok, cfg.models.max_seq_len, 0)
+            save_model(model, tok, base_model_dir(cfg, role))
+    runtime.setup(cfg)
+    tok = load_tokenizer(base_model_dir(cfg, "teacher"), cfg)
+    problems = [r["prompt"] for r in load_split(cfg, task, "prompts")]
+    if task.name == "arithmetic":
+        rollouts = [{"prompt": p, "completion": task.encode_answer(sum(task.operands(p)))} for p in problems[:1024]]
+    else:  # the length of a typical answer matters here, not its content
+        typical = "Adding the two numbers gives 10. The answer is 10."
+        rollouts = [{"prompt": render(cfg, task, tok, p), "completion": typical} for p in problems[:1024]]
+    for r in rollouts:  # the warmup trains on sampled ids; these stand-in completions are encoded once
+        r["completion_ids"] = tok(r["completion"], add_special_tokens=False)["input_ids"]
+    rows = [{k: r[k] for k in ("id", "prompt", "answer")} for r in load_split(cfg, task, "labels")[:64]]
+    return Project(cfg, task, rows, rollouts, [trainer_prompt(cfg, task, p) for p in problems], root)
 
 
-def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
+def _direct(kind: str, p: Project):
     """The same trainer, model, data and batch, written the way a TRL user would (no s2d code)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from s2d_pipeline.layout import base_model_dir
 
+    cfg = p.cfg
     student_dir, teacher_dir = base_model_dir(cfg, "student"), base_model_dir(cfg, "teacher")
     # The settings s2d's tiny profile gives the trainer (TRL's configs default to gradient checkpointing,
     # which s2d turns off on CPU): the comparison is of the code around the trainer, not of settings.
     common = dict(
-        output_dir=str(out),
+        output_dir=str(p.root / "direct"),
         learning_rate=1e-4,
         warmup_steps=0,
         lr_scheduler_type="cosine",
         seed=0,
         use_cpu=True,
         bf16=False,
-        # `activation_checkpointing` (transformers 5): the old name warns on every trainer
         activation_checkpointing=cfg.runtime.gradient_checkpointing,
         save_strategy="no",
         report_to="none",
@@ -230,11 +228,12 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
     )
     tok = AutoTokenizer.from_pretrained(str(student_dir))
     tok.padding_side = "left"
+    teacher = AutoModelForCausalLM.from_pretrained(str(teacher_dir))
+    student = None if kind == "grpo" else AutoModelForCausalLM.from_pretrained(str(student_dir))
     if kind == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
         g = cfg.teacher_rl
-        model = AutoModelForCausalLM.from_pretrained(str(teacher_dir))
         args = GRPOConfig(
             **common,
             max_steps=g.steps,
@@ -250,26 +249,23 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
         )
 
         def reward(prompts, completions, answer, **_):
-            texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
-            return task.rewards(texts, answer)
+            return p.task.rewards([c[0]["content"] if isinstance(c, list) else c for c in completions], answer)
 
         def prompt(problem):  # a conversation for chat models (TRL applies the template), else text
-            if cfg.models.chat_template:
-                return [{"role": "user", "content": task.format_prompt(problem)}]
-            return task.format_prompt(problem)
+            text = p.task.format_prompt(problem)
+            return [{"role": "user", "content": text}] if cfg.models.chat_template else text
 
-        data = Dataset.from_list([{"prompt": prompt(r["prompt"]), "answer": str(r["answer"])} for r in rows])
-        return GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
+        data = Dataset.from_list([{"prompt": prompt(r["prompt"]), "answer": str(r["answer"])} for r in p.rows])
+        return GRPOTrainer(model=teacher, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tok)
     if kind == "warmup":
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
         from s2d_pipeline.training import PromptCompletionCollator  # the batch format is not the measure
 
-        w = cfg.warmup
         args = GKDConfig(
             **common,
-            max_steps=w.steps,
-            per_device_train_batch_size=w.batch_size,
+            max_steps=cfg.warmup.steps,
+            per_device_train_batch_size=cfg.warmup.batch_size,
             lmbda=0.0,
             beta=0.0,
             seq_kd=False,
@@ -279,11 +275,11 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
             include_num_input_tokens_seen="non_padding",
         )
         return GKDTrainer(
-            model=AutoModelForCausalLM.from_pretrained(str(student_dir)),
-            teacher_model=AutoModelForCausalLM.from_pretrained(str(teacher_dir)),
+            model=student,
+            teacher_model=teacher,
             args=args,
             data_collator=PromptCompletionCollator(tok, cfg.models.max_seq_len),
-            train_dataset=Dataset.from_list(rollouts),
+            train_dataset=Dataset.from_list(p.rollouts),
             processing_class=tok,
         )
     from trl import DistillationConfig, DistillationTrainer
@@ -298,152 +294,146 @@ def _direct(kind: str, cfg, task, rows, rollouts, prompts, out: Path):
         max_completion_length=o.max_completion_length,
         chat_template_kwargs=cfg.models.chat_template_kwargs,
     )
+    data = Dataset.from_list([{"prompt": x} for x in p.prompts])
     return DistillationTrainer(
-        model=AutoModelForCausalLM.from_pretrained(str(student_dir)),
-        teacher_model=AutoModelForCausalLM.from_pretrained(str(teacher_dir)),
-        args=args,
-        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-        processing_class=tok,
+        model=student, teacher_model=teacher, args=args, train_dataset=data, processing_class=tok
     )
 
 
-def cpu(out: Path, steps: int | None = None, repeats: int = 3, params: Path | None = None) -> dict:
-    """Tokens/s of GRPO, forward-KL warmup and OPD through s2d vs TRL directly; A B A B interleaved.
-    `steps=None`: each stage's steps from params.yaml (150 / 100 / 150), i.e. the default run, with
-    s2d's checkpointing as configured (every `runtime.checkpoint_steps`) counted as s2d's cost.
-    `params`: a real-weights profile instead of the tiny models; HF `generate` tokens/s is added."""
-    import statistics
-
-    from s2d_pipeline import runtime, training
-    from s2d_pipeline.data import load_split
+def _via_s2d(kind: str, p: Project):
+    from s2d_pipeline import training
     from s2d_pipeline.layout import base_model_dir, checkpoint_dir
 
-    with tempfile.TemporaryDirectory(prefix="s2d-throughput-") as tmp:
-        cfg, task = _cpu_project(Path(tmp), steps, params)
-        result: dict = {
-            "machine": machine(),
-            "repeats": repeats,
-            "stages": {},
-            "steps": {"grpo": cfg.teacher_rl.steps, "warmup": cfg.warmup.steps, "opd": cfg.opd.steps},
-            "checkpoint_steps": cfg.runtime.checkpoint_steps,
-            "profile": cfg.profile,
-        }
-        runtime.setup(cfg)
-        rows = [
-            {"id": r["id"], "prompt": r["prompt"], "answer": r["answer"]} for r in load_split(cfg, task, "labels")[:64]
-        ]
-        from s2d_pipeline.models import load_model, load_tokenizer
-        from s2d_pipeline.prompts import render, trainer_prompt
-
-        student, teacher = base_model_dir(cfg, "student"), base_model_dir(cfg, "teacher")
-        tok = load_tokenizer(teacher, cfg)
-        problems = [r["prompt"] for r in load_split(cfg, task, "prompts")]
-        prompts = [trainer_prompt(cfg, task, p) for p in problems]
-        if task.name == "arithmetic":
-            rollouts = [
-                {"prompt": p, "completion": task.encode_answer(sum(task.operands(p)))} for p in problems[:1024]
-            ]
-        else:  # the length of a typical answer matters here, not its content
-            rollouts = [
-                {
-                    "prompt": render(cfg, task, tok, p),
-                    "completion": "Adding the two numbers gives 10. The answer is 10.",
-                }
-                for p in problems[:1024]
-            ]
-        for r in rollouts:  # the warmup trains on sampled ids; these stand-in completions are encoded once
-            r["completion_ids"] = tok(r["completion"], add_special_tokens=False)["input_ids"]
-        if params is not None:
-            result["generation"] = _generation_speed(
-                cfg, load_model(teacher, cfg), tok, [r["prompt"] for r in rollouts]
-            )
-
-        def via_s2d(kind):
-            # Each stage deletes its run's checkpoints once the model is saved; do the same here, or the
-            # next run would resume the finished one instead of training.
-            shutil.rmtree(checkpoint_dir(cfg, f"bench/{kind}"), ignore_errors=True)
-            if kind == "grpo":
-                return training.train_grpo(cfg, task, teacher, rows, cfg.teacher_rl, run_name="bench/grpo")
-            if kind == "warmup":
-                return training.train_forward_kl(
-                    cfg, cfg.warmup, student, teacher, rollouts, cfg.warmup.steps, run_name="bench/warmup"
-                )
-            return training.train_opd(cfg, student, teacher, prompts, cfg.opd.steps, run_name="bench/opd")
-
-        def via_trl(kind):
-            trainer = _direct(kind, cfg, task, rows, rollouts, prompts, Path(tmp) / "direct")
-            trainer.train()
-            return trainer
-
-        for kind in ("grpo", "warmup", "opd"):
-            runs = {"s2d": [], "trl": []}
-            for fn in (via_s2d, via_trl):  # untimed: first-use imports and caches
-                fn(kind)
-            for _ in range(repeats):
-                for name, fn in (("s2d", via_s2d), ("trl", via_trl)):
-                    runtime.setup(cfg)  # same seeds for both
-                    t0 = time.perf_counter()
-                    trainer = fn(kind)
-                    wall = time.perf_counter() - t0
-                    tokens = trainer.state.num_input_tokens_seen
-                    runs[name].append(
-                        {"wall_s": round(wall, 2), "tokens": int(tokens), "tokens_per_s": round(tokens / wall, 1)}
-                    )
-            med = {n: statistics.median(r["tokens_per_s"] for r in v) for n, v in runs.items()}
-            result["stages"][kind] = {
-                "runs": runs,
-                "median_tokens_per_s": med,
-                "ratio_s2d_over_trl": round(med["s2d"] / med["trl"], 3),
-            }
-            print(
-                kind,
-                result["stages"][kind]["median_tokens_per_s"],
-                result["stages"][kind]["ratio_s2d_over_trl"],
-                flush=True,
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    return result
+    cfg = p.cfg
+    student, teacher = base_model_dir(cfg, "student"), base_model_dir(cfg, "teacher")
+    # Each stage deletes its run's checkpoints once the model is saved; do the same here, or the next
+    # run would resume the finished one instead of training.
+    shutil.rmtree(checkpoint_dir(cfg, f"bench/{kind}"), ignore_errors=True)
+    if kind == "grpo":
+        return training.train_grpo(cfg, p.task, teacher, p.rows, cfg.teacher_rl, run_name="bench/grpo")
+    if kind == "warmup":
+        return training.train_forward_kl(
+            cfg, cfg.warmup, student, teacher, p.rollouts, cfg.warmup.steps, run_name="bench/warmup"
+        )
+    return training.train_opd(cfg, student, teacher, p.prompts, cfg.opd.steps, run_name="bench/opd")
 
 
-def _generation_speed(cfg, model, tokenizer, prompts: list[str], batch: int = 32) -> dict:
+def _via_trl(kind: str, p: Project):
+    trainer = _direct(kind, p)
+    trainer.train()
+    return trainer
+
+
+def compare(kind: str, p: Project, repeats: int) -> dict:
+    """Tokens/s of one stage through s2d and through TRL directly, A B A B, after an untimed run of each."""
+    from s2d_pipeline import runtime
+
+    sides = {"s2d": _via_s2d, "trl": _via_trl}
+    for train in sides.values():  # untimed: first-use imports and caches
+        train(kind, p)
+    runs = {"s2d": [], "trl": []}
+    for _ in range(repeats):
+        for name, train in sides.items():
+            runtime.setup(p.cfg)  # same seeds for both
+            t0 = time.perf_counter()
+            tokens = int(train(kind, p).state.num_input_tokens_seen)
+            wall = time.perf_counter() - t0
+            runs[name].append({"wall_s": round(wall, 2), "tokens": tokens, "tokens_per_s": round(tokens / wall, 1)})
+    median = {n: statistics.median(r["tokens_per_s"] for r in v) for n, v in runs.items()}
+    steps = {"grpo": p.cfg.teacher_rl.steps, "warmup": p.cfg.warmup.steps, "opd": p.cfg.opd.steps}[kind]
+    return {
+        "steps": steps,
+        "checkpoint_steps": p.cfg.runtime.checkpoint_steps,
+        "repeats": repeats,
+        "runs": runs,
+        "median_tokens_per_s": median,
+        "ratio_s2d_over_trl": round(median["s2d"] / median["trl"], 3),
+    }
+
+
+def generation_speed(p: Project, batch: int = 32) -> dict:
     """HF `generate` of the teacher: sampled tokens per second at one batch size (after one untimed call)."""
     from s2d_pipeline.generation import generate
+    from s2d_pipeline.layout import base_model_dir
+    from s2d_pipeline.models import load_model, load_tokenizer
 
-    prompts = (prompts * batch)[:batch]
-    new = cfg.rollouts.max_completion_length
+    teacher = base_model_dir(p.cfg, "teacher")
+    model, tokenizer = load_model(teacher, p.cfg), load_tokenizer(teacher, p.cfg)
+    prompts = ([r["prompt"] for r in p.rollouts] * batch)[:batch]
+    new = p.cfg.rollouts.max_completion_length
     generate(model, tokenizer, prompts[:2], max_new_tokens=4, greedy=False, seed=0)
     t0 = time.perf_counter()
     texts = generate(model, tokenizer, prompts, max_new_tokens=new, greedy=False, seed=0, batch_size=batch)
     wall = time.perf_counter() - t0
     tokens = sum(len(tokenizer(t[0], add_special_tokens=False)["input_ids"]) for t in texts)
-    return {
-        "batch": batch,
-        "max_new_tokens": new,
-        "tokens": tokens,
-        "wall_s": round(wall, 2),
-        "tokens_per_s": round(tokens / wall, 1),
+    return {"batch": batch, "max_new_tokens": new, "tokens": tokens, "wall_s": round(wall, 2)} | {
+        "tokens_per_s": round(tokens / wall, 1)
     }
 
 
+def cpu(params: Path | None, steps: int | None, repeats: int, again: bool) -> None:
+    """Each stage's s2d/TRL comparison a cell (and, with a real-weights profile, generation speed first).
+    `steps=None`: each stage's steps from the params, i.e. the default run, with s2d's checkpointing as
+    configured (every `runtime.checkpoint_steps`) counted as s2d's cost."""
+    with tempfile.TemporaryDirectory(prefix="s2d-throughput-") as tmp:
+        project = functools.cache(lambda: _cpu_project(Path(tmp), steps, params))
+
+        def measure(cell: dict) -> dict:
+            if cell["stage"] == "generate":
+                return generation_speed(project())
+            return compare(cell["stage"], project(), repeats)
+
+        stages = ["generate"] * (params is not None) + list(TRAINERS)
+        harness.run_cells(cpu_results(params), [{"stage": s} for s in stages], measure, again)
+
+
+def cpu_section(params: Path | None = None) -> str:
+    records = harness.read(cpu_results(params), "stage")
+    if not records:
+        return harness.not_run("throughput", f" cpu{f' --params {params}' if params else ''}")
+    by = {r["stage"]: r for r in records}
+    first = by.get("grpo") or records[0]
+    lines = [
+        f"Machine: {harness.machines(records)}. s2d checkpointing every {first['checkpoint_steps']} steps (its real "
+        f"cost, counted); {first['repeats']} runs per side after one untimed run each, interleaved; wall time from "
+        "model load to the end of `train()`; tokens = prompt + completion tokens the trainer processed.",
+        "",
+        "| stage (trainer) | steps | s2d tokens/s (median) | TRL direct tokens/s (median) | ratio (goal ≥ 0.95) |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, name in TRAINERS.items():
+        if v := by.get(kind):
+            med = v["median_tokens_per_s"]
+            lines.append(
+                f"| {name} | {v['steps']} | {med['s2d']:.0f} | {med['trl']:.0f} | {v['ratio_s2d_over_trl']:.3f} |"
+            )
+    if g := by.get("generate"):
+        lines += [
+            "",
+            f"HF `generate` of the teacher, batch {g['batch']}, up to {g['max_new_tokens']} new tokens, sampled: "
+            f"{g['tokens']} tokens in {g['wall_s']} s = {g['tokens_per_s']} tokens/s"
+            + (f" ({g['note']})." if g.get("note") else "."),
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=["cpu", "gpu"])
-    p.add_argument(
-        "--params", type=Path, default=None, help="cpu: a real-weights profile, e.g. profiles/smollm2-arith.yaml"
-    )
-    p.add_argument("--steps", type=int, default=None, help="cpu: steps per stage (default: the params' steps)")
-    p.add_argument("--repeats", type=int, default=3, help="cpu: timed runs of each side")
-    args = p.parse_args()
-    suffix = f"_{args.params.stem}" if args.params else ""
-    out = RESULTS / f"throughput_{args.mode}{suffix}.json"
-    if args.mode == "gpu":
-        result = gpu(out)
+    def options(p):
+        p.add_argument("mode", choices=["cpu", "gpu"])
+        p.add_argument("--params", type=Path, help="cpu: a real-weights profile, e.g. profiles/smollm2-arith.yaml")
+
+    def run_options(p):
+        p.add_argument("--steps", type=int, default=None, help="cpu: steps per stage (default: the params' steps)")
+        p.add_argument("--repeats", type=int, default=3, help="cpu: timed runs of each side")
+
+    args = harness.parse_args("throughput", __doc__, options, run_options)
+    params = args.params.resolve() if args.params else None
+    if args.command == "report":
+        print(cpu_section(params) if args.mode == "cpu" else gpu_section())
+    elif args.mode == "gpu":
+        harness.run_cells(GPU_RESULTS, GPU_CELLS, gpu_cell, args.again)
     else:
-        result = cpu(
-            out, steps=args.steps, repeats=args.repeats, params=args.params.resolve() if args.params else None
-        )
-    print(json.dumps(result, indent=1))
+        cpu(params, args.steps, args.repeats, args.again)
 
 
 if __name__ == "__main__":

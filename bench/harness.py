@@ -1,0 +1,125 @@
+"""What every benchmark shares: a results file of JSON lines, one record per cell, each stamped with the
+machine it ran on; cells already recorded are skipped, so a stopped benchmark resumes where it stopped;
+and one command line, `python -m bench.<name> run [options]` and `python -m bench.<name> report`.
+
+A cell is the dict of fields that name one measurement (`{"seed": 0, "budget": 64}`); its record is the
+cell plus what was measured plus `machine`. `run --again` measures recorded cells again; readers take
+the newest record of each cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import traceback
+from collections.abc import Callable, Iterable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+
+def machine() -> dict:
+    """CPU model and cores, GPU, Python and library versions, and the git commit."""
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [
+        line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+    ]
+    gpu = None
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        gpu = f"{p.name}, {p.total_memory / 2**30:.0f} GiB"
+    info = {
+        "cpu": f"{os.cpu_count()} cores, {models[0] if models else platform.machine()}",
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    for package in ("transformers", "trl", "accelerate", "datasets", "vllm"):
+        try:
+            info[package] = version(package)
+        except PackageNotFoundError:
+            info[package] = None
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return info | {"commit": git.stdout.strip() or None}
+
+
+def describe(m: dict) -> str:
+    """A record's machine in one line, without its commit (versions not recorded are left out)."""
+    versions = ", ".join(f"{p} {m[p]}" for p in ("torch", "transformers", "trl") if m.get(p))
+    return f"{m.get('gpu') or 'no GPU'}; CPU {m['cpu']}; Python {m['python']}, {versions}"
+
+
+def machines(records: list[dict]) -> str:
+    """The machines and commits `records` were measured on, in one line for the reports."""
+    described = dict.fromkeys(describe(r["machine"]) for r in records)
+    return f"{' / '.join(described)}; commit {', '.join(dict.fromkeys(r['machine']['commit'] for r in records))}"
+
+
+def read(path: Path, *cell: str) -> list[dict]:
+    """The records in `path`, oldest first (none when it does not exist); given the fields that name a
+    cell, only the newest record of each cell, in the order the cells were first recorded."""
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not cell:
+        return records
+    return list({json.dumps([r.get(k) for k in cell]): r for r in records}.values())
+
+
+def append(path: Path, record: dict) -> dict:
+    """Add `record`, stamped with this machine, as one line: a run stopped mid-way loses no record."""
+    record = {**record, "machine": machine()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+    return record
+
+
+def run_cells(path: Path, cells: Iterable[dict], measure: Callable[[dict], dict], again: bool = False) -> None:
+    """Measure each cell that `path` has no record of (every cell with `again`) and append its record
+    at once. A failure is recorded with its error and raised; a failed cell is measured again next run."""
+    recorded = [] if again else [r for r in read(path) if "error" not in r]
+    for cell in cells:
+        if any(all(r.get(k) == v for k, v in cell.items()) for r in recorded):
+            print(f"{path.name}: {cell} already recorded", flush=True)
+            continue
+        try:
+            record = append(path, {**cell, **measure(cell)})
+        except Exception as exc:
+            append(
+                path, {**cell, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+            )
+            raise
+        print(json.dumps({k: v for k, v in record.items() if k != "machine"}, default=str)[:400], flush=True)
+
+
+def not_run(name: str, how: str = "") -> str:
+    """The line a report gives for a benchmark with no records yet."""
+    return f"Not run yet: `python -m bench.{name} run{how}`.\n"
+
+
+def parse_args(
+    name: str,
+    doc: str,
+    options: Callable[[argparse.ArgumentParser], object] | None = None,
+    run_options: Callable[[argparse.ArgumentParser], object] | None = None,
+) -> argparse.Namespace:
+    """`python -m bench.<name> run [--again]` or `... report`: `options` go to both, `run_options` to `run`."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m bench.{name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="measure the cells not yet recorded")
+    run.add_argument("--again", action="store_true", help="measure recorded cells again")
+    report = sub.add_parser("report", help="print this benchmark's part of RESULTS.md")
+    for p, adds in ((run, (options, run_options)), (report, (options,))):
+        for add in filter(None, adds):
+            add(p)
+    return parser.parse_args()

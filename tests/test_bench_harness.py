@@ -1,0 +1,52 @@
+"""The benchmarks' harness: a recorded cell is skipped (a stopped benchmark resumes), a failed one is
+recorded with its error and measured again next run, and readers take the newest record of each cell."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import harness
+
+
+def measured(calls: list[dict], fail: set[int] = frozenset()):
+    def measure(cell: dict) -> dict:
+        calls.append(cell)
+        if cell["seed"] in fail:
+            raise RuntimeError(f"seed {cell['seed']} broke")
+        return {"score": cell["seed"] / 10}
+
+    return measure
+
+
+def test_a_rerun_measures_only_the_cells_not_yet_recorded(tmp_path):
+    results, calls = tmp_path / "r.jsonl", []
+    harness.run_cells(results, [{"seed": 0}, {"seed": 1}], measured(calls))
+    harness.run_cells(results, [{"seed": s} for s in (0, 1, 2)], measured(calls))
+    assert calls == [{"seed": 0}, {"seed": 1}, {"seed": 2}]
+    records = harness.read(results)
+    assert [(r["seed"], r["score"]) for r in records] == [(0, 0.0), (1, 0.1), (2, 0.2)]
+    assert all(set(r["machine"]) >= {"cpu", "torch", "transformers", "commit"} for r in records)
+    assert all(json.loads(line) for line in results.read_text().splitlines())  # one JSON record a line
+
+
+def test_a_failed_cell_is_recorded_raised_and_measured_again(tmp_path):
+    results, calls = tmp_path / "r.jsonl", []
+    with pytest.raises(RuntimeError, match="seed 1 broke"):
+        harness.run_cells(results, [{"seed": s} for s in (0, 1, 2)], measured(calls, fail={1}))
+    failed = harness.read(results)[-1]
+    assert (
+        failed["seed"] == 1 and failed["error"] == "RuntimeError: seed 1 broke" and "Traceback" in failed["traceback"]
+    )
+    harness.run_cells(results, [{"seed": s} for s in (0, 1, 2)], measured(calls))
+    assert calls == [{"seed": 0}, {"seed": 1}, {"seed": 1}, {"seed": 2}]
+    assert [r.get("score") for r in harness.read(results, "seed")] == [0.0, 0.1, 0.2]  # newest of each cell
+
+
+def test_again_measures_recorded_cells_and_readers_take_the_newest(tmp_path):
+    results, calls = tmp_path / "r.jsonl", []
+    harness.run_cells(results, [{"seed": 0, "budget": 64}], measured(calls))
+    harness.run_cells(results, [{"seed": 0, "budget": 64}], lambda cell: {"score": 0.5}, again=True)
+    assert len(harness.read(results)) == 2
+    assert [r["score"] for r in harness.read(results, "seed", "budget")] == [0.5]
