@@ -52,8 +52,8 @@ def machine() -> dict:
 
 def describe(m: dict) -> str:
     """A record's machine in one line, without its commit (versions not recorded are left out)."""
-    versions = ", ".join(f"{p} {m[p]}" for p in ("torch", "transformers", "trl") if m.get(p))
-    return f"{m.get('gpu') or 'no GPU'}; CPU {m['cpu']}; Python {m['python']}, {versions}"
+    versions = ", ".join(f"{p} {m[p.lower()]}" for p in ("Python", "torch", "transformers", "trl") if m.get(p.lower()))
+    return f"{m.get('gpu') or 'no GPU'}; CPU {m['cpu']}; {versions}"
 
 
 def machines(records: list[dict]) -> str:

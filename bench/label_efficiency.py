@@ -120,21 +120,9 @@ def params_layout(params: Path) -> tuple[Path, Path]:
     return dirs
 
 
-def _link_shared(root: Path, source: Path, stages: list[str], params: Path) -> None:
-    """A fresh scratch root whose data and `stages`' artifacts are links to `source`'s (read-only by
-    convention)."""
-    artifacts, metrics = params_layout(params)
-    shutil.rmtree(root, ignore_errors=True)
-    (root / artifacts).mkdir(parents=True)
-    (root / metrics).mkdir(parents=True, exist_ok=True)
-    (root / "data").symlink_to((source / "data").resolve())
-    for stage in stages:
-        (root / artifacts / stage).symlink_to((source / artifacts / stage).resolve())
-
-
 def run(seeds: list[int], budgets: list[int], params: Path, workdir: Path = WORKDIR, again: bool = False) -> None:
     """Every (seed, budget) cell not yet recorded; a seed's shared stages run once, before its first cell."""
-    workdir, (_, metrics) = workdir_for(params, workdir), params_layout(params)
+    workdir, (artifacts, metrics) = workdir_for(params, workdir), params_layout(params)
 
     def measure(cell: dict) -> dict:
         seed, budget = cell["seed"], cell["budget"]
@@ -143,8 +131,13 @@ def run(seeds: list[int], budgets: list[int], params: Path, workdir: Path = WORK
             seed_root.mkdir(parents=True, exist_ok=True)
             seed_times = _run_stages(_config(seed_root, seed, 64, params), SEED_STAGES)
             (seed_root / "times.json").write_text(json.dumps(seed_times))
-        root = seed_root / f"budget{budget}"
-        _link_shared(root, seed_root, SEED_STAGES, params)
+        root = seed_root / f"budget{budget}"  # a fresh root whose data and shared stages link to the seed's
+        shutil.rmtree(root, ignore_errors=True)
+        (root / metrics).mkdir(parents=True)
+        (root / artifacts).mkdir(parents=True, exist_ok=True)
+        (root / "data").symlink_to((seed_root / "data").resolve())
+        for stage in SEED_STAGES:
+            (root / artifacts / stage).symlink_to((seed_root / artifacts / stage).resolve())
         t0 = time.perf_counter()
         times = _run_stages(_config(root, seed, budget, params), BUDGET_STAGES)
         evaluation = json.loads((root / metrics / "evaluate.json").read_text())

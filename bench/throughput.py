@@ -5,18 +5,10 @@
     python -m bench.throughput run gpu    # random-init Qwen3-1.7B / 8B: train step, teacher forward, generation
     python -m bench.throughput report cpu|gpu [--params ...]
 
-Run from the repository root.
-
-`cpu` runs each training stage (GRPO, forward-KL warmup, OPD) on identical tiny models, data and batch,
-through `s2d_pipeline.training` and through the TRL trainer constructed here by hand, interleaved
-(A B A B ...) so machine noise hits both, after one untimed run of each (imports); it records tokens/s
-and the ratio. With `--params` (a real-weights profile) it also times HF `generate` of the teacher.
-Records, one per stage: bench/results/throughput_cpu[_<profile>].jsonl.
-
-`gpu` measures, with randomly initialised models of the real shapes (configs only, no weights), bf16
-and sdpa: a Qwen3-1.7B training step (forward + backward with gradient checkpointing + fused AdamW,
-8 x 2,048 tokens) with MFU counting 6N FLOPs per token; a Qwen3-8B teacher forward over 8 x 2,048
-tokens; and HF `generate` of the 1.7B at several batch sizes. Records: bench/results/throughput_gpu.jsonl.
+Run from the repository root. `cpu` records one stage (GRPO, forward-KL warmup, OPD) a cell in
+bench/results/throughput_cpu[_<profile>].jsonl (`compare`), and with a real-weights profile HF `generate`
+of the teacher too; `gpu` one measurement of random-init Qwen3 shapes (bf16, sdpa) a cell in
+bench/results/throughput_gpu.jsonl (`gpu_cell`).
 """
 
 from __future__ import annotations
@@ -234,17 +226,12 @@ def _direct(kind: str, p: Project):
         from trl import GRPOConfig, GRPOTrainer
 
         g = cfg.teacher_rl
+        same = "num_generations beta epsilon epsilon_high temperature max_completion_length loss_type".split()
         args = GRPOConfig(
             **common,
+            **{k: getattr(g, k) for k in same},  # s2d's settings of the same name
             max_steps=g.steps,
             per_device_train_batch_size=g.prompts_per_step * g.num_generations,
-            num_generations=g.num_generations,
-            beta=g.beta,
-            epsilon=g.epsilon,
-            epsilon_high=g.epsilon_high,
-            temperature=g.temperature,
-            max_completion_length=g.max_completion_length,
-            loss_type=g.loss_type,
             chat_template_kwargs=cfg.models.chat_template_kwargs,
         )
 
@@ -287,11 +274,9 @@ def _direct(kind: str, p: Project):
     o = cfg.opd
     args = DistillationConfig(
         **common,
+        **{k: getattr(o, k) for k in ("beta", "temperature", "max_completion_length")},
         max_steps=o.steps,
         per_device_train_batch_size=o.batch_size,
-        beta=o.beta,
-        temperature=o.temperature,
-        max_completion_length=o.max_completion_length,
         chat_template_kwargs=cfg.models.chat_template_kwargs,
     )
     data = Dataset.from_list([{"prompt": x} for x in p.prompts])
@@ -325,7 +310,9 @@ def _via_trl(kind: str, p: Project):
 
 
 def compare(kind: str, p: Project, repeats: int) -> dict:
-    """Tokens/s of one stage through s2d and through TRL directly, A B A B, after an untimed run of each."""
+    """Tokens/s of one stage on identical models, data and batch, through `s2d_pipeline.training` and through
+    the TRL trainer built here by hand, interleaved (A B A B ...) so machine noise hits both, after one untimed
+    run of each (imports). Wall time from model load to the end of `train()`."""
     from s2d_pipeline import runtime
 
     sides = {"s2d": _via_s2d, "trl": _via_trl}
