@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import gpu_smoke, harness, label_efficiency, overhead, real_weights, throughput
+from bench import gpu_smoke, harness, label_efficiency, overhead, real_weights, scoring_memory, throughput
 
 SMOLLM2 = harness.REPO / "profiles" / "smollm2-arith.yaml"
 SECTIONS = [
@@ -29,6 +29,7 @@ SECTIONS = [
         "6. Real weights on the CPU: SmolLM2-135M-Instruct, whole pipeline (`python -m bench.real_weights run`)",
         real_weights.section,
     ),
+    ("7. Per-token scoring memory, CPU (`python -m bench.scoring_memory run`)", scoring_memory.section),
 ]
 
 

@@ -1,18 +1,16 @@
 """Peak memory of per-token scoring (teacher log-prob + KL(student || teacher)) at real vocabulary sizes.
 
-    python -m bench.scoring_memory            # every setting below, one fresh child process each
-    python -m bench.scoring_memory child --family qwen --tokens 1024 --path chunked   # one setting
-    python -m bench.scoring_memory report     # the RESULTS.md section again, from the records
+    python -m bench.scoring_memory run       # every cell not yet recorded, one fresh child process each
+    python -m bench.scoring_memory report    # this benchmark's part of RESULTS.md
 
-Run from the repository root. Each setting builds randomly initialised one-layer models with a real
+Run from the repository root. A cell builds randomly initialised one-layer models with a real
 vocabulary (Qwen2 151,936; Llama 3 128,256; small hidden sizes: the vocabulary is what costs memory)
 and scores 2 completions of 256, 1,024 or 4,096 tokens after a 64-token prompt, with a student, as
 evaluate's C2 does. `chunked` is `generation.score_completion_ids`; `unchunked` is the previous
 form (a float32 log_softmax over the whole batch's full logits, both models), kept here only for
 comparison. The figure is the child's peak RSS (ru_maxrss) during scoring minus its peak before.
-The unchunked form is never run at 4,096 tokens (~48 GB), nor when MemAvailable is below ~10x its
-largest logits tensor plus 2 GB. Records go to bench/results/scoring_memory.jsonl and a section of
-bench/RESULTS.md.
+The unchunked form is never run at 4,096 tokens (~25 GB), nor when MemAvailable is below ~10x its
+largest logits tensor plus 2 GB. Records: bench/results/scoring_memory.jsonl.
 """
 
 from __future__ import annotations
@@ -24,14 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
-RECORDS = RESULTS / "scoring_memory.jsonl"
-SECTION = "## 7. Per-token scoring memory, CPU (`python -m bench.scoring_memory`)"
+from bench import harness
+
+RESULTS = harness.RESULTS / "scoring_memory.jsonl"
+CELL = ("family", "completion_tokens", "path")
 VOCAB = {"qwen": 151_936, "llama": 128_256}
 PROMPT_TOKENS, BATCH = 64, 2
-SETTINGS = [
-    (family, tokens, path)
+CELLS = [
+    {"family": family, "completion_tokens": tokens, "path": path}
     for family in ("qwen", "llama")
     for tokens in (256, 1024, 4096)
     for path in ("unchunked", "chunked")
@@ -113,12 +111,9 @@ def child(family: str, tokens: int, path: str) -> dict:
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
-        "family": family,
         "vocab": vocab,
         "batch": BATCH,
         "prompt_tokens": PROMPT_TOKENS,
-        "completion_tokens": tokens,
-        "path": path,
         "peak_rss_increase_mib": round((after - before) / 1024, 1),
         "peak_rss_mib": round(after / 1024, 1),
         "wall_s": round(wall, 2),
@@ -126,6 +121,7 @@ def child(family: str, tokens: int, path: str) -> dict:
         "kl": round(stats["kl"], 6),
         "tokens": stats["tokens"],
         "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
     }
 
 
@@ -136,55 +132,42 @@ def _mem_available_bytes() -> int:
     return 0
 
 
-def _host() -> dict:
-    import platform
-
-    import torch
-
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), platform.machine())
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return {
-        "cpu": f"{len([x for x in lines if x.startswith('processor')])} cores, {model}",
-        "torch": torch.__version__,
-        "commit": git.stdout.strip(),
-    }
+def _fits(cell: dict) -> bool:
+    if cell["path"] == "chunked":
+        return True
+    need = 10 * BATCH * (PROMPT_TOKENS + cell["completion_tokens"]) * VOCAB[cell["family"]] * 4 + 2 * 2**30
+    return _mem_available_bytes() >= need
 
 
-def run_all() -> list[dict]:
-    host = _host()
-    records = []
-    for family, tokens, path in SETTINGS:
-        if path == "unchunked":
-            need = 10 * BATCH * (PROMPT_TOKENS + tokens) * VOCAB[family] * 4 + 2 * 2**30
-            if _mem_available_bytes() < need:
-                records.append(
-                    {"family": family, "completion_tokens": tokens, "path": path, "skipped": "not enough free memory"}
-                )
-                continue
-        cmd = [sys.executable, "-m", "bench.scoring_memory", "child", "--family", family]
-        cmd += ["--tokens", str(tokens), "--path", path]
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
-        record = json.loads(out.strip().splitlines()[-1])
-        print(json.dumps(record), flush=True)
-        records.append(record)
-    stamp = time.strftime("%Y-%m-%d")
-    RESULTS.mkdir(exist_ok=True)
-    with RECORDS.open("w") as f:
-        for r in records:
-            f.write(json.dumps({**r, "date": stamp, **host}) + "\n")
-    write_section(records, host["cpu"], stamp)
-    return records
+def measure(cell: dict) -> dict:
+    """One cell in a fresh child process (its ru_maxrss is this scoring's alone)."""
+    cmd = [sys.executable, "-m", "bench.scoring_memory", "child", "--family", cell["family"]]
+    cmd += ["--tokens", str(cell["completion_tokens"]), "--path", cell["path"]]
+    out = subprocess.run(cmd, cwd=harness.REPO, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
-def section(records: list[dict], cpu: str, date: str) -> str:
-    by = {(r["family"], r["completion_tokens"], r["path"]): r for r in records}
+def run(again: bool = False) -> None:
+    cells = []
+    for cell in CELLS:
+        if _fits(cell):
+            cells.append(cell)
+        else:
+            print(f"{cell}: skipped, not enough free memory for the unchunked form", flush=True)
+    harness.run_cells(RESULTS, cells, measure, again)
+
+
+def section() -> str:
+    records = [r for r in harness.read(RESULTS, *CELL) if "error" not in r]
+    if not records:
+        return harness.not_run("scoring_memory")
+    by = {tuple(r[k] for k in CELL): r for r in records}
     lines = [
-        SECTION,
-        "",
-        f"{date}, {cpu}, one child process per cell. Batch {BATCH}, {PROMPT_TOKENS}-token prompt, one-layer random "
-        "models with the real vocabulary, teacher and student scored (teacher log-prob + KL, as C2). Peak RSS "
-        "increase during scoring, MiB (unchunked: the previous form; chunked: `generation.score_completion_ids`).",
+        f"Machine: {harness.machines(records)}; measured {', '.join(sorted({r['date'] for r in records}))}. "
+        f"One child process per cell. Batch {BATCH}, {PROMPT_TOKENS}-token "
+        "prompt, one-layer random models with the real vocabulary, teacher and student scored (teacher log-prob "
+        "+ KL, as C2). Peak RSS increase during scoring, MiB (unchunked: the previous form; chunked: "
+        "`generation.score_completion_ids`).",
         "",
         "| vocabulary | completion tokens | unchunked | chunked | chunked, s | same result |",
         "|---|---|---|---|---|---|",
@@ -192,9 +175,7 @@ def section(records: list[dict], cpu: str, date: str) -> str:
     for family in VOCAB:
         for tokens in (256, 1024, 4096):
             old, new = by.get((family, tokens, "unchunked"), {}), by.get((family, tokens, "chunked"), {})
-            same = "—"
-            if "kl" in old and "kl" in new:
-                same = "yes" if _close(old, new) else "NO"
+            same = ("yes" if _close(old, new) else "NO") if "kl" in old and "kl" in new else "—"
             lines.append(
                 f"| {family} {VOCAB[family]:,} | {tokens:,} | {old.get('peak_rss_increase_mib', 'not run')} | "
                 f"{new.get('peak_rss_increase_mib', 'not run')} | {new.get('wall_s', '')} | {same} |"
@@ -204,16 +185,16 @@ def section(records: list[dict], cpu: str, date: str) -> str:
         for path in ("unchunked", "chunked"):
             short, long = by.get((family, 256, path), {}), by.get((family, 1024, path), {})
             if "peak_rss_increase_mib" in short and "peak_rss_increase_mib" in long:
-                ratio = long["peak_rss_increase_mib"] / short["peak_rss_increase_mib"]
-                ratios.append(f"{family} {path} {ratio:.2f}x")
+                ratios.append(f"{family} {path} {long['peak_rss_increase_mib'] / short['peak_rss_increase_mib']:.2f}x")
     lines += [
         "",
         f"Peak at 1,024 tokens over the peak at 256: {', '.join(ratios)}. The chunked peak is set by "
         "`generation.SCORING_CHUNK_BYTES` (128 MiB per float32 vocabulary-wide tensor, at most three held at "
         "once), not by batch x length; the unchunked form is not run at 4,096 tokens (it would need ~4x its "
         "1,024-token peak). Wall times come from a machine shared with other jobs.",
+        "",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def _close(a: dict, b: dict) -> bool:
@@ -225,38 +206,22 @@ def _close(a: dict, b: dict) -> bool:
     )
 
 
-def write_section(records: list[dict], cpu: str, date: str) -> None:
-    """Replace this benchmark's section of bench/RESULTS.md (or append it)."""
-    out = REPO / "bench" / "RESULTS.md"
-    text = out.read_text() if out.exists() else ""
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        tail = rest[rest.index("\n## ") :] if "\n## " in rest else ""
-        text = head + section(records, cpu, date) + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section(records, cpu, date)
-    out.write_text(text)
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.scoring_memory", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd")
-    one = sub.add_parser("child", help="one setting in this process (prints one JSON record)")
-    one.add_argument("--family", choices=sorted(VOCAB), required=True)
-    one.add_argument("--tokens", type=int, required=True)
-    one.add_argument("--path", choices=("chunked", "unchunked"), required=True)
-    sub.add_parser("report", help="rewrite the RESULTS.md section from bench/results/scoring_memory.jsonl")
-    args = p.parse_args()
-    if args.cmd == "report":
-        records = [json.loads(line) for line in RECORDS.read_text().splitlines() if line.strip()]
-        measured = [r for r in records if "cpu" in r]
-        write_section(records, measured[0]["cpu"], measured[0]["date"])
-    elif args.cmd == "child":
+    if sys.argv[1:2] == ["child"]:  # one cell, in this process: prints its measured fields as JSON
+        p = argparse.ArgumentParser(prog="python -m bench.scoring_memory child")
+        p.add_argument("--family", choices=sorted(VOCAB), required=True)
+        p.add_argument("--tokens", type=int, required=True)
+        p.add_argument("--path", choices=("chunked", "unchunked"), required=True)
+        args = p.parse_args(sys.argv[2:])
         if args.path == "unchunked" and args.tokens > 1024:
-            raise SystemExit("the unchunked form is not run above 1,024 tokens (~48 GB at 4,096)")
+            raise SystemExit("the unchunked form is not run above 1,024 tokens (~25 GB at 4,096)")
         print(json.dumps(child(args.family, args.tokens, args.path)))
+        return
+    args = harness.parse_args("scoring_memory", __doc__)
+    if args.command == "report":
+        print(section())
     else:
-        run_all()
+        run(args.again)
 
 
 if __name__ == "__main__":
