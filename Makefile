@@ -34,10 +34,12 @@ run-smollm2: $(STAMP)
 test: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q
 
-## make lint: ruff's lint rules and format check (pyproject.toml [tool.ruff]); CI runs it before the tests.
+## make lint: ruff's lint rules and format check (pyproject.toml [tool.ruff]), and the import layers of
+## docs/architecture.md (pyproject.toml [tool.importlinter]); CI runs it before the tests.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
