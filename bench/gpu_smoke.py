@@ -177,11 +177,10 @@ def main() -> None:
         p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
         p.add_argument("--vocab-size", type=int, default=QWEN3_VOCAB)
 
-    args = harness.parse_args("gpu_smoke", __doc__, run_options=options)
-    if args.command == "report":
-        print(section())
-    else:
-        run(args.name, args.workdir, args.teacher, args.student, args.device, args.vocab_size, args.again)
+    def run_args(a):
+        run(a.name, a.workdir, a.teacher, a.student, a.device, a.vocab_size, a.again)
+
+    harness.main("gpu_smoke", __doc__, run_args, lambda _: section(), run_options=options)
 
 
 if __name__ == "__main__":

@@ -123,3 +123,19 @@ def parse_args(
         for add in filter(None, adds):
             add(p)
     return parser.parse_args()
+
+
+def main(
+    name: str,
+    doc: str,
+    run: Callable[[argparse.Namespace], object],
+    report: Callable[[argparse.Namespace], str],
+    options: Callable[[argparse.ArgumentParser], object] | None = None,
+    run_options: Callable[[argparse.ArgumentParser], object] | None = None,
+) -> None:
+    """A benchmark's command line: `run` measures, `report` prints its part of RESULTS.md."""
+    args = parse_args(name, doc, options, run_options)
+    if args.command == "report":
+        print(report(args))
+    else:
+        run(args)

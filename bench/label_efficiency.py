@@ -473,12 +473,10 @@ def main() -> None:
         p.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256, 512])
         p.add_argument("--workdir", type=Path, default=WORKDIR, help="scratch cells (a profile's beside it)")
 
-    args = harness.parse_args("label_efficiency", __doc__, options, run_options)
-    params = args.params.resolve()
-    if args.command == "run":
-        run(args.seeds, args.budgets, params, args.workdir, args.again)
-    else:
-        print(section(params))
+    def run_args(a):
+        run(a.seeds, a.budgets, a.params.resolve(), a.workdir, a.again)
+
+    harness.main("label_efficiency", __doc__, run_args, lambda a: section(a.params.resolve()), options, run_options)
 
 
 if __name__ == "__main__":

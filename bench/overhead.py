@@ -233,11 +233,7 @@ def main() -> None:
     def run_options(p):
         p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="the parts to measure")
 
-    args = harness.parse_args("overhead", __doc__, run_options=run_options)
-    if args.command == "report":
-        print(section())
-    else:
-        run(args.only, args.again)
+    harness.main("overhead", __doc__, lambda a: run(a.only, a.again), lambda _: section(), run_options=run_options)
 
 
 if __name__ == "__main__":

@@ -121,17 +121,14 @@ def main() -> None:
         p.add_argument("--collect", type=Path, default=None, help="record a finished `s2d run` in this directory")
         p.add_argument("--wall-s", type=float, default=None, help="with --collect: the run's measured wall time")
 
-    args = harness.parse_args("real_weights", __doc__, run_options=run_options)
-    if args.command == "report":
-        print(section())
-        return
-    params = (args.collect / "params.yaml") if args.collect else args.params.resolve()
-    name = str(params.relative_to(harness.REPO) if params.is_relative_to(harness.REPO) else params)
-    cell = {"params": name, "overrides": args.overrides, "collected": bool(args.collect)}
-    measure = (
-        (lambda _: collect(args.collect, args.wall_s)) if args.collect else (lambda _: run(params, args.overrides))
-    )
-    harness.run_cells(RESULTS, [cell], measure, args.again)
+    def run_args(a):
+        params = (a.collect / "params.yaml") if a.collect else a.params.resolve()
+        name = str(params.relative_to(harness.REPO) if params.is_relative_to(harness.REPO) else params)
+        cell = {"params": name, "overrides": a.overrides, "collected": bool(a.collect)}
+        measure = (lambda _: collect(a.collect, a.wall_s)) if a.collect else (lambda _: run(params, a.overrides))
+        harness.run_cells(RESULTS, [cell], measure, a.again)
+
+    harness.main("real_weights", __doc__, run_args, lambda _: section(), run_options=run_options)
 
 
 if __name__ == "__main__":

@@ -413,14 +413,16 @@ def main() -> None:
         p.add_argument("--steps", type=int, default=None, help="cpu: steps per stage (default: the params' steps)")
         p.add_argument("--repeats", type=int, default=3, help="cpu: timed runs of each side")
 
-    args = harness.parse_args("throughput", __doc__, options, run_options)
-    params = args.params.resolve() if args.params else None
-    if args.command == "report":
-        print(cpu_section(params) if args.mode == "cpu" else gpu_section())
-    elif args.mode == "gpu":
-        harness.run_cells(GPU_RESULTS, GPU_CELLS, gpu_cell, args.again)
-    else:
-        cpu(params, args.steps, args.repeats, args.again)
+    def report(a):
+        return cpu_section(a.params and a.params.resolve()) if a.mode == "cpu" else gpu_section()
+
+    def run_args(a):
+        if a.mode == "gpu":
+            harness.run_cells(GPU_RESULTS, GPU_CELLS, gpu_cell, a.again)
+        else:
+            cpu(a.params and a.params.resolve(), a.steps, a.repeats, a.again)
+
+    harness.main("throughput", __doc__, run_args, report, options, run_options)
 
 
 if __name__ == "__main__":
