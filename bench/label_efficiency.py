@@ -450,7 +450,7 @@ def section(params: Path = PARAMS) -> str:
     out = [report(records)]
     if params.resolve() == PARAMS.resolve():
         plot(records, PLOT)
-        write_curve(records)
+        write_curve(records, CURVE_CSV)
         out.append(f"![accuracy against label budget]({PLOT.name})\n")
     ablations = harness.read(results_file(params, ABLATION_RESULTS), "seed", "budget", "warmup_steps", "opd_steps")
     if ablations:

@@ -50,3 +50,16 @@ def test_again_measures_recorded_cells_and_readers_take_the_newest(tmp_path):
     harness.run_cells(results, [{"seed": 0, "budget": 64}], lambda cell: {"score": 0.5}, again=True)
     assert len(harness.read(results)) == 2
     assert [r["score"] for r in harness.read(results, "seed", "budget")] == [0.5]
+
+
+def test_the_report_reads_every_results_file_and_every_section_has_records(tmp_path, monkeypatch):
+    from bench import label_efficiency, report
+
+    read, real_read = [], harness.read
+    monkeypatch.setattr(harness, "read", lambda path, *cell: read.append(path.name) or real_read(path, *cell))
+    monkeypatch.setattr(label_efficiency, "PLOT", tmp_path / "plot.png")
+    monkeypatch.setattr(label_efficiency, "CURVE_CSV", tmp_path / "curve.csv")
+    sections = {heading: section() for heading, section in report.SECTIONS}
+    assert {p.name for p in harness.RESULTS.glob("*.jsonl")} <= set(read)
+    assert not [heading for heading, text in sections.items() if "Not run yet" in text or "No GPU run" in text]
+    assert (tmp_path / "curve.csv").read_text() == (harness.RESULTS / "label_efficiency_curve.csv").read_text()
