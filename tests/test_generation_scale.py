@@ -345,3 +345,31 @@ def test_a_pair_with_different_end_ids_or_chat_templates_is_refused(micro_cfg, t
     check_vocab_compatible(teacher, other_template, micro_cfg)  # templates unused without chat_template
     with pytest.raises(ConfigError, match=r"teacher \(.*teacher\) and student \(.*templated\) chat templates differ"):
         check_vocab_compatible(teacher, other_template, chat_cfg)
+
+
+def test_evaluate_renders_and_stops_each_teacher_with_its_own_tokenizer(pipeline, tmp_path, monkeypatch):
+    """Which tokenizer every scored model was given: a teacher its own directory's (its template and end
+    ids), a student the student's. Run on a copy of the micro pipeline's project."""
+    import shutil
+
+    from s2d_pipeline.layout import base_model_dir, rl_teacher_dir
+    from s2d_pipeline.stages import evaluate
+
+    cfg0, _, _ = pipeline
+    shutil.copytree(cfg0.root, tmp_path / "copy")
+    cfg = cfg0.model_copy(update={"root": tmp_path / "copy"})
+    calls = []
+    real_score = evaluate.score
+
+    def spy(task, model, tokenizer, rows, cfg, *args, **kwargs):
+        calls.append((model.name_or_path, tokenizer.name_or_path))
+        return real_score(task, model, tokenizer, rows, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "score", spy)
+    evaluate.run(cfg)
+    teacher_dirs = {str(base_model_dir(cfg, "teacher"))} | {str(rl_teacher_dir(cfg, k)) for k in ("s2d", "s2d_stage3")}
+    teachers = [(m, t) for m, t in calls if m in teacher_dirs]
+    assert {m for m, _ in teachers} == teacher_dirs
+    assert all(m == t for m, t in teachers)
+    students = [t for m, t in calls if m not in teacher_dirs]
+    assert students and set(students) == {str(base_model_dir(cfg, "student"))}
