@@ -27,10 +27,8 @@ def machine() -> dict:
     """CPU model and cores, GPU, Python and library versions, and the git commit."""
     import torch
 
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [
-        line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-    ]
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
     gpu = None
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
@@ -105,26 +103,6 @@ def not_run(name: str, how: str = "") -> str:
     return f"Not run yet: `python -m bench.{name} run{how}`.\n"
 
 
-def parse_args(
-    name: str,
-    doc: str,
-    options: Callable[[argparse.ArgumentParser], object] | None = None,
-    run_options: Callable[[argparse.ArgumentParser], object] | None = None,
-) -> argparse.Namespace:
-    """`python -m bench.<name> run [--again]` or `... report`: `options` go to both, `run_options` to `run`."""
-    parser = argparse.ArgumentParser(
-        prog=f"python -m bench.{name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="measure the cells not yet recorded")
-    run.add_argument("--again", action="store_true", help="measure recorded cells again")
-    report = sub.add_parser("report", help="print this benchmark's part of RESULTS.md")
-    for p, adds in ((run, (options, run_options)), (report, (options,))):
-        for add in filter(None, adds):
-            add(p)
-    return parser.parse_args()
-
-
 def main(
     name: str,
     doc: str,
@@ -133,8 +111,19 @@ def main(
     options: Callable[[argparse.ArgumentParser], object] | None = None,
     run_options: Callable[[argparse.ArgumentParser], object] | None = None,
 ) -> None:
-    """A benchmark's command line: `run` measures, `report` prints its part of RESULTS.md."""
-    args = parse_args(name, doc, options, run_options)
+    """A benchmark's command line: `python -m bench.<name> run [--again]` measures, `... report` prints its
+    part of RESULTS.md; `options` are taken by both, `run_options` by `run`."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m bench.{name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="measure the cells not yet recorded")
+    run_parser.add_argument("--again", action="store_true", help="measure recorded cells again")
+    report_parser = sub.add_parser("report", help="print this benchmark's part of RESULTS.md")
+    for p, adds in ((run_parser, (options, run_options)), (report_parser, (options,))):
+        for add in filter(None, adds):
+            add(p)
+    args = parser.parse_args()
     if args.command == "report":
         print(report(args))
     else:

@@ -5,22 +5,20 @@
 
 Run from the repository root. A cell builds randomly initialised one-layer models with a real
 vocabulary (Qwen2 151,936; Llama 3 128,256; small hidden sizes: the vocabulary is what costs memory)
-and scores 2 completions of 256, 1,024 or 4,096 tokens after a 64-token prompt, with a student, as
-evaluate's C2 does. `chunked` is `generation.score_completion_ids`; `unchunked` is the previous
-form (a float32 log_softmax over the whole batch's full logits, both models), kept here only for
-comparison. The figure is the child's peak RSS (ru_maxrss) during scoring minus its peak before.
-The unchunked form is never run at 4,096 tokens (~25 GB), nor when MemAvailable is below ~10x its
-largest logits tensor plus 2 GB. Records: bench/results/scoring_memory.jsonl.
+and scores 2 completions of 256, 1,024 or 4,096 tokens after a 64-token prompt with
+`generation.score_completion_ids`, teacher and student, as evaluate's C2 does. The figure is the child's
+peak RSS (ru_maxrss) during scoring minus its peak before. Records: bench/results/scoring_memory.jsonl.
+The records also keep the previous, unchunked form (a float32 log_softmax over the whole batch's full
+logits, both models), measured once beside it up to 1,024 tokens; `git log -S unchunked_token_stats`
+finds its code.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench import harness
 
@@ -29,11 +27,9 @@ CELL = ("family", "completion_tokens", "path")
 VOCAB = {"qwen": 151_936, "llama": 128_256}
 PROMPT_TOKENS, BATCH = 64, 2
 CELLS = [
-    {"family": family, "completion_tokens": tokens, "path": path}
+    {"family": family, "completion_tokens": tokens, "path": "chunked"}
     for family in ("qwen", "llama")
     for tokens in (256, 1024, 4096)
-    for path in ("unchunked", "chunked")
-    if not (path == "unchunked" and tokens > 1024)
 ]
 
 
@@ -61,36 +57,8 @@ def _models(family: str):
     return build(32, 1), build(64, 2)
 
 
-def unchunked_token_stats(student, teacher, prompt_ids, completion_ids, pad_token_id: int) -> dict:
-    """The previous scoring, for comparison only: every position's full-vocabulary float32
-    log_softmax for the whole batch, teacher and student."""
-    import torch
-
-    seqs = [a + b for a, b in zip(prompt_ids, completion_ids, strict=True)]
-    width = max(len(s) for s in seqs)
-    ids = torch.tensor([[pad_token_id] * (width - len(s)) + s for s in seqs])
-    attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    for i, c in enumerate(completion_ids):
-        mask[i, width - len(c) :] = True
-    target_mask = mask[:, 1:]
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        t_logp = torch.log_softmax(
-            teacher(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits[:, :-1].float(), -1
-        )
-        tok_logp = t_logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-        logprobs = (tok_logp * target_mask).sum(-1).tolist()
-        s_logp = torch.log_softmax(
-            student(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits[:, :-1].float(), -1
-        )
-        kl = (s_logp.exp() * (s_logp - t_logp)).sum(-1)
-        tokens = int(target_mask.sum())
-        return {"teacher_logprob": logprobs, "kl": float((kl * target_mask).sum()) / tokens, "tokens": tokens}
-
-
-def child(family: str, tokens: int, path: str) -> dict:
-    """One setting, in this process: peak RSS increase of scoring, in MiB."""
+def child(family: str, tokens: int) -> dict:
+    """One cell, in this process: the peak RSS increase of scoring, in MiB."""
     import resource
 
     import torch
@@ -104,10 +72,7 @@ def child(family: str, tokens: int, path: str) -> dict:
     completion_ids = [torch.randint(3, vocab, (tokens,), generator=g).tolist() for _ in range(BATCH)]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     started = time.perf_counter()
-    if path == "chunked":
-        stats = score_completion_ids(student, teacher, prompt_ids, completion_ids, pad_token_id=0)
-    else:
-        stats = unchunked_token_stats(student, teacher, prompt_ids, completion_ids, pad_token_id=0)
+    stats = score_completion_ids(student, teacher, prompt_ids, completion_ids, pad_token_id=0)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
@@ -125,36 +90,12 @@ def child(family: str, tokens: int, path: str) -> dict:
     }
 
 
-def _mem_available_bytes() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _fits(cell: dict) -> bool:
-    if cell["path"] == "chunked":
-        return True
-    need = 10 * BATCH * (PROMPT_TOKENS + cell["completion_tokens"]) * VOCAB[cell["family"]] * 4 + 2 * 2**30
-    return _mem_available_bytes() >= need
-
-
 def measure(cell: dict) -> dict:
     """One cell in a fresh child process (its ru_maxrss is this scoring's alone)."""
-    cmd = [sys.executable, "-m", "bench.scoring_memory", "child", "--family", cell["family"]]
-    cmd += ["--tokens", str(cell["completion_tokens"]), "--path", cell["path"]]
-    out = subprocess.run(cmd, cwd=harness.REPO, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def run(again: bool = False) -> None:
-    cells = []
-    for cell in CELLS:
-        if _fits(cell):
-            cells.append(cell)
-        else:
-            print(f"{cell}: skipped, not enough free memory for the unchunked form", flush=True)
-    harness.run_cells(RESULTS, cells, measure, again)
+    code = f"import json; from bench.scoring_memory import child; print(json.dumps(child({cell['family']!r}, "
+    code += f"{cell['completion_tokens']})))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=harness.REPO, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def section() -> str:
@@ -207,21 +148,9 @@ def _close(a: dict, b: dict) -> bool:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["child"]:  # one cell, in this process: prints its measured fields as JSON
-        p = argparse.ArgumentParser(prog="python -m bench.scoring_memory child")
-        p.add_argument("--family", choices=sorted(VOCAB), required=True)
-        p.add_argument("--tokens", type=int, required=True)
-        p.add_argument("--path", choices=("chunked", "unchunked"), required=True)
-        args = p.parse_args(sys.argv[2:])
-        if args.path == "unchunked" and args.tokens > 1024:
-            raise SystemExit("the unchunked form is not run above 1,024 tokens (~25 GB at 4,096)")
-        print(json.dumps(child(args.family, args.tokens, args.path)))
-        return
-    args = harness.parse_args("scoring_memory", __doc__)
-    if args.command == "report":
-        print(section())
-    else:
-        run(args.again)
+    harness.main(
+        "scoring_memory", __doc__, lambda a: harness.run_cells(RESULTS, CELLS, measure, a.again), lambda _: section()
+    )
 
 
 if __name__ == "__main__":
