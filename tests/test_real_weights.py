@@ -16,51 +16,74 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    """The micro run, with spies on the real chat-template rendering and the real verifier: every
-    text a trainer's tokenizer rendered from a conversation, and every (gold, prediction) pair that
-    math-verify compared."""
+    """The micro run, watched where prompts and rewards reach the real libraries. Returns (cfg, the
+    stages' metrics, observed):
+    - observed["trainers"]: per training run (its run name), the rows it trained on and, for GRPO,
+      the reward function the stage handed to TRL and every call TRL made to it;
+    - observed["model_prompts"]: per training run (or per stage, outside training), the token ids of
+      every prompt `generate` was given, padding dropped: what the model was conditioned on."""
+    import functools
     import importlib
 
-    import math_verify
-    from transformers import PreTrainedTokenizerBase
+    from transformers import GenerationMixin
 
+    from s2d_pipeline import training
     from s2d_pipeline.config import load_config
     from s2d_pipeline.stages import stages_through
 
     root = tmp_path_factory.mktemp("smollm2")
     shutil.copy(SMOLLM2_PROFILE, root / "params.yaml")
     cfg = load_config(root / "params.yaml", SMOLLM2_MICRO, root=root)
-    rendered: list[str] = []
-    graded: list[tuple] = []
-    real_template, real_verify = PreTrainedTokenizerBase.apply_chat_template, math_verify.verify
+    trainers: dict[str, dict] = {}
+    model_prompts: dict[str, set[tuple[int, ...]]] = {}
+    running = {"label": None}
+    real_fit, real_generate = training.fit, GenerationMixin.generate
 
-    def template_spy(self, conversation, *args, **kwargs):
-        if kwargs.get("tokenize", True) and kwargs.get("add_generation_prompt"):  # the trainers' call
-            text_kwargs = {k: v for k, v in kwargs.items() if k not in ("tokenize", "return_dict", "padding")}
-            batch = conversation if conversation and isinstance(conversation[0], list) else [conversation]
-            rendered.extend(real_template(self, c, *args, **{**text_kwargs, "tokenize": False}) for c in batch)
-        return real_template(self, conversation, *args, **kwargs)
+    def recording(reward, calls: list):
+        @functools.wraps(reward)
+        def recorded(**kwargs):
+            rewards = reward(**kwargs)
+            calls.append({**{k: v for k, v in kwargs.items() if isinstance(v, list)}, "rewards": rewards})
+            return rewards
 
-    def verify_spy(gold, target, *args, **kwargs):
-        result = real_verify(gold, target, *args, **kwargs)
-        graded.append((gold, target, result))
-        return result
+        return recorded
 
-    PreTrainedTokenizerBase.apply_chat_template, math_verify.verify = template_spy, verify_spy
+    def fit_spy(trainer, run_cfg, inputs, rows, *args, **kwargs):
+        name = trainer.args.run_name
+        run = trainers[name] = {"rows": list(rows), "reward_calls": []}
+        if hasattr(trainer, "reward_funcs"):
+            run["reward"] = trainer.reward_funcs[0]
+            trainer.reward_funcs = [recording(f, run["reward_calls"]) for f in trainer.reward_funcs]
+        outer, running["label"] = running["label"], name
+        try:
+            return real_fit(trainer, run_cfg, inputs, rows, *args, **kwargs)
+        finally:
+            running["label"] = outer
+
+    def generate_spy(self, *args, **kwargs):
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        mask = kwargs.get("attention_mask")
+        keep = mask.tolist() if mask is not None else [[1] * ids.shape[1]] * ids.shape[0]
+        seen = model_prompts.setdefault(running["label"], set())
+        for row, real in zip(ids.tolist(), keep, strict=True):
+            seen.add(tuple(t for t, m in zip(row, real, strict=True) if m))
+        return real_generate(self, *args, **kwargs)
+
+    training.fit, GenerationMixin.generate = fit_spy, generate_spy
     try:
-        out = {
-            name: importlib.import_module(f"s2d_pipeline.stages.{name}").run(cfg)
-            for name in stages_through("evaluate")
-        }
+        out = {}
+        for name in stages_through("evaluate"):
+            running["label"] = name
+            out[name] = importlib.import_module(f"s2d_pipeline.stages.{name}").run(cfg)
     finally:
-        PreTrainedTokenizerBase.apply_chat_template, math_verify.verify = real_template, real_verify
-    return cfg, out, rendered, graded
+        training.fit, GenerationMixin.generate = real_fit, real_generate
+    return cfg, out, {"trainers": trainers, "model_prompts": model_prompts}
 
 
 def test_models_come_from_the_gguf_import_saved_as_safetensors(real_run):
     from transformers import AutoConfig
 
-    cfg, out, _, _ = real_run
+    cfg, out, _ = real_run
     prepare = out["prepare"]
     assert prepare["teacher"]["gguf"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert prepare["teacher"]["parameters"] > 130_000_000 and "in_gate" in prepare["teacher"]
@@ -76,19 +99,51 @@ def test_models_come_from_the_gguf_import_saved_as_safetensors(real_run):
     assert prepare["student"]["heal"]["steps"] == 1 and prepare["student"]["heal"]["loss_first"] is not None
 
 
-def test_trainers_saw_the_chat_template_rendering_of_every_prompt(real_run):
+def _rendered_problems(cfg) -> tuple:
+    """The teacher's tokenizer, and the chat-template rendering of every problem in labels, prompts and eval."""
     from s2d_pipeline.data import load_split
     from s2d_pipeline.models import load_tokenizer
     from s2d_pipeline.prompts import render
     from s2d_pipeline.tasks import get_task
 
-    cfg, _, rendered, _ = real_run
     task = get_task(cfg.task)
     tokenizer = load_tokenizer(cfg.artifacts / "prepare" / "teacher", cfg)
-    problems = [r["prompt"] for split in ("labels", "prompts") for r in load_split(cfg, task, split)]
-    expected = {render(cfg, task, tokenizer, p) for p in problems}
-    assert rendered and set(rendered) <= expected  # GRPO and OPD rendered exactly what rollouts/evaluate use
-    sample = next(iter(rendered))
+    problems = [r["prompt"] for split in ("labels", "prompts", "eval") for r in load_split(cfg, task, split)]
+    return tokenizer, {render(cfg, task, tokenizer, p) for p in problems}
+
+
+# Training runs, by the stage in their name: those whose trainer generates (GRPO, on-policy
+# distillation) and those that train on given sequences (forward-KL warmup, the derived student's healing).
+GENERATING_RUNS = ("teacher_rl", "student_rl", "opd")
+SEQUENCE_RUNS = ("warmup", "prepare")
+
+
+def test_every_prompt_the_trainers_and_evaluate_gave_the_model_was_chat_rendered(real_run):
+    cfg, _, observed = real_run
+    tokenizer, expected = _rendered_problems(cfg)
+    trainers = observed["trainers"]
+    given = {
+        label: {tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) for ids in seen}
+        for label, seen in observed["model_prompts"].items()
+    }
+    assert {name.split("/")[0] for name in trainers} == {*GENERATING_RUNS, *SEQUENCE_RUNS}, sorted(trainers)
+    assert {
+        "teacher_rl/s2d",
+        "student_rl/grpo_direct",
+        "student_rl/s2d_stage3",
+        "opd/s2d",
+        "warmup/s2d",
+    } <= trainers.keys()
+    for name, run in trainers.items():
+        if name.split("/")[0] in GENERATING_RUNS:  # what TRL's generate was given, as the model saw it
+            assert given.get(name), f"{name}: the trainer never generated"
+            prompts = given[name]
+        else:  # the rendered prompts the collator encodes
+            prompts = {r["prompt"] for r in run["rows"]}
+        assert prompts and prompts <= expected, f"{name}: prompts not chat-rendered: {sorted(prompts - expected)[:2]}"
+    assert given.get("evaluate") and given["evaluate"] <= expected, sorted(given.get("evaluate", ()))[:2]
+    assert set().union(*given.values()) <= expected  # rollouts, the C1 gate and the healing's samples too
+    sample = next(iter(given["evaluate"]))
     assert sample.startswith("<|im_start|>system\n") and sample.endswith("<|im_start|>assistant\n")
     assert "Put the final answer in \\boxed{}." in sample
     # rollouts: the same rendering, and free-text completions that stop at the end of the turn
@@ -97,11 +152,58 @@ def test_trainers_saw_the_chat_template_rendering_of_every_prompt(real_run):
     assert all(" " in r["completion"] and "<|im_end|>" not in r["completion"] for r in rollouts)
 
 
-def test_rewards_are_math_verify_on_the_decoded_free_text(real_run):
-    cfg, out, _, graded = real_run
-    assert graded, "math-verify was never called"
-    # Every GRPO run saw varying completions; what math-verify compared came from free text.
-    assert {True, False} >= {g[2] for g in graded}
+# (completion, gold answer, reward): exact match of the extracted answer and math-verify disagree on
+# the first three (one value written two ways) and agree on the last two.
+REWARD_CASES = [
+    ("The sum is \\boxed{0.5}.", "1/2", 1.0),
+    ("So it is \\boxed{71}", "71.0", 1.0),
+    ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+    ("\\boxed{0.51}", "1/2", 0.0),
+    ("It is \\boxed{72}.", "71.0", 0.0),
+]
+
+
+def test_grpo_rewards_are_math_verify_of_the_answer_column(real_run, monkeypatch):
+    """The reward function each GRPO run handed to TRL: TRL called it during training with the ledger
+    labels' gold answers in `answer`; on answers that exact match grades wrongly it gives math-verify's
+    verdict, read from `answer` (the other columns hold decoys)."""
+    import math_verify
+
+    from s2d_pipeline.data import load_split
+    from s2d_pipeline.tasks import get_task
+
+    cfg, out, observed = real_run
+    compared: list[bool] = []
+    real_verify = math_verify.verify
+
+    def verify_spy(*args, **kwargs):
+        compared.append(real_verify(*args, **kwargs))
+        return compared[-1]
+
+    monkeypatch.setattr(math_verify, "verify", verify_spy)
+    gold = {str(r["id"]): str(r["answer"]) for r in load_split(cfg, get_task(cfg.task), "labels")}
+    grpo = {name: run for name, run in observed["trainers"].items() if "reward" in run}
+    assert {"teacher_rl/s2d", "student_rl/grpo_direct", "student_rl/s2d_stage3"} <= grpo.keys()
+    texts, answers, verdicts = (list(column) for column in zip(*REWARD_CASES, strict=True))
+    n = len(texts)
+    for name, run in grpo.items():
+        assert run["rows"] and all(row["answer"] == gold[row["label_id"]] for row in run["rows"]), name
+        assert run["reward_calls"], f"{name}: TRL never called the reward function"
+        for call in run["reward_calls"]:
+            assert call["answer"] == [gold[i] for i in call["label_id"]], name
+            assert set(call["rewards"]) <= {0.0, 1.0}, name
+        trl_call = run["reward_calls"][0]
+        conversational = isinstance(trl_call["completions"][0], list)  # TRL's form for chat prompts
+        compared.clear()
+        rewards = run["reward"](
+            prompts=trl_call["prompts"][:1] * n,
+            completions=[[{"role": "assistant", "content": t}] for t in texts] if conversational else texts,
+            completion_ids=[[0]] * n,
+            answer=answers,
+            label_id=[trl_call["label_id"][0]] * n,
+        )
+        assert rewards == verdicts, f"{name}: {rewards}"
+        assert compared == verdicts, f"{name}: math-verify's verdicts {compared}"
     teacher = out["teacher_rl"]["s2d"]
     assert 0.0 <= teacher["reward_first"] <= 1.0 and teacher["train_tokens"] > 0
 
@@ -114,7 +216,7 @@ def test_every_arm_has_a_final_student_that_loads_and_generates(real_run):
     from s2d_pipeline.prompts import render
     from s2d_pipeline.tasks import get_task
 
-    cfg, out, _, _ = real_run
+    cfg, out, _ = real_run
     assert set(out["evaluate"]["arms"]) == set(cfg.arms)
     task = get_task(cfg.task)
     tokenizer = load_tokenizer(cfg.artifacts / "prepare" / "student", cfg)
@@ -129,7 +231,7 @@ def test_validate_refuses_a_prompt_longer_than_the_context_in_real_tokens(real_r
     from s2d_pipeline.errors import DataError
     from s2d_pipeline.stages import validate
 
-    cfg, _, _, _ = real_run
+    cfg, _, _ = real_run
     from s2d_pipeline.layout import data_file
 
     root = tmp_path / "copy"
