@@ -162,22 +162,10 @@ def run(seeds: list[int], budgets: list[int], params: Path, workdir: Path = WORK
 # ---------------------------------------------------------------- report
 
 
-def load_records(results: Path = RESULTS) -> list[dict]:
-    """The newest record of each (seed, budget) cell."""
-    return harness.read(results, "seed", "budget")
-
-
-def records_k(records: list[dict]) -> int:
-    """The one evaluate `k` every record was evaluated at; mixing results of different `k` is an error."""
-    ks = {r["evaluate"]["k"] if "evaluate" in r else r["k"] for r in records}
-    if len(ks) != 1:
-        raise SystemExit(f"results were evaluated at different k ({sorted(ks)}): report them separately")
-    return ks.pop()
-
-
 def _sampled(records: list[dict]) -> str:
-    """The sampled-accuracy key, once every record is known to share one `k`."""
-    records_k(records)
+    """The sampled-accuracy key, once every record is known to be evaluated at one `k` (mixing is an error)."""
+    if len(ks := {r["evaluate"]["k"] if "evaluate" in r else r["k"] for r in records}) != 1:
+        raise SystemExit(f"results were evaluated at different k ({sorted(ks)}): report them separately")
     return SAMPLED
 
 
@@ -444,7 +432,7 @@ def ablation_report(records: list[dict]) -> str:
 
 def section(params: Path = PARAMS) -> str:
     """The tables (and, for the default params, the plot and curve files) from the recorded cells."""
-    records = load_records(results_file(params))
+    records = harness.read(results_file(params), "seed", "budget")
     if not records:
         return harness.not_run("label_efficiency")
     out = [report(records)]
