@@ -353,8 +353,13 @@ def generation_speed(p: Project, batch: int = 32) -> dict:
     texts = generate(model, tokenizer, prompts, max_new_tokens=new, greedy=False, seed=0, batch_size=batch)
     wall = time.perf_counter() - t0
     tokens = sum(len(tokenizer(t[0], add_special_tokens=False)["input_ids"]) for t in texts)
-    return {"batch": batch, "max_new_tokens": new, "tokens": tokens, "wall_s": round(wall, 2)} | {
-        "tokens_per_s": round(tokens / wall, 1)
+    tokens_per_s = round(tokens / wall, 1)
+    return {
+        "batch": batch,
+        "max_new_tokens": new,
+        "tokens": tokens,
+        "wall_s": round(wall, 2),
+        "tokens_per_s": tokens_per_s,
     }
 
 
