@@ -188,19 +188,62 @@ def _task_run_names(flow_run_id) -> set[str]:
     return {r.name for r in runs}
 
 
+def _watch_unit_processes(stop, seen: dict, together: list) -> None:
+    """Until `stop` is set, look at this process's descendants every 0.2 s: every `s2d <stage> --arm
+    <arm>` process goes into `seen` (pid -> (stage, arm)), and each look that finds more than one
+    alive goes into `together`."""
+    import psutil
+
+    me = psutil.Process()
+    while not stop.is_set():
+        alive = {}
+        for child in me.children(recursive=True):
+            try:
+                cmd = child.cmdline()
+            except psutil.Error:  # ended between the listing and the look
+                continue
+            if "s2d_pipeline.cli" in cmd and "--arm" in cmd:
+                alive[child.pid] = (cmd[-1], cmd[cmd.index("--arm") + 1])
+        seen.update(alive)
+        if len(alive) > 1:
+            together.append(sorted(alive.values()))
+        stop.wait(0.2)
+
+
 def test_arms_trained_in_parallel_processes_give_the_sequential_results(dvc_project, tmp_path, monkeypatch):
     """`flow.parallel_arms: 2`: two arms of a stage train at once, each in its own `s2d <stage>
     --arm` process; the evaluation equals the sequential DVC run's."""
+    import threading
+
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.s2d import s2d
+    from s2d_pipeline.io import read_unit_metrics
 
     root = _make_project(tmp_path / "parallel")
     shutil.copy(dvc_project / "params.yaml", root / "params.yaml")
     monkeypatch.chdir(root)
     monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")
+    seen: dict[int, tuple[str, str]] = {}
+    together: list[list[tuple[str, str]]] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_unit_processes, args=(stop, seen, together), daemon=True)
     with prefect_test_harness(server_startup_timeout=120):
-        state = s2d(params="params.yaml", overrides={"flow": {"parallel_arms": 2}}, return_state=True)
+        watcher.start()
+        try:
+            state = s2d(params="params.yaml", overrides={"flow": {"parallel_arms": 2}}, return_state=True)
+        finally:
+            stop.set()
+            watcher.join()
         assert state.is_completed(), state
         assert {"warmup/s2d", "opd/no_warmup"} <= _task_run_names(state.state_details.flow_run_id)
+    # Each training unit ran in a child process of its own (the pid its metrics record), not in the
+    # flow's, and at some moment two units' processes were alive at once.
+    for stage in ("teacher_rl", "warmup", "opd", "student_rl"):
+        trained_by = {unit: m["trained_by"] for unit, m in read_unit_metrics(root / "metrics" / stage).items()}
+        pids = {unit: int(text.split(",")[0].removeprefix("pid ")) for unit, text in trained_by.items()}
+        assert trained_by and os.getpid() not in pids.values(), trained_by
+        assert len(set(pids.values())) == len(pids), f"{stage}: units shared a process: {trained_by}"
+        assert all(seen.get(pid, (None, None))[0] == stage for pid in pids.values()), (stage, trained_by, seen)
+    assert together, f"no two unit processes were ever alive at once: {sorted(seen.values())}"
     assert _eval_metrics(root) == _eval_metrics(dvc_project)
