@@ -11,7 +11,7 @@ MLflow parent run at the end; a user error fails the run with the error as its s
     python -m flows.s2d
     # a served deployment on this machine:
     python -m flows.s2d --serve        # then: prefect deployment run s2d/train
-    # a worker pool (see prefect.yaml and README "Three doors onto the same stages"):
+    # a worker pool (see prefect.yaml and docs/doors.md):
     prefect deploy --all && prefect worker start -p s2d-process
     prefect deployment run s2d/train --param overrides='{"budget": 32}' --watch
     prefect deployment run s2d/train --param params=profiles/smollm2-arith.yaml --watch
@@ -21,6 +21,7 @@ MLflow parent run at the end; a user error fails the run with the error as its s
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -31,15 +32,16 @@ from prefect.runtime import flow_run
 from s2d_pipeline import dvc_units
 from s2d_pipeline.arms import PER_ARM_STAGES, stage_unit, stage_units
 from s2d_pipeline.cli import run_child, run_stage
+from s2d_pipeline.config import load_config
 from s2d_pipeline.dvc_units import address
 from s2d_pipeline.errors import S2DError
 from s2d_pipeline.inputs import load_checked_config
 from s2d_pipeline.io import read_json
 from s2d_pipeline.layout import metrics_file, unit_metrics_dir, unit_metrics_file
-from s2d_pipeline.runtime import health_problem, quiet_offline_env, tracking_uri
+from s2d_pipeline.runtime import health_problem, quiet_offline_env
 from s2d_pipeline.stages import PIPELINE
 from s2d_pipeline.stages.evaluate import comparison_rows
-from s2d_pipeline.tracking import find_pipeline_run, preflight
+from s2d_pipeline.tracking import pipeline_run_name, preflight, where_to_open
 
 
 def _not_a_user_error(task, task_run, state) -> bool:
@@ -275,7 +277,37 @@ def run_check_task(name: str, params: str, overrides: dict | None) -> dict:
     return run_stage_task.fn(name, params, overrides)
 
 
-@flow(name="s2d")
+def _flow_run_name() -> str:
+    """What the flow runs table shows: the pipeline run's name (profile, budget, seed, commit), as
+    on its MLflow parent run, unless the run was given a name (`--flow-run-name`): Prefect's own
+    names are two words (`elastic-agama`), which say nothing."""
+    import re
+
+    if not re.fullmatch(r"[a-z]+-[a-z]+", flow_run.name or ""):
+        return flow_run.name
+    parameters = flow_run.parameters
+    try:
+        cfg = load_config(parameters.get("params", "params.yaml"), parameters.get("overrides"))
+    except Exception:  # noqa: BLE001 - bad params fail the run itself, with their message
+        return "s2d · params not loaded"
+    return pipeline_run_name(cfg)
+
+
+class _UserErrorSaidOnce(logging.Filter):
+    """A worker's engine reports a failed run again after the flow's own ERROR line: the final
+    state with its message escaped onto one line, then its traceback. For an s2d user error the
+    ERROR line and the state message already say everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Engine execution exited with unexpected exception") and record.exc_info:
+            return not str(record.exc_info[1]).startswith("s2d: ")
+        if message.startswith("Finished in state Failed('s2d: "):
+            record.msg, record.args = "Finished in state Failed (the s2d error above)", ()
+        return True
+
+
+@flow(name="s2d", flow_run_name=_flow_run_name)
 def s2d(params: str = "params.yaml", overrides: dict | None = None):
     """Run the whole pipeline; returns the evaluate stage's metrics. A user error (bad params or
     overrides, bad data, an impossible budget) fails the run with that error as the state message."""
@@ -286,6 +318,7 @@ def s2d(params: str = "params.yaml", overrides: dict | None = None):
         return _run_pipeline(params, overrides, logger)
     except S2DError as exc:
         logger.error("s2d: %s", exc)
+        logging.getLogger("prefect.flow_runs").addFilter(_UserErrorSaidOnce())
         return Failed(message=f"s2d: {exc}")
 
 
@@ -311,7 +344,7 @@ def _run_pipeline(params: str, overrides: dict | None, logger) -> dict:
         else:
             # A stage that can fail for reasons outside the user's data (lost worker, OOM) is retried.
             runner = run_stage_task if stage.transient_failures else run_check_task
-            results[name] = runner(name, params, overrides)
+            results[name] = runner.with_options(name=name)(name, params, overrides)
             if dvc:
                 dvc.commit(name)
             logger.info("stage %s done", name)
@@ -346,7 +379,9 @@ def _fan_out(cfg, name: str, params: str, overrides: dict | None, dvc: DvcState 
     for start in range(0, len(todo), parallel):
         batch = todo[start : start + parallel]
         futures = [
-            run_arm_task.submit(name, unit, arm, params, overrides, slot if parallel > 1 else None)
+            run_arm_task.with_options(name=f"{name}/{unit}").submit(
+                name, unit, arm, params, overrides, slot if parallel > 1 else None
+            )
             for slot, (unit, arm) in enumerate(batch)
         ]
         for future in futures:
@@ -367,20 +402,11 @@ def _publish_comparison(cfg, evaluation: dict, promotion: dict) -> None:
     )
     lines = [f"**Promotion:** {'promoted' if promotion.get('promoted') else 'not promoted'}"]
     lines += [f"- {r}" for r in promotion.get("reasons", [])]
-    link = _mlflow_parent_link(cfg)
-    if link:
-        lines.append(f"\n[MLflow parent run: params, headline metrics, charts, every model's run]({link})")
+
+    pointer = where_to_open(cfg)
+    if pointer:
+        lines.append(f"\nThe parent run (params, the comparison chart, every model's run): {pointer}")
     create_markdown_artifact("\n".join(lines), key="s2d-result", description="promotion and the MLflow run")
-
-
-def _mlflow_parent_link(cfg) -> str | None:
-    """The parent run's page when the tracking store is a server a browser can open."""
-    uri = tracking_uri(cfg)
-    if not cfg.tracking.enabled or not uri.startswith(("http://", "https://")):
-        return None
-
-    run = find_pipeline_run(cfg)  # never `parent_run_id`: that would set the ended run RUNNING again
-    return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" if run else None
 
 
 class DvcState:

@@ -38,7 +38,7 @@ from s2d_pipeline.io import read_json
 from s2d_pipeline.layout import metrics_file, stage_dir, stage_metrics
 from s2d_pipeline.stages import STAGE_INFO, STAGES
 from s2d_pipeline.stages.validate import skipped_rules
-from s2d_pipeline.tracking import end_pipeline_run, log_flat_metrics, preflight, stage_run
+from s2d_pipeline.tracking import end_pipeline_run, log_flat_metrics, preflight, stage_run, where_to_open
 
 TIMINGS_ENV = "S2D_TIMINGS"  # a file: each stage appends its compute / tracking / process seconds
 LAUNCHED_ENV = "S2D_LAUNCHED"  # set in the launched processes, so they run the stage instead of relaunching
@@ -290,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(lines), flush=True)
         if args.stage == "report" or (args.stage == "run" and not args.json):
             print(("\n" if stages else "") + report(cfg), flush=True)
+
+            if pointer := where_to_open(cfg):
+                print(pointer, flush=True)
     except S2DError as exc:
         print(f"s2d {args.stage}: error: {exc}", file=sys.stderr)
         _leave_message_for_parent(exc)

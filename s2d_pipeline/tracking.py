@@ -160,7 +160,15 @@ def open_store(cfg: Config):
         os.environ.setdefault(key, value)
     mlflow.set_tracking_uri(tracking_uri(cfg))
     experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != "custom_model_development":
+        # The UI then opens on the runs table, not MLflow 3's GenAI overview (traces).
+        mlflow.MlflowClient().set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development"
+        )
     return mlflow, experiment.experiment_id
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 
 def pipeline_run_name(cfg: Config) -> str:
@@ -213,6 +221,22 @@ def find_pipeline_run(cfg: Config):
         output_format="list",
     )
     return found[0] if found else None
+
+
+def where_to_open(cfg: Config) -> str | None:
+    """How a person opens the pipeline's parent run in the MLflow UI: its page on a tracking
+    server, or the `mlflow ui` command for a local store and the page it then serves. None when
+    tracking is off or the run does not exist yet."""
+    uri = tracking_uri(cfg)
+    if not cfg.tracking.enabled or (uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///") :])):
+        return None  # (opening a missing store would create an empty one)
+    run = find_pipeline_run(cfg)  # never `parent_run_id`: that would set an ended run RUNNING again
+    if run is None:
+        return None
+    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow run {run.info.run_id}: {uri.rstrip('/')}/{page}"
+    return f"MLflow run {run.info.run_id}: `mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/{page}"
 
 
 def end_pipeline_run(cfg: Config, status: str = "FINISHED") -> None:

@@ -168,13 +168,13 @@ def evaluation(project: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def flow_run(stack, project) -> dict:
-    """README "Orchestration": work pool, `prefect deploy`, a process worker, `prefect deployment run`."""
+    """docs/doors.md "Prefect": work pool, `prefect deploy`, a process worker, `prefect deployment run`."""
     env = project_env(stack, project)
     prefect = str(VENV_BIN / "prefect")
     run([prefect, "work-pool", "create", "s2d-process", "--type", "process"], project, env)
     run([prefect, "--no-prompt", "deploy", "-n", "train"], project, env)
     worker = start_worker(stack, project, "worker")
-    return run_train_deployment(stack, project, "services-micro", [worker])
+    return run_train_deployment(stack, project, "services-sequential-run", [worker])
 
 
 def test_deployment_runs_the_micro_pipeline_through_the_worker(stack, project, flow_run):
@@ -261,8 +261,9 @@ def test_registered_model_files_are_in_the_s3_bucket(stack, project, flow_run):
         "ON a.name = v.name AND a.version = v.version WHERE a.alias = 'challenger'",
     )[0]
     # The challenger's own files: the objects under its version's storage location, not any model's.
-    assert location.startswith("s3://mlflow/"), location
-    prefix = location.removeprefix("s3://mlflow/").rstrip("/") + "/"
+    # The server proxies artifacts (`mlflow-artifacts:/<path>`) to its destination, the bucket's root.
+    assert location.startswith("mlflow-artifacts:/"), location
+    prefix = location.removeprefix("mlflow-artifacts:/").strip("/") + "/"
     keys = stack.s3_keys("mlflow")
     weights = [k for k in keys if k.startswith(prefix) and k.endswith("model.safetensors")]
     assert len(weights) == 1, f"{weights} under {location} ({len(keys)} objects in s3://mlflow)"
@@ -382,6 +383,29 @@ def test_postgres_restarted_between_stages_the_pipeline_goes_on(stack, project, 
     run([prefect, "work-pool", "create", "after-restart", "--type", "process"], project, env)
     assert stack.psql("prefect", "SELECT count(*) FROM work_pool WHERE name = 'after-restart'") == [(1,)]
     run([prefect, "work-pool", "delete", "after-restart"], project, env)
+
+
+def test_a_user_error_is_the_failed_runs_state_message_said_once(stack, project, flow_run):
+    env = project_env(stack, project)
+    prefect = str(VENV_BIN / "prefect")
+    run(
+        [prefect, "deployment", "run", "s2d/train", "--flow-run-name", "services-typo-run",
+         "--param", 'overrides={"budegt": 16}', "--watch", "--watch-interval", "2", "--watch-timeout", "240"],
+        project, env, timeout_s=300, check=False,
+    )  # fmt: skip
+    ((run_id, state, message),) = stack.psql(
+        "prefect",
+        "SELECT f.id, f.state_type, s.message FROM flow_run f JOIN flow_run_state s ON s.id = f.state_id "
+        "WHERE f.name = 'services-typo-run'",
+    )
+    assert state == "FAILED" and message.startswith("s2d: ") and "unknown key 'budegt'" in message, message
+    # One CLI command (docs/troubleshooting.md "A failed Prefect run") prints the reason, as written, and no traceback.
+    printed = run([prefect, "flow-run", "logs", str(run_id)], project, env).stdout
+    assert "unknown key 'budegt'" in printed and "Traceback" not in printed, printed
+    # In the run's logs the reason appears once, and no traceback follows it.
+    logs = [m for (m,) in stack.psql("prefect", "SELECT message FROM log WHERE flow_run_id = %s", (run_id,))]
+    assert sum("budegt" in m for m in logs) == 1, logs
+    assert not any("Traceback" in m or "Engine execution exited" in m for m in logs), logs
 
 
 # Last in the module on purpose: these runs register the newest model versions, which the registry

@@ -82,6 +82,15 @@ def test_evaluate_registers_challenger_and_promote_moves_champion_only_through_t
     assert parent.data.metrics["avg_at_k/s2d"] == evaluated["arms"]["s2d"]["avg_at_k"]
     assert parent.data.metrics["greedy/student_raw"] == evaluated["student_raw"]["greedy"]
     assert parent.info.status == "FINISHED" and parent.info.end_time >= evaluate_run.info.end_time
+    # Marked as model training, so the UI opens on these runs rather than on the GenAI (traces) overview.
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    # The result points to it, with what opens a local store (the flow's artifact and `s2d report`).
+    from s2d_pipeline.tracking import where_to_open
+
+    assert where_to_open(cfg) == (
+        f"MLflow run {parent.info.run_id}: `mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db`, then "
+        f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    )
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "charts")}
     assert artifacts == {"charts/accuracy.png", "charts/c2_kl.png"}
     table = json.loads(
