@@ -158,6 +158,15 @@ def test_prefect_flow_matches_dvc_repro(dvc_project, tmp_path, monkeypatch):
         # Per-arm stages fan out: one task run per unit (an RL teacher, a bridge, a student GRPO run).
         names = _task_run_names(state.state_details.flow_run_id)
         assert {"warmup/s2d", "opd/s2d", "teacher_rl/s2d", "prepare", "evaluate"} <= names
+        # The run is named for what it is, as its MLflow parent run, not with Prefect's two random words.
+        from prefect.client.orchestration import get_client
+
+        from s2d_pipeline.config import load_config
+        from s2d_pipeline.tracking import pipeline_run_name
+
+        with get_client(sync_client=True) as client:
+            run_name = client.read_flow_run(state.state_details.flow_run_id).name
+        assert run_name == pipeline_run_name(load_config(root / "params.yaml")), run_name
 
         # The flow recorded what it ran in dvc.lock: DVC sees nothing to do ...
         assert "up to date" in _run([f"{VENV_BIN}/dvc", "status"], root).stdout
