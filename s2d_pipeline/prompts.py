@@ -26,15 +26,21 @@ def trainer_prompt(cfg, task, problem: str) -> Any:
     return messages(cfg, task, problem) if cfg.models.chat_template else task.format_prompt(problem)
 
 
-def render(cfg, task, tokenizer, problem: str) -> str:
-    """The text a model is conditioned on (tokenised later without adding special tokens)."""
-    if not cfg.models.chat_template:
-        return task.format_prompt(problem)
-    if not getattr(tokenizer, "chat_template", None):
+def require_chat_template(cfg, tokenizer) -> None:
+    """Refuse `models.chat_template: true` for a tokenizer that has none, before a stage renders or
+    trains on anything (TRL's trainers would fail later with their own traceback)."""
+    if cfg.models.chat_template and not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
             "key 'models.chat_template' is true but the tokenizer has no chat template "
             f"({getattr(tokenizer, 'name_or_path', 'tokenizer')}); set it to false for a base model"
         )
+
+
+def render(cfg, task, tokenizer, problem: str) -> str:
+    """The text a model is conditioned on (tokenised later without adding special tokens)."""
+    if not cfg.models.chat_template:
+        return task.format_prompt(problem)
+    require_chat_template(cfg, tokenizer)
     return tokenizer.apply_chat_template(
         messages(cfg, task, problem), tokenize=False, add_generation_prompt=True, **cfg.models.chat_template_kwargs
     )

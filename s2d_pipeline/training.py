@@ -27,7 +27,7 @@ from s2d_pipeline.generation import encode_prompt, logit_transform
 from s2d_pipeline.io import atomic_dir
 from s2d_pipeline.layout import checkpoint_dir
 from s2d_pipeline.models import load_model, load_tokenizer
-from s2d_pipeline.prompts import completion_text, trainer_prompt
+from s2d_pipeline.prompts import completion_text, require_chat_template, trainer_prompt
 from s2d_pipeline.runtime import device
 from s2d_pipeline.tracking import arm_run
 
@@ -187,7 +187,9 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
     """GRPO on `rows` (canonical labeled rows) from the model in `model_dir`; returns the trainer."""
     from trl import GRPOConfig, GRPOTrainer
 
-    model, tokenizer = load_model(model_dir, cfg), load_tokenizer(model_dir, cfg)
+    tokenizer = load_tokenizer(model_dir, cfg)
+    require_chat_template(cfg, tokenizer)
+    model = load_model(model_dir, cfg)
     train_rows = epoch_rows(
         [
             {"prompt": trainer_prompt(cfg, task, r["prompt"]), "answer": str(r["answer"]), "label_id": str(r["id"])}
@@ -447,7 +449,9 @@ def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list, 
     from trl import DistillationConfig, DistillationTrainer
 
     o = cfg.opd
-    student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
+    tokenizer = load_tokenizer(student_dir, cfg)
+    require_chat_template(cfg, tokenizer)
+    student = load_model(student_dir, cfg)
     common = dict(
         **training_args(cfg, o, steps=steps, batch_size=o.batch_size, run_name=run_name),
         beta=o.beta,

@@ -475,6 +475,16 @@ def test_chat_template_on_a_tokenizer_without_one_is_refused_before_anything_is_
     assert str(project / "models" / "student") in err and "set it to false for a base model" in err, err
     assert _snapshot(project) == before and sorted(project.rglob("*")) == paths
 
+    # A training stage reached with the setting (its inputs made without it) refuses it the same way,
+    # before its trainer starts: exit 2, not TRL's traceback (which the flow would retry), nothing written.
+    assert main(["validate"]) == 0 and main(["allocate"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    before, paths = _snapshot(project), sorted(project.rglob("*"))
+    assert main(["teacher_rl", "-S", "models.chat_template=true"]) == 2
+    err = capsys.readouterr().err
+    assert "key 'models.chat_template' is true but the tokenizer has no chat template" in err, err
+    assert _snapshot(project) == before and sorted(project.rglob("*")) == paths
+
 
 def test_data_as_parquet_and_json_array_is_read_and_validated_by_row(tmp_path, monkeypatch, capsys):
     """The files a `datasets` user has: labels as Parquet, prompts as a JSON array (eval stays

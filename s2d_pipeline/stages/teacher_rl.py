@@ -24,6 +24,7 @@ from s2d_pipeline.io import write_unit_metrics
 from s2d_pipeline.layout import base_model_dir, rl_teacher_dir, unit_metrics_dir
 from s2d_pipeline.ledger import TEACHER_RL, labeled_rows
 from s2d_pipeline.models import load_model, load_tokenizer
+from s2d_pipeline.prompts import require_chat_template
 from s2d_pipeline.tasks import get_task
 from s2d_pipeline.training import summarise_rl_history, train_arm, train_grpo
 
@@ -35,6 +36,7 @@ def run(cfg: Config, arm: str | None = None) -> dict:
     gate_rows = load_split(cfg, task, "eval")[: cfg.gates.c1.problems]
     raw_teacher = base_model_dir(cfg, "teacher")
     tokenizer = load_tokenizer(raw_teacher, cfg)
+    require_chat_template(cfg, tokenizer)
 
     # Sampled as in Stage 1 (its temperature and completion length), k per problem.
     sampling = cfg.evaluate.model_copy(
