@@ -29,7 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
-from s2d_pipeline import dvc_units
+from s2d_pipeline import dvc_units, experiments
 from s2d_pipeline.arms import PER_ARM_STAGES, stage_unit, stage_units
 from s2d_pipeline.cli import run_child, run_stage
 from s2d_pipeline.config import load_config
@@ -287,7 +287,7 @@ def _flow_run_name() -> str:
         return flow_run.name
     parameters = flow_run.parameters
     try:
-        cfg = load_config(parameters.get("params", "params.yaml"), parameters.get("overrides"))
+        cfg = experiments.keep_apart(load_config(parameters.get("params", "params.yaml"), parameters.get("overrides")))
     except Exception:  # noqa: BLE001 - bad params fail the run itself, with their message
         return "s2d · params not loaded"
     return pipeline_run_name(cfg)
@@ -325,6 +325,8 @@ def s2d(params: str = "params.yaml", overrides: dict | None = None):
 def _run_pipeline(params: str, overrides: dict | None, logger) -> dict:
     quiet_offline_env()
     cfg = load_checked_config(params, overrides)
+    if experiment := experiments.describe(cfg):
+        logger.info(experiment)
     preflight(cfg)  # fail fast on an unreachable tracking server, before any task
     if cfg.flow.unit_deployment:
         unit_deployment_preflight(cfg.flow.unit_deployment)
@@ -401,6 +403,8 @@ def _publish_comparison(cfg, evaluation: dict, promotion: dict) -> None:
         comparison_rows(evaluation), key="s2d-comparison", description="eval accuracy and C2 KL per model"
     )
     lines = [f"**Promotion:** {'promoted' if promotion.get('promoted') else 'not promoted'}"]
+    if experiment := experiments.describe(cfg):
+        lines.insert(0, f"**{experiment}**\n")
     lines += [f"- {r}" for r in promotion.get("reasons", [])]
 
     pointer = where_to_open(cfg)

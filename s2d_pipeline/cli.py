@@ -28,7 +28,7 @@ import os
 import sys
 import time
 
-from s2d_pipeline import console, dvc_units
+from s2d_pipeline import console, dvc_units, experiments
 from s2d_pipeline.arms import PER_ARM_STAGES, stage_unit
 from s2d_pipeline.config import parse_overrides
 from s2d_pipeline.errors import S2DError
@@ -45,6 +45,9 @@ LAUNCHED_ENV = "S2D_LAUNCHED"  # set in the launched processes, so they run the 
 DVC_STAGE_ENV = "DVC_STAGE"  # set by `dvc repro` in each stage's command
 # Set by a parent s2d process (run_child): a child leaves its user error's message in this directory.
 ERROR_DIR_ENV = "S2D_ERROR_DIR"
+# Set for a child s2d process, whose params file is its parent's resolved config: an experiment or
+# not is the parent's decision (experiments.keep_apart), not taken again against params.yaml.
+RESOLVED_ENV = "S2D_RESOLVED_PARAMS"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,7 +194,8 @@ def run_child(cmd: list[str], *, cwd, env: dict, what: str, capture: bool = Fals
     from pathlib import Path
 
     with tempfile.TemporaryDirectory(prefix="s2d-errors-") as errors:
-        done = subprocess.run(cmd, cwd=cwd, env={**env, ERROR_DIR_ENV: errors}, capture_output=capture, text=True)
+        env = {**env, ERROR_DIR_ENV: errors, RESOLVED_ENV: "1"}
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=capture, text=True)
         messages = [p.read_text(encoding="utf-8") for p in sorted(Path(errors).iterdir())]
     if done.returncode == 0:
         return done
@@ -266,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             args.params,
             parse_overrides(args.overrides),
             models=any(STAGE_INFO[name].uses_models for name in stages),
+            apart=args.stage != "dvc-units" and not os.environ.get(RESOLVED_ENV),
         )
         if args.arm is not None and args.stage in ("run", "report", "dvc-units"):
             raise S2DError("--arm runs one stage's unit: name the stage, e.g. `s2d warmup --arm no_opd`")
@@ -280,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             preflight(cfg)
         # Under `accelerate launch` (run_distributed) the launching process prints the plan and summary.
         human = not args.json and not os.environ.get(LAUNCHED_ENV)
+        if human and (line := experiments.describe(cfg)):
+            print(line, flush=True)
         for name in stages:
             if human:
                 print(console.announce(name, cfg, args.arm), flush=True)
@@ -290,7 +297,6 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(lines), flush=True)
         if args.stage == "report" or (args.stage == "run" and not args.json):
             print(("\n" if stages else "") + report(cfg), flush=True)
-
             if pointer := where_to_open(cfg):
                 print(pointer, flush=True)
     except S2DError as exc:

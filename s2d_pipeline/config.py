@@ -314,6 +314,9 @@ class DvcConfig(Section):
 
 class Config(Section):
     profile: str = "tiny"
+    # A run whose settings differ from the project's params.yaml is an experiment, kept under
+    # experiments/<name>/ (s2d_pipeline/experiments.py names it); set a name to choose it.
+    experiment: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
     budget: int = 64
     artifacts_dir: str = "artifacts"

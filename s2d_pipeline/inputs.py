@@ -15,6 +15,7 @@ from pathlib import Path
 
 from s2d_pipeline.config import Config, ModelSpec, load_config, params_source
 from s2d_pipeline.errors import ConfigError
+from s2d_pipeline.experiments import keep_apart
 from s2d_pipeline.layout import resolve_model_ref
 from s2d_pipeline.models import resolve_gguf
 from s2d_pipeline.tasks import get_task
@@ -26,11 +27,14 @@ def load_checked_config(
     *,
     root: str | Path | None = None,
     models: bool = True,
+    apart: bool = True,
 ) -> Config:
     """`load_config`, then `check_inputs_exist` (blaming the params file, or the overrides when there
     are any). `models=False` skips the model checks (stages that read only data: validate, allocate,
-    promote)."""
+    promote). A run that is an experiment gets its own root (`experiments.keep_apart`)."""
     cfg = load_config(params, overrides, root=root)
+    if apart:  # an experiment's outputs under its own root (not for `s2d dvc-units`: DVC runs params.yaml)
+        cfg = keep_apart(cfg)
     check_inputs_exist(cfg, params_source(params, overrides), models=models)
     return cfg
 

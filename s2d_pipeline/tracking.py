@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+from s2d_pipeline import experiments
 from s2d_pipeline.config import Config
 from s2d_pipeline.errors import S2DError
 from s2d_pipeline.gate import EVAL_SHA_TAG, GATE_METRIC, GATE_METRIC_TAG
@@ -128,6 +129,7 @@ def run_tags(cfg: Config) -> dict[str, str]:
         "s2d.budget": str(cfg.budget),
         "s2d.seed": str(cfg.seed),
         "s2d.profile": cfg.profile,
+        **({"s2d.experiment": cfg.experiment} if cfg.experiment else {}),
     }
     tags.update({f"s2d.data_sha.{k}": v for k, v in record["data_sha256"].items()})
     tags.update({f"s2d.pkg.{k}": v for k, v in record["packages"].items()})
@@ -172,8 +174,13 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 
 def pipeline_run_name(cfg: Config) -> str:
-    """What the runs table shows for a pipeline run: profile, budget, seed and short commit."""
-    return f"{cfg.profile} · budget {cfg.budget} · seed {cfg.seed} · {git_commit(cfg)[:7]}"
+    """What the runs table shows for a pipeline run: profile, budget, seed and short commit; for an
+    experiment, that it is one and what it changed."""
+    name = f"{cfg.profile} · budget {cfg.budget} · seed {cfg.seed} · {git_commit(cfg)[:7]}"
+    if cfg.experiment is None:
+        return name
+    changed = experiments.changes(cfg)
+    return f"experiment · {name}" + (f" · {', '.join(changed)}" if changed else f" · {cfg.experiment}")
 
 
 def pipeline_params(cfg: Config) -> dict[str, str]:

@@ -241,11 +241,11 @@ CASES = {
     ),
     # --- label budget (s2d allocate): the key and the rule
     "budget above the labels available": (
-        ["allocate", "-S", "budget=100000"],
-        nothing,
+        ["allocate"],
+        params(budget=100000),
         ["key 'budget'", "only 40 verified labels"],
     ),
-    "zero budget": (["allocate", "-S", "budget=0"], nothing, ["key 'budget'", "must be positive"]),
+    "zero budget": (["allocate"], params(budget=0), ["key 'budget'", "must be positive"]),
     "negative budget": (["allocate"], params(budget=-5), ["key 'budget'", "must be positive"]),
     # --- params: the key and what is wrong with it
     "unknown param": (
@@ -462,12 +462,17 @@ def test_chat_template_on_a_tokenizer_without_one_is_refused_before_anything_is_
         },
     )
     (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def set_chat_template(on: bool) -> None:  # in params.yaml: with -S it would be an experiment of its own
+        (project / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, {"models": {"chat_template": on}})))
+
     monkeypatch.chdir(project)
     assert main(["prepare"]) == 0, capsys.readouterr().err  # the data, and the vocabulary check
     capsys.readouterr()
+    set_chat_template(True)
     before, paths = _snapshot(project), sorted(project.rglob("*"))
 
-    assert main(["validate", "-S", "models.chat_template=true"]) == 2
+    assert main(["validate"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(
         "s2d validate: error: key 'models.chat_template' is true but the tokenizer has no chat template"
@@ -477,10 +482,12 @@ def test_chat_template_on_a_tokenizer_without_one_is_refused_before_anything_is_
 
     # A training stage reached with the setting (its inputs made without it) refuses it the same way,
     # before its trainer starts: exit 2, not TRL's traceback (which the flow would retry), nothing written.
+    set_chat_template(False)
     assert main(["validate"]) == 0 and main(["allocate"]) == 0, capsys.readouterr().err
+    set_chat_template(True)
     capsys.readouterr()
     before, paths = _snapshot(project), sorted(project.rglob("*"))
-    assert main(["teacher_rl", "-S", "models.chat_template=true"]) == 2
+    assert main(["teacher_rl"]) == 2
     err = capsys.readouterr().err
     assert "key 'models.chat_template' is true but the tokenizer has no chat template" in err, err
     assert _snapshot(project) == before and sorted(project.rglob("*")) == paths

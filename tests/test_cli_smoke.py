@@ -7,14 +7,14 @@ import sys
 import pytest
 import yaml
 
-from tests.helpers import MICRO
+from tests.helpers import MICRO, STAGE_MICRO
 
 
 def _write_micro_params(project):
     from s2d_pipeline.config import deep_merge
 
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    (project / "params.yaml").write_text(yaml.safe_dump(deep_merge(raw, MICRO)))
+    (project / "params.yaml").write_text(yaml.safe_dump(deep_merge(raw, STAGE_MICRO)))  # every stage, a few steps
 
 
 def _s2d(project, *args):
@@ -53,7 +53,10 @@ def test_whole_pipeline_through_cli(project):
 
     # A bad budget is refused with the key named, and the good ledger is left as it was.
     before = (project / "artifacts/allocate/ledger.json").read_bytes()
-    bad = _s2d(project, "allocate", "-S", "budget=100000")
+    good = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(good.replace(f"budget: {MICRO['budget']}\n", "budget: 100000\n"))
+    bad = _s2d(project, "allocate")
+    (project / "params.yaml").write_text(good)
     assert bad.returncode == 2 and "key 'budget'" in bad.stderr and "only 40 verified labels" in bad.stderr
     assert (project / "artifacts/allocate/ledger.json").read_bytes() == before
     assert _s2d(project, "allocate", "-S", "budget=0").returncode == 2

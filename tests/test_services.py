@@ -136,12 +136,15 @@ def start_worker(stack: ServiceStack, project: Path, name: str, *options: str) -
     return worker
 
 
-def run_train_deployment(stack: ServiceStack, project: Path, run_name: str, workers: list[Server]) -> dict:
-    """`prefect deployment run s2d/train --watch`; checks the run completed and returns its id,
-    deployment id, wall time and evaluation."""
+def run_train_deployment(
+    stack: ServiceStack, project: Path, run_name: str, workers: list[Server], overrides: dict | None = None
+) -> dict:
+    """`prefect deployment run s2d/train --watch` (with `overrides`, if any); checks the run completed
+    and returns its id, deployment id, wall time and the default run's evaluation."""
     started = time.monotonic()
+    extra = ["--param", f"overrides={json.dumps(overrides)}"] if overrides else []
     done = run(
-        [str(VENV_BIN / "prefect"), "deployment", "run", "s2d/train", "--flow-run-name", run_name,
+        [str(VENV_BIN / "prefect"), "deployment", "run", "s2d/train", "--flow-run-name", run_name, *extra,
          "--watch", "--watch-interval", "2", "--watch-timeout", "480"],
         project, project_env(stack, project), timeout_s=540, check=False,
     )  # fmt: skip
@@ -406,6 +409,30 @@ def test_a_user_error_is_the_failed_runs_state_message_said_once(stack, project,
     logs = [m for (m,) in stack.psql("prefect", "SELECT message FROM log WHERE flow_run_id = %s", (run_id,))]
     assert sum("budegt" in m for m in logs) == 1, logs
     assert not any("Traceback" in m or "Engine execution exited" in m for m in logs), logs
+
+
+def test_a_deployment_run_with_overrides_is_an_experiment_that_leaves_the_default_alone(stack, project, flow_run):
+    env = project_env(stack, project)
+    dvc = str(VENV_BIN / "dvc")
+
+    def default_state():
+        aliases = stack.psql(
+            "mlflow", "SELECT alias, version FROM registered_model_aliases WHERE name = 's2d-student'"
+        )
+        metrics = {str(p.relative_to(project)): p.read_bytes() for p in sorted((project / "metrics").rglob("*.json"))}
+        return sorted(aliases), metrics, run([dvc, "status"], project, env).stdout
+
+    before = default_state()
+    run_train_deployment(stack, project, "services-experiment-run", [stack.servers["worker"]], {"budget": 8})
+    assert default_state() == before  # aliases, every metrics file and `dvc status`, as they were
+    (root,) = (project / "experiments").iterdir()
+    assert root.name.startswith("tiny-b8-s0-") and (root / "metrics" / "evaluate.json").is_file()
+    assert json.loads((root / "artifacts" / "allocate" / "ledger.json").read_text())["budget"] == 8
+    # Its students have their own registered model, and its parent run says what it changed.
+    aliases = stack.psql("mlflow", "SELECT alias FROM registered_model_aliases WHERE name = 's2d-student-experiments'")
+    assert ("challenger",) in aliases, aliases
+    names = [n for (n,) in stack.psql("mlflow", "SELECT name FROM runs WHERE name LIKE 'experiment · %%'")]
+    assert len(names) == 1 and names[0].endswith(" · budget=8"), names
 
 
 # Last in the module on purpose: these runs register the newest model versions, which the registry
