@@ -184,10 +184,11 @@ def _track(cfg: Config, result: dict) -> None:
 
 
 def _headline_metrics(result: dict) -> dict[str, float]:
-    """`<metric>/<model>`: the MLflow chart view groups a parent run's metrics by the prefix, so
-    each chart compares the models on one metric."""
+    """`<metric>/<model>`, the model spelled as everywhere else (`teacher_rl/s2d`): the MLflow chart
+    view groups a parent run's metrics by the first segment, so each chart compares the models on
+    one metric."""
     out = {
-        f"{m}/{name.replace('/', '.')}": v[m]
+        f"{m}/{name}": v[m]
         for name, v in models_evaluated(result).items()
         for m in ("greedy", "avg_at_k")
     }
