@@ -187,11 +187,7 @@ def _headline_metrics(result: dict) -> dict[str, float]:
     """`<metric>/<model>`, the model spelled as everywhere else (`teacher_rl/s2d`): the MLflow chart
     view groups a parent run's metrics by the first segment, so each chart compares the models on
     one metric."""
-    out = {
-        f"{m}/{name}": v[m]
-        for name, v in models_evaluated(result).items()
-        for m in ("greedy", "avg_at_k")
-    }
+    out = {f"{m}/{name}": v[m] for name, v in models_evaluated(result).items() for m in ("greedy", "avg_at_k")}
     arms = result["arms"]
     if CANDIDATE_ARM in arms and BASELINE_ARM in arms:
         for m in ("greedy", "avg_at_k"):
