@@ -132,3 +132,19 @@ SMOLLM2_MICRO = {
     "opd": {"steps": 1, "batch_size": 4, "warmup_steps": 0, "max_completion_length": 16},
     "evaluate": {"k": 2, "max_completion_length": 16, "kl_prompts": 4, "batch_size": 8},
 }
+
+
+def write_one_cpu_accelerate(path: Path, **config) -> None:
+    """An accelerate config for one CPU process (what `runtime.accelerate_config` names in tests)."""
+    import yaml
+
+    base = {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": "NO",
+        "num_processes": 1,
+        "use_cpu": True,
+        "mixed_precision": "no",
+        "num_machines": 1,
+        "machine_rank": 0,
+    }
+    path.write_text(yaml.safe_dump({**base, **config}))

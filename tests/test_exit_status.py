@@ -9,10 +9,9 @@ import signal
 import textwrap
 
 import pytest
-import yaml
 
 from s2d_pipeline.errors import S2DError
-from tests.helpers import MICRO
+from tests.helpers import MICRO, write_one_cpu_accelerate
 
 
 def _retried(exc: BaseException) -> bool:
@@ -92,20 +91,7 @@ def test_arm_process_exiting_2_without_a_word_names_its_status(two_arm_cfg, tmp_
 
 
 def _one_cpu_accelerate(project, **config) -> str:
-    (project / "accelerate.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "compute_environment": "LOCAL_MACHINE",
-                "distributed_type": "NO",
-                "num_processes": 1,
-                "use_cpu": True,
-                "mixed_precision": "no",
-                "num_machines": 1,
-                "machine_rank": 0,
-                **config,
-            }
-        )
-    )
+    write_one_cpu_accelerate(project / "accelerate.yaml", **config)
     return "accelerate.yaml"
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from s2d_pipeline.io import read_unit_metrics
-from tests.helpers import REPO, STAGE_MICRO
+from tests.helpers import REPO, STAGE_MICRO, write_one_cpu_accelerate
 
 INFRA = REPO / "infra"
 
@@ -141,19 +141,7 @@ def test_training_stage_relaunches_under_accelerate(pipeline, tmp_path):
     shutil.copytree(cfg.root, root, ignore=shutil.ignore_patterns("checkpoints"))
     shutil.rmtree(root / "artifacts" / "warmup")
     shutil.rmtree(root / "metrics" / "warmup")
-    (root / "one-cpu.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "compute_environment": "LOCAL_MACHINE",
-                "distributed_type": "NO",
-                "num_processes": 1,
-                "use_cpu": True,
-                "mixed_precision": "no",
-                "num_machines": 1,
-                "machine_rank": 0,
-            }
-        )
-    )
+    write_one_cpu_accelerate(root / "one-cpu.yaml")
     overrides = deep_merge(STAGE_MICRO, {"runtime": {"accelerate_config": "one-cpu.yaml", "num_processes": 1}})
     launched = load_config(root / "params.yaml", overrides, root=root)
     cmd = launch_command("warmup", launched, "p.yaml")
