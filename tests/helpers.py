@@ -148,3 +148,25 @@ def write_one_cpu_accelerate(path: Path, **config) -> None:
         "machine_rank": 0,
     }
     path.write_text(yaml.safe_dump({**base, **config}))
+
+
+def sharp_tiny_model():
+    """A tiny Qwen2 over the arithmetic characters whose outputs depend on the prompt (std-1 weights,
+    not the near-uniform default init) and whose next-token distribution is nearly one-hot (final
+    norm scaled up): sampling returns the greedy completion and any mix-up between prompts shows.
+    Returns (model, tokenizer)."""
+    import torch
+
+    from s2d_pipeline.config import ModelSpec
+    from s2d_pipeline.models import build_char_tokenizer, build_tiny_model
+    from s2d_pipeline.tasks.arithmetic import VOCAB
+
+    tok = build_char_tokenizer(VOCAB)
+    spec = ModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    model = build_tiny_model(spec, tok, max_seq_len=32, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+        model.model.norm.weight.mul_(1e4)
+    return model, tok

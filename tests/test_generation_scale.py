@@ -19,7 +19,7 @@ import textwrap
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, sharp_tiny_model
 
 
 def _tiny_pair(vocab: int = 97):
@@ -198,25 +198,6 @@ def test_chunked_forward_kl_equals_gkd_full_logits_loss_and_gradients(tmp_path):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
-def _sharp_model_and_tokenizer():
-    """A tiny model with near-deterministic greedy output (a huge final norm), over a char vocabulary."""
-    import torch
-
-    from s2d_pipeline.config import ModelSpec
-    from s2d_pipeline.models import build_char_tokenizer, build_tiny_model
-    from s2d_pipeline.tasks.arithmetic import VOCAB
-
-    tok = build_char_tokenizer(VOCAB)
-    spec = ModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
-    model = build_tiny_model(spec, tok, max_seq_len=32, seed=0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-        model.model.norm.weight.mul_(1e4)
-    return model, tok
-
-
 PROMPTS = ["3+4=", "12+9=", "999+10=", "5+5=", "0+0="]
 
 
@@ -224,7 +205,7 @@ def test_generation_stops_on_every_end_id_of_the_generation_config(tmp_path):
     from s2d_pipeline.generation import generate_completions, stop_token_ids
     from s2d_pipeline.models import save_model
 
-    model, tok = _sharp_model_and_tokenizer()
+    model, tok = sharp_tiny_model()
     model.generation_config.eos_token_id = tok.eos_token_id
     plain = generate_completions(model, tok, PROMPTS, max_new_tokens=6)
     # A second end id: a token some completion samples after its first position.

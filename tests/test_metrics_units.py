@@ -7,7 +7,8 @@ import pytest
 
 from s2d_pipeline.errors import S2DError
 from s2d_pipeline.evaluation import accuracy_metrics
-from s2d_pipeline.tasks.arithmetic import VOCAB, ArithmeticTask
+from s2d_pipeline.tasks.arithmetic import ArithmeticTask
+from tests.helpers import sharp_tiny_model
 
 TASK = ArithmeticTask(digits=1)  # "3+4=" means 3 + 4; completions are 2 digits, least significant first
 
@@ -82,23 +83,7 @@ PROMPTS = ["3+4=", "12+9=", "1+1=", "999+0=", "7+88="]  # different lengths: bat
 
 @pytest.fixture(scope="module")
 def sharp_model():
-    """A tiny Qwen2 whose outputs depend on the prompt (std-1 weights, not the near-uniform default
-    init) and whose next-token distribution is nearly one-hot (final norm scaled up), so sampling
-    returns the greedy completion and any mix-up between prompts shows."""
-    import torch
-
-    from s2d_pipeline.config import ModelSpec
-    from s2d_pipeline.models import build_char_tokenizer, build_tiny_model
-
-    tok = build_char_tokenizer(VOCAB)
-    spec = ModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
-    model = build_tiny_model(spec, tok, max_seq_len=32, seed=0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-        model.model.norm.weight.mul_(1e4)
-    return model, tok
+    return sharp_tiny_model()
 
 
 def test_greedy_is_independent_of_batching(sharp_model):
