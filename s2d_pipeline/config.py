@@ -27,6 +27,15 @@ from s2d_pipeline.errors import ConfigError
 DEFAULT_PARAMS = "params.yaml"
 
 
+# The training stages' batch settings are global: the same optimizer step whatever the number of
+# processes; the trainers derive gradient accumulation from the processes a run actually has.
+SEQUENCES_PER_STEP = "sequences per optimizer step, all processes together"
+MICRO_BATCH = (
+    "sequences one process holds in a forward/backward pass (GRPO: completions); gradient accumulation "
+    "makes up the rest of the step. null: the whole step in one pass, split over the processes"
+)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -156,7 +165,8 @@ class HealConfig(Section):
     steps: int = Field(0, ge=0)  # 0: no healing
     learning_rate: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(5, ge=0)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description=SEQUENCES_PER_STEP)
+    micro_batch_size: int | None = Field(None, ge=1, description=MICRO_BATCH)
     prompts: int = Field(64, ge=1)  # pool prompts the teacher samples (one completion each)
 
 
@@ -187,7 +197,12 @@ class GRPOStageConfig(Section):
     learning_rate: float = Field(2e-4, gt=0)
     warmup_steps: int = Field(20, ge=0)
     num_generations: int = Field(8, ge=2)
-    prompts_per_step: int = Field(16, ge=1)
+    prompts_per_step: int = Field(
+        16,
+        ge=1,
+        description="prompts per optimizer step, all processes together (each sampled num_generations times)",
+    )
+    micro_batch_size: int | None = Field(None, ge=1, description=MICRO_BATCH)
     beta: float = Field(0.0, ge=0.0)
     epsilon: float = Field(0.2, gt=0.0)
     epsilon_high: float = Field(0.28, gt=0.0)
@@ -209,7 +224,8 @@ class WarmupConfig(Section):
     steps: int = Field(100, ge=1)  # the step count, or the cap when kl_target is set
     learning_rate: float = Field(3e-4, gt=0)
     warmup_steps: int = Field(20, ge=0)
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, description=SEQUENCES_PER_STEP)
+    micro_batch_size: int | None = Field(None, ge=1, description=MICRO_BATCH)
     # C2 as a stopping rule: with a target, warmup stops once KL(student || teacher) on the student's
     # own samples of `kl_prompts` unlabeled prompts (evaluate's C2 measure) falls below it, checked
     # every `kl_check_every` steps. null: a fixed step count, which keeps the arms compute-matched.
@@ -222,7 +238,8 @@ class OPDConfig(Section):
     steps: int = Field(150, ge=1)
     learning_rate: float = Field(3e-4, gt=0)
     warmup_steps: int = Field(20, ge=0)
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, description=SEQUENCES_PER_STEP)
+    micro_batch_size: int | None = Field(None, ge=1, description=MICRO_BATCH)
     temperature: float = Field(1.0, gt=0.0)
     # 1.0 = reverse KL(student || teacher), 0.0 = forward KL, 0.5 = JSD.
     beta: float = Field(1.0, ge=0.0, le=1.0)

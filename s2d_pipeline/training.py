@@ -16,12 +16,15 @@ imported inside the functions that use them: they cost seconds.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-from s2d_pipeline.config import Config
+from s2d_pipeline.config import Config, Section
 from s2d_pipeline.console import TrainerProgress
+from s2d_pipeline.errors import ConfigError
 from s2d_pipeline.evaluation import student_teacher_kl
 from s2d_pipeline.generation import encode_prompt, logit_transform
 from s2d_pipeline.io import atomic_dir
@@ -32,18 +35,87 @@ from s2d_pipeline.runtime import device
 from s2d_pipeline.tracking import arm_run
 
 
+class BatchSplit(NamedTuple):
+    """One optimizer step's sequences as the trainers take them: `per_device` sequences in each
+    forward/backward pass of each process, `accumulation` passes per step (gradient accumulation)."""
+
+    per_device: int
+    accumulation: int
+
+
+def step_batch(cfg: Config, settings) -> BatchSplit:
+    """The split of a training stage's optimizer step (`settings`: its params section) over the
+    processes this run actually has (`accelerate launch` starts them; 1 otherwise)."""
+    from accelerate import PartialState
+
+    processes = PartialState(cpu=device(cfg) == "cpu").num_processes
+    return batch_split(settings, processes, section_key(cfg, settings))
+
+
+def batch_split(settings, processes: int, key: str) -> BatchSplit:
+    """`prompts_per_step` (GRPO: times `num_generations` completions) or `batch_size` sequences per
+    optimizer step, all processes together, in micro-batches of `micro_batch_size` per process (null:
+    one per process): gradient_accumulation_steps = sequences / (micro-batch x processes). A step that
+    does not split evenly is a ConfigError naming the keys, the process count and the nearest values
+    that do."""
+    grpo = hasattr(settings, "num_generations")
+    size_key, size = ("prompts_per_step", settings.prompts_per_step) if grpo else ("batch_size", settings.batch_size)
+    per_item = settings.num_generations if grpo else 1
+    micro = settings.micro_batch_size
+    per_process, rest = divmod(size * per_item, processes)
+    if not rest and per_process % (micro or per_process) == 0:
+        return BatchSplit(micro or per_process, per_process // (micro or per_process))
+
+    # `size` is valid when size x per_item is a multiple of micro x processes.
+    unit = (micro or 1) * processes
+    step = unit // math.gcd(unit, per_item)
+    sizes = [v for v in ((size // step) * step, -(-size // step) * step) if v >= 1]
+    what = f"{size} x num_generations {per_item} = {size * per_item} completions" if grpo else f"{size} sequences"
+    if micro:
+        split = f"in micro-batches of '{key}.micro_batch_size' {micro} on {processes} process(es)"
+        arithmetic = f"gradient_accumulation_steps = {size * per_item} / ({micro} x {processes})"
+    else:
+        split = f"over {processes} process(es) ('{key}.micro_batch_size' null: one micro-batch per process)"
+        arithmetic = f"{size * per_item} / {processes} sequences per process"
+    nearest = f"'{key}.{size_key}' {' or '.join(map(str, sizes))}"
+    if micro and not rest:
+        divisors = [d for d in range(1, per_process + 1) if per_process % d == 0]
+        micros = [
+            max((d for d in divisors if d < micro), default=None),
+            min((d for d in divisors if d > micro), default=None),
+        ]
+        nearest += f", or '{key}.micro_batch_size' {' or '.join(str(m) for m in micros if m)}"
+    raise ConfigError(
+        f"key '{key}.{size_key}': {what} per optimizer step do not split evenly {split} "
+        f"({arithmetic} is not a whole number). Nearest valid values for {processes} process(es): {nearest}"
+    )
+
+
+def section_key(cfg: Config, settings) -> str:
+    """The params key of a stage's settings section (`teacher_rl`, `prepare.heal`), for messages."""
+    for name, value in cfg:
+        if value is settings:
+            return name
+        if isinstance(value, Section):
+            for sub, inner in value:
+                if inner is settings:
+                    return f"{name}.{sub}"
+    return type(settings).__name__
+
+
 def training_args(
     cfg: Config,
     settings,
     *,
     steps: int,
-    batch_size: int,
+    batch: BatchSplit,
     run_name: str,
     seed_offset: int = 0,
 ) -> dict:
     """TrainingArguments shared by every trainer (TRL configs extend TrainingArguments); `settings` is
-    the stage's params section (its learning_rate and warmup_steps). Checkpoints (model, optimizer,
-    scheduler and RNG states) go to `checkpoint_dir(cfg, run_name)`."""
+    the stage's params section (its learning_rate and warmup_steps), `batch` its step's split
+    (`step_batch`). Checkpoints (model, optimizer, scheduler and RNG states) go to
+    `checkpoint_dir(cfg, run_name)`."""
     on_cpu = device(cfg) == "cpu"
     every = cfg.runtime.checkpoint_steps
     return dict(
@@ -53,8 +125,8 @@ def training_args(
         learning_rate=settings.learning_rate,
         warmup_steps=settings.warmup_steps,
         lr_scheduler_type="cosine",
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=batch.per_device,
+        gradient_accumulation_steps=batch.accumulation,
         seed=cfg.seed + seed_offset,
         data_seed=cfg.seed + seed_offset,
         bf16=cfg.runtime.bf16 and not on_cpu,
@@ -187,6 +259,7 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
     """GRPO on `rows` (canonical labeled rows) from the model in `model_dir`; returns the trainer."""
     from trl import GRPOConfig, GRPOTrainer
 
+    batch = step_batch(cfg, stage)
     tokenizer = load_tokenizer(model_dir, cfg)
     require_chat_template(cfg, tokenizer)
     model = load_model(model_dir, cfg)
@@ -204,10 +277,13 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
             cfg,
             stage,
             steps=stage.steps,
-            batch_size=stage.prompts_per_step * stage.num_generations,
+            batch=batch,
             run_name=run_name,
             seed_offset=seed_offset,
         ),
+        # One generation per optimizer step: generation_batch_size = per_device x processes x this
+        # = prompts_per_step x num_generations completions, sampled across all processes together.
+        steps_per_generation=batch.accumulation,
         num_generations=stage.num_generations,
         beta=stage.beta,
         epsilon=stage.epsilon,
@@ -399,6 +475,7 @@ def train_forward_kl(
     With `settings.kl_target` set, `steps` is a cap and training stops once C2 on `kl_prompts` is below
     the target (`kl_stop_callback`)."""
     w = settings
+    batch = step_batch(cfg, w)
     student, tokenizer = load_model(student_dir, cfg), load_tokenizer(student_dir, cfg)
     forward_kl = getattr(w, "loss", "forward_kl") == "forward_kl"
     kl_target = getattr(w, "kl_target", None)
@@ -410,7 +487,7 @@ def train_forward_kl(
     )
     dataset = rows_dataset(train_rows)
     collator = PromptCompletionCollator(tokenizer, cfg.models.max_seq_len)
-    common = training_args(cfg, w, steps=steps, batch_size=w.batch_size, run_name=run_name)
+    common = training_args(cfg, w, steps=steps, batch=batch, run_name=run_name)
     common["remove_unused_columns"] = False
     common["include_num_input_tokens_seen"] = "non_padding"  # GRPO and OPD count their own tokens
     common["train_sampling_strategy"] = "sequential"  # epoch_rows already shuffled, resumably
@@ -449,11 +526,12 @@ def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list, 
     from trl import DistillationConfig, DistillationTrainer
 
     o = cfg.opd
+    batch = step_batch(cfg, o)
     tokenizer = load_tokenizer(student_dir, cfg)
     require_chat_template(cfg, tokenizer)
     student = load_model(student_dir, cfg)
     common = dict(
-        **training_args(cfg, o, steps=steps, batch_size=o.batch_size, run_name=run_name),
+        **training_args(cfg, o, steps=steps, batch=batch, run_name=run_name),
         beta=o.beta,
         temperature=o.temperature,
         max_completion_length=o.max_completion_length,
