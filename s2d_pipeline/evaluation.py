@@ -16,8 +16,11 @@ def score(task, model, tokenizer, rows: list[dict], cfg: Config, settings=None) 
     (k, temperature, max_completion_length, batch_size; default: the evaluate section)."""
     e = settings or cfg.evaluate
     prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in rows]
-    greedy = generate(model, tokenizer, prompts, max_new_tokens=e.max_completion_length, batch_size=e.batch_size)
-    sampled = sample(model, tokenizer, prompts, e, n=e.k, seed=cfg.seed)
+    chat = cfg.models.chat_template
+    greedy = generate(
+        model, tokenizer, prompts, max_new_tokens=e.max_completion_length, batch_size=e.batch_size, chat=chat
+    )
+    sampled = sample(model, tokenizer, prompts, e, n=e.k, seed=cfg.seed, chat=chat)
     return accuracy_metrics(task, [c[0] for c in greedy], sampled, rows)
 
 
@@ -45,6 +48,7 @@ def own_samples(cfg: Config, model, tokenizer, prompts: list[str]) -> list[str]:
         temperature=1.0,
         batch_size=e.batch_size,
         seed=cfg.seed,
+        chat=cfg.models.chat_template,
     )
     return [s[0] for s in samples]
 
@@ -52,5 +56,13 @@ def own_samples(cfg: Config, model, tokenizer, prompts: list[str]) -> list[str]:
 def student_teacher_kl(cfg: Config, task, student, teacher, tokenizer, prompts: list[str]) -> float:
     """C2: mean per-token KL(student || teacher) on the student's own samples."""
     samples = own_samples(cfg, student, tokenizer, prompts)
-    stats = completion_token_stats(student, teacher, tokenizer, prompts, samples, batch_size=cfg.evaluate.batch_size)
+    stats = completion_token_stats(
+        student,
+        teacher,
+        tokenizer,
+        prompts,
+        samples,
+        batch_size=cfg.evaluate.batch_size,
+        chat=cfg.models.chat_template,
+    )
     return round(stats["kl"], 5)

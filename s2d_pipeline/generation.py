@@ -36,10 +36,23 @@ def device_of(model):
     return next(model.parameters()).device
 
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """A rendered prompt's ids as every stage conditions on them: the rendering already holds any
-    special tokens (a chat template's), so the tokenizer adds none."""
-    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+def encode_prompt(tokenizer, prompt: str, *, chat: bool) -> list[int]:
+    """A rendered prompt's ids, exactly as every stage and TRL's trainers feed them to a model (the rule
+    in `s2d_pipeline.prompts`). `chat`: the text is a chat-template rendering (`models.chat_template`),
+    which already holds its template's special tokens, so nothing is added. A plain-text prompt gets
+    the BOS the tokenizer's default encoding starts with (as the model was pretrained: Llama, Mistral
+    and Gemma add one, Qwen and SmolLM2 none), never a second one, and nothing the defaults append."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if chat or bos is None or ids[:1] == [bos]:
+        return ids
+    return [bos, *ids] if tokenizer(prompt)["input_ids"][:1] == [bos] else ids
+
+
+def vllm_prompts(tokenizer, prompts: Sequence[str], *, chat: bool) -> list[dict]:
+    """vLLM's inputs for rendered prompts: token ids by `encode_prompt` (vLLM's TokensPrompt), since
+    vLLM tokenizes a text prompt with the tokenizer's defaults, a second BOS after a chat template's."""
+    return [{"prompt_token_ids": encode_prompt(tokenizer, p, chat=chat)} for p in prompts]
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -89,9 +102,11 @@ def generate_completions(
     batch_size: int = 256,
     seed: int | None = None,
     desc: str | None = None,
+    chat: bool = False,
 ) -> list[list[Completion]]:
     """`num_return_sequences` completions per prompt, stopped on any of the model's stop ids
-    (`stop_token_ids`). `desc` shows a progress bar over the prompts."""
+    (`stop_token_ids`). `desc` shows a progress bar over the prompts. `chat`: the prompts are chat
+    renderings (`models.chat_template`); they are encoded by `encode_prompt`."""
     import torch
 
     if seed is not None:
@@ -108,7 +123,8 @@ def generate_completions(
         with torch.no_grad():
             for start in range(0, len(prompts), batch_size):
                 chunk = list(prompts[start : start + batch_size])
-                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+                ids = [encode_prompt(tokenizer, p, chat=chat) for p in chunk]
+                enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
                 enc = {k: v.to(device_of(model)) for k, v in enc.items()}
                 gen = model.generate(
                     **enc,
@@ -147,6 +163,7 @@ def generate(
     seed: int | None = None,
     with_finished: bool = False,
     desc: str | None = None,
+    chat: bool = False,
 ):
     """The texts of `generate_completions` per prompt; with `with_finished`, also whether each one
     ended on a stop id (an instruct model's end of turn) rather than at `max_new_tokens`:
@@ -162,13 +179,22 @@ def generate(
         batch_size=batch_size,
         seed=seed,
         desc=desc,
+        chat=chat,
     )
     texts = [[c.text for c in g] for g in groups]
     return (texts, [[c.finished for c in g] for g in groups]) if with_finished else texts
 
 
 def sample_completions(
-    model, tokenizer, prompts: Sequence[str], settings, *, n: int, seed: int, desc: str | None = None
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    settings,
+    *,
+    n: int,
+    seed: int,
+    desc: str | None = None,
+    chat: bool = False,
 ) -> list[list[Completion]]:
     """`n` sampled completions per prompt with a stage's settings (its max_completion_length,
     temperature and batch_size); `desc` shows a progress bar."""
@@ -183,12 +209,23 @@ def sample_completions(
         batch_size=settings.batch_size,
         seed=seed,
         desc=desc,
+        chat=chat,
     )
 
 
-def sample(model, tokenizer, prompts: Sequence[str], settings, *, n: int, seed: int, desc: str | None = None):
+def sample(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    settings,
+    *,
+    n: int,
+    seed: int,
+    desc: str | None = None,
+    chat: bool = False,
+):
     """The texts of `sample_completions`, per prompt."""
-    groups = sample_completions(model, tokenizer, prompts, settings, n=n, seed=seed, desc=desc)
+    groups = sample_completions(model, tokenizer, prompts, settings, n=n, seed=seed, desc=desc, chat=chat)
     return [[c.text for c in g] for g in groups]
 
 
@@ -234,7 +271,7 @@ def generate_vllm(
         seed=seed,
         stop_token_ids=stops,
     )
-    outputs = llm.generate(list(prompts), params)
+    outputs = llm.generate(vllm_prompts(tokenizer, prompts, chat=cfg.models.chat_template), params)
     # vLLM's token_ids end with the stop token it stopped on; cut as `generate`'s rows are cut.
     samples = [[_completion(tokenizer, list(c.token_ids), set(stops)) for c in out.outputs] for out in outputs]
     del llm
@@ -253,20 +290,29 @@ def accuracy(
 ) -> float:
     """Greedy accuracy of `model` on canonical rows with answers, scored by the task verifier."""
     prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in rows]
-    completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    completions = generate(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=cfg.models.chat_template
+    )
     hits = [task.verify(c[0], r["answer"]) for c, r in zip(completions, rows, strict=True)]
     return sum(hits) / max(len(hits), 1)
 
 
 def completion_token_stats(
-    student, teacher, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 256
+    student,
+    teacher,
+    tokenizer,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    batch_size: int = 256,
+    *,
+    chat: bool = False,
 ) -> dict:
     """`score_completion_ids` of completion texts, encoded as every stage encodes them (evaluate's C2
-    and the C2 stopping rule score the student's decoded samples this way)."""
+    and the C2 stopping rule score the student's decoded samples this way); `chat` as in `encode_prompt`."""
     return score_completion_ids(
         student,
         teacher,
-        [encode_prompt(tokenizer, p) for p in prompts],
+        [encode_prompt(tokenizer, p, chat=chat) for p in prompts],
         [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions],
         pad_token_id=tokenizer.pad_token_id,
         batch_size=batch_size,

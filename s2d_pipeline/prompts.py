@@ -1,4 +1,4 @@
-"""What a model is conditioned on for a problem, rendered one way for every stage.
+"""What a model is conditioned on for a problem, rendered and tokenized one way for every stage.
 
 With `models.chat_template: true` (instruct models) a problem becomes a conversation - an optional
 `models.system_prompt` and the task's formatted problem as the user turn - rendered by the
@@ -7,6 +7,15 @@ tokenizer's chat template with a generation prompt and `models.chat_template_kwa
 same template and arguments (`trainer_prompt`); sampling, scoring, warmup and evaluation get the
 rendered text (`render`), so every stage conditions on the same tokens. Without a chat template
 (base models, the embedded tiny models) the prompt is the task's formatted text as it is.
+
+The tokens, one rule (`generation.encode_prompt`), for every stage, for TRL's trainers (their text
+prompts: `training.with_prompt_rule`) and for vLLM (token ids, not text: `generation.vllm_prompts`):
+- a chat-rendered prompt is its rendering's ids with nothing added: it already carries its template's
+  special tokens (exactly one BOS where the template writes one), as TRL's chat path tokenizes it;
+- a plain-text prompt starts with BOS exactly when the tokenizer's default encoding adds one (the
+  model was pretrained so: Llama, Mistral, Gemma), never twice, and gets nothing appended (no EOS).
+The BOS is added as an id, not as text: a SentencePiece tokenizer encodes text after a literal
+"<s>" without the word-start marker it gives the start of a text.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ def require_chat_template(cfg, tokenizer) -> None:
 
 
 def render(cfg, task, tokenizer, problem: str) -> str:
-    """The text a model is conditioned on (tokenised later without adding special tokens)."""
+    """The text a model is conditioned on, tokenized by `generation.encode_prompt` (the rule above)."""
     if not cfg.models.chat_template:
         return task.format_prompt(problem)
     require_chat_template(cfg, tokenizer)

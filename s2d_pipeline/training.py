@@ -295,7 +295,7 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
         shuffle_dataset=False,  # epoch_rows already shuffled, resumably
         **vllm_args(cfg),
     )
-    trainer = GRPOTrainer(
+    trainer = with_prompt_rule(GRPOTrainer)(
         model=model,
         reward_funcs=[verifier_reward(task)],
         args=args,
@@ -304,6 +304,24 @@ def train_grpo(cfg: Config, task, model_dir: Path, rows: list[dict], stage, run_
     )
     fit(trainer, cfg, [model_dir], train_rows)
     return trainer
+
+
+class PromptRule:
+    """TRL's GRPO and distillation trainers tokenize a plain-text prompt with the tokenizer's defaults
+    (an EOS where a tokenizer appends one, a BOS before text that already starts with one); here it gets
+    the ids every other stage feeds (`generation.encode_prompt`, the rule in `prompts`), also on TRL's
+    vLLM paths, which take these ids. Conversations and multimodal prompts keep TRL's chat-template path:
+    it adds nothing to the template's tokens, which is the rule for them."""
+
+    def _tokenize_prompts(self, prompts: list):
+        if self._is_vlm or not isinstance(prompts[0], str):
+            return super()._tokenize_prompts(prompts)
+        return [encode_prompt(self.processing_class, p, chat=False) for p in prompts], None, {}
+
+
+def with_prompt_rule(trainer_class: type) -> type:
+    """`trainer_class` (a TRL trainer with `_tokenize_prompts`) tokenizing text prompts by `PromptRule`."""
+    return type(trainer_class.__name__, (PromptRule, trainer_class), {})
 
 
 def epoch_rows(rows: list[dict], draws: int, seed: str) -> list[dict]:
@@ -342,17 +360,17 @@ def rows_dataset(rows: list[dict]):
 
 class PromptCompletionCollator:
     """Training sequences from (prompt text, sampled completion ids) rows: the prompt encoded as every
-    stage encodes a rendered prompt (`generation.encode_prompt`), then `completion_ids` exactly as the
-    teacher sampled them, its end token included when it stopped on one (so the student learns to
-    stop there). Re-encoding the decoded text would give a BPE tokenizer's canonical split, not the
-    teacher's tokens. Labels cover completion tokens only.
+    stage encodes a rendered prompt (`generation.encode_prompt`; `chat`: the prompts are chat renderings),
+    then `completion_ids` exactly as the teacher sampled them, its end token included when it stopped on
+    one (so the student learns to stop there). Re-encoding the decoded text would give a BPE tokenizer's
+    canonical split, not the teacher's tokens. Labels cover completion tokens only.
 
     Used by the forward-KL warmup (GKD with lmbda=0 never generates, so it only needs
     `input_ids`, `attention_mask` and `labels`) and by its SFT variant.
     """
 
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer, self.max_length = tokenizer, max_length
+    def __init__(self, tokenizer, max_length: int, *, chat: bool = False):
+        self.tokenizer, self.max_length, self.chat = tokenizer, max_length, chat
 
     def __call__(self, examples: list[dict]) -> dict:
         import torch
@@ -360,7 +378,7 @@ class PromptCompletionCollator:
         tok = self.tokenizer
         seqs, labels = [], []
         for ex in examples:
-            p = encode_prompt(tok, ex["prompt"])
+            p = encode_prompt(tok, ex["prompt"], chat=self.chat)
             c = [int(i) for i in ex["completion_ids"]]
             ids = (p + c)[: self.max_length]
             seqs.append(ids)
@@ -486,7 +504,7 @@ def train_forward_kl(
         f"{run_name}-{cfg.seed}",
     )
     dataset = rows_dataset(train_rows)
-    collator = PromptCompletionCollator(tokenizer, cfg.models.max_seq_len)
+    collator = PromptCompletionCollator(tokenizer, cfg.models.max_seq_len, chat=cfg.models.chat_template)
     common = training_args(cfg, w, steps=steps, batch=batch, run_name=run_name)
     common["remove_unused_columns"] = False
     common["include_num_input_tokens_seen"] = "non_padding"  # GRPO and OPD count their own tokens
@@ -544,14 +562,14 @@ def train_opd(cfg: Config, student_dir: Path, teacher_dir: Path, prompts: list, 
     if o.teacher_server_url:  # the teacher lives on its own GPUs behind `trl vllm-serve`
         from trl.experimental.server_distillation import ServerDistillationConfig, ServerDistillationTrainer
 
-        trainer = ServerDistillationTrainer(
+        trainer = with_prompt_rule(ServerDistillationTrainer)(
             model=student,
             args=ServerDistillationConfig(**common, teacher_model_server_url=o.teacher_server_url),
             train_dataset=dataset,
             processing_class=tokenizer,
         )
     else:
-        trainer = DistillationTrainer(
+        trainer = with_prompt_rule(DistillationTrainer)(
             model=student,
             teacher_model=load_model(teacher_dir, cfg),
             args=DistillationConfig(**common),

@@ -23,6 +23,7 @@ from typing import Any
 from s2d_pipeline.config import Config
 from s2d_pipeline.data import load_split
 from s2d_pipeline.errors import DataError
+from s2d_pipeline.generation import encode_prompt
 from s2d_pipeline.io import is_missing, sha256_file
 from s2d_pipeline.layout import SPLITS, base_model_dir, data_file
 from s2d_pipeline.models import load_tokenizer
@@ -489,8 +490,8 @@ def _prompt_token_counter(cfg: Config, task: Task):
     def count_tokens(problems: list[str]) -> list[int]:
         if not problems:
             return []
-        texts = [render(cfg, task, tokenizer, p) for p in problems]
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        chat = cfg.models.chat_template
+        return [len(encode_prompt(tokenizer, render(cfg, task, tokenizer, p), chat=chat)) for p in problems]
 
     return count_tokens, None
 

@@ -135,7 +135,14 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
         pool = load_split(cfg, task, "prompts")[: heal.prompts]
         prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in pool]
         samples = sample_completions(
-            teacher, tokenizer, prompts, cfg.rollouts, n=1, seed=cfg.seed, desc="heal: teacher samples"
+            teacher,
+            tokenizer,
+            prompts,
+            cfg.rollouts,
+            n=1,
+            seed=cfg.seed,
+            desc="heal: teacher samples",
+            chat=cfg.models.chat_template,
         )
         rollouts = [{"prompt": p, "completion_ids": c[0].token_ids} for p, c in zip(prompts, samples, strict=True)]
         t0 = time.perf_counter()

@@ -68,9 +68,16 @@ def run(cfg: Config, arm: str | None = None) -> dict:
         model = load_model(path, cfg, for_inference=True)
         if not cfg.runtime.use_vllm:
             samples = sample_completions(
-                model, tokenizer, prompts, r, n=r.samples_per_prompt, seed=cfg.seed, desc=f"rollouts/{teacher}"
+                model,
+                tokenizer,
+                prompts,
+                r,
+                n=r.samples_per_prompt,
+                seed=cfg.seed,
+                desc=f"rollouts/{teacher}",
+                chat=cfg.models.chat_template,
             )
-        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+        prompt_ids = [encode_prompt(tokenizer, p, chat=cfg.models.chat_template) for p in prompts]
         flat = [c for cs in samples for c in cs]
         stats = score_completion_ids(
             None,
