@@ -8,7 +8,8 @@ and at the same label budget, the challenger (the candidate arm's final student)
 The C1 gate, before distillation: `teacher_rl` scores each RL teacher and the raw teacher on the
 first `gates.c1.problems` eval problems (`c1_measurement`); `rollouts` and `opd` distil from an RL
 teacher only when it gained more than `gates.c1.min_gain` (`require_improved_teacher`), else they stop
-with a report, unless `gates.c1.override` is set.
+with a report, unless `gates.c1.override` is set; then `teacher_rl` warns once per RL teacher
+(`warn_if_overridden`) and every distilling unit records the overridden gate in its metrics.
 """
 
 from __future__ import annotations
@@ -54,6 +55,28 @@ def c1_measurement(raw: dict, rl: dict, problems: int, k: int) -> dict:
     }
 
 
+def c1_decision(cfg, teacher: str, measured: dict) -> tuple[dict, str]:
+    """The C1 decision on a measurement (`c1_measurement`) with `min_gain` and `passed`, and the report
+    that says why a failed gate fails."""
+    gate = cfg.gates.c1
+    decision = {**measured, "min_gain": gate.min_gain, "passed": measured["gain"] > gate.min_gain}
+    report = (
+        f"C1 gate: Stage 1 did not improve the teacher '{teacher}'. On {measured['problems']} held-out eval "
+        f"problems its {measured['metric']} (k = {measured['k']}) is {measured['rl_teacher']:.4f} against the raw "
+        f"teacher's {measured['raw_teacher']:.4f}: a gain of {measured['gain']:+.4f}, not more than "
+        f"gates.c1.min_gain = {gate.min_gain}. Distilling an unimproved teacher spends compute for nothing"
+    )
+    return decision, report
+
+
+def warn_if_overridden(cfg, teacher: str, measured: dict) -> None:
+    """Said once per RL teacher, by the stage that measures it: a failed C1 gate that
+    `gates.c1.override` lets through (every unit distilling from that teacher records it, silently)."""
+    decision, report = c1_decision(cfg, teacher, measured)
+    if not decision["passed"] and cfg.gates.c1.override:
+        logging.getLogger("s2d").warning("%s; distilling anyway (gates.c1.override: true).", report)
+
+
 def require_improved_teacher(cfg, teacher: str) -> dict | None:
     """The C1 decision for distilling from `teacher` (None for the raw teacher, which no gate guards):
     the measurement with `min_gain` and `passed`. Raises GateError when the RL teacher did not gain
@@ -64,20 +87,12 @@ def require_improved_teacher(cfg, teacher: str) -> dict | None:
     measured = read_json(path).get("c1_gate") if path.exists() else None
     if measured is None:
         raise S2DError(f"C1 gate: no measurement for the RL teacher '{teacher}' ({path}); run `s2d teacher_rl` first")
-    gate = cfg.gates.c1
-    decision = {**measured, "min_gain": gate.min_gain, "passed": measured["gain"] > gate.min_gain}
+    decision, report = c1_decision(cfg, teacher, measured)
     if decision["passed"]:
         return decision
-    report = (
-        f"C1 gate: Stage 1 did not improve the teacher '{teacher}'. On {measured['problems']} held-out eval "
-        f"problems its {measured['metric']} (k = {measured['k']}) is {measured['rl_teacher']:.4f} against the raw "
-        f"teacher's {measured['raw_teacher']:.4f}: a gain of {measured['gain']:+.4f}, not more than "
-        f"gates.c1.min_gain = {gate.min_gain}. Distilling an unimproved teacher spends compute for nothing"
-    )
-    if not gate.override:
+    if not cfg.gates.c1.override:
         raise GateError(
             f"{report}, so the pipeline stops before distillation. Improve Stage 1 (teacher_rl.steps, "
             "teacher_rl.learning_rate, a larger budget) and rerun, or set gates.c1.override: true to distil anyway."
         )
-    logging.getLogger("s2d").warning("%s; distilling anyway (gates.c1.override: true).", report)
     return {**decision, "overridden": True}
