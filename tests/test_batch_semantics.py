@@ -86,20 +86,27 @@ def test_a_step_that_does_not_split_is_a_config_error_naming_keys_processes_and_
         assert text in str(err.value)
 
 
-def test_nearest_values_offered_are_valid():
+@pytest.mark.parametrize(
+    ("settings", "processes"),
+    [
+        (GRPOStageConfig(prompts_per_step=12, num_generations=6, micro_batch_size=8), 4),
+        (GRPOStageConfig(prompts_per_step=12, num_generations=8, micro_batch_size=16), 8),
+        (GRPOStageConfig(prompts_per_step=5, num_generations=8), 16),
+        (OPDConfig(batch_size=50, micro_batch_size=4), 3),
+    ],
+)
+def test_nearest_values_offered_are_valid(settings, processes):
     """Every value the message proposes does split, with the other key as it was."""
     import re
 
-    settings = GRPOStageConfig(prompts_per_step=12, num_generations=6, micro_batch_size=8)
     with pytest.raises(ConfigError) as err:
-        batch_split(settings, 4, "grpo_direct")
-    message = str(err.value)
-    sizes = re.search(r"'grpo_direct\.prompts_per_step' ([\d or]+)", message.split("Nearest")[1]).group(1)
-    for value in map(int, sizes.split(" or ")):
-        batch_split(settings.model_copy(update={"prompts_per_step": value}), 4, "grpo_direct")
-    micros = re.search(r"'grpo_direct\.micro_batch_size' ([\d or]+)", message.split("Nearest")[1]).group(1)
-    for value in map(int, micros.split(" or ")):
-        batch_split(settings.model_copy(update={"micro_batch_size": value}), 4, "grpo_direct")
+        batch_split(settings, processes, "stage")
+    nearest = str(err.value).split("Nearest valid values")[1]
+    offers = re.findall(r"'stage\.(\w+)' (\d+(?: or \d+)*)", nearest)
+    assert offers
+    for key, values in offers:
+        for value in map(int, values.split(" or ")):
+            batch_split(settings.model_copy(update={key: value}), processes, "stage")
 
 
 def test_section_key_names_nested_sections(micro_cfg):
