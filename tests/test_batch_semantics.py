@@ -152,21 +152,25 @@ def test_profiles_real_scale_steps_split_on_one_and_eight_processes():
 PROBE = {
     "teacher_rl": {"steps": 2, "prompts_per_step": 4, "num_generations": 4},
     "warmup": {"steps": 2, "batch_size": 8},
+    "opd": {"steps": 2, "batch_size": 8},
     "runtime": {"torch_threads": 1, "checkpoint_steps": None},
 }
 
 
 def probe(out: Path, root: Path, micro: int | None) -> None:
-    """Train 2 GRPO and 2 warmup steps on a tiny model, recording what each process took: the label
-    ids the reward function graded per generation (one per optimizer step), and the prompts each
-    warmup micro-batch held. Writes `out/rank<N>.json`."""
+    """Train 2 GRPO, 2 warmup and 2 OPD steps on a tiny model, recording what each process took: the
+    label ids the reward function graded per generation, the prompts each warmup micro-batch held and
+    the prompts each OPD generation sampled (GRPO and OPD generate once per optimizer step). Writes
+    `out/rank<N>.json`."""
+    from trl import DistillationTrainer
+
     from s2d_pipeline import training
     from s2d_pipeline.models import build_char_tokenizer, build_tiny_model, save_model
     from s2d_pipeline.runtime import setup
     from s2d_pipeline.tasks import get_task
 
     overrides = deep_merge(STAGE_MICRO, PROBE)
-    overrides = deep_merge(overrides, {s: {"micro_batch_size": micro} for s in ("teacher_rl", "warmup")})
+    overrides = deep_merge(overrides, {s: {"micro_batch_size": micro} for s in ("teacher_rl", "warmup", "opd")})
     cfg = load_config(REPO / "params.yaml", overrides, root=root)
     setup(cfg)
     rank = int(os.environ.get("RANK", "0"))
@@ -177,6 +181,7 @@ def probe(out: Path, root: Path, micro: int | None) -> None:
         save_model(build_tiny_model(cfg.models.student, tok, cfg.models.max_seq_len, seed=0), tok, model_dir)
     graded: list[list[str]] = []
     collated: list[list[str]] = []
+    sampled: list[list[str]] = []
 
     def spy_reward(task):
         def reward(prompts, completions, answer, label_id, **_):
@@ -190,7 +195,14 @@ def probe(out: Path, root: Path, micro: int | None) -> None:
             collated.append([ex["prompt"] for ex in examples])
             return super().__call__(examples)
 
+    generate_and_score = DistillationTrainer._generate_and_score_completions
+
+    def spy_generate(self, inputs):
+        sampled.append([row["prompt"] for row in inputs])
+        return generate_and_score(self, inputs)
+
     training.verifier_reward, training.PromptCompletionCollator = spy_reward, SpyCollator
+    DistillationTrainer._generate_and_score_completions = spy_generate
     from accelerate import PartialState
 
     PartialState(cpu=True).wait_for_everyone()  # rank 0 wrote the model
@@ -198,9 +210,11 @@ def probe(out: Path, root: Path, micro: int | None) -> None:
     grpo = training.train_grpo(cfg, task, model_dir, rows, cfg.teacher_rl, "teacher_rl/probe")
     rollouts = [{"prompt": r["prompt"], "completion_ids": [3, 4, 1]} for r in rows]
     warm = training.train_forward_kl(cfg, cfg.warmup, model_dir, model_dir, rollouts, 2, "warmup/probe")
+    opd = training.train_opd(cfg, model_dir, model_dir, [r["prompt"] for r in rows], 2, "opd/probe")
     record = {
         "grpo": {"graded": graded, "accumulation": grpo.args.gradient_accumulation_steps},
         "warmup": {"collated": collated, "accumulation": warm.args.gradient_accumulation_steps},
+        "opd": {"sampled": sampled, "accumulation": opd.args.gradient_accumulation_steps},
     }
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 
@@ -208,7 +222,7 @@ def probe(out: Path, root: Path, micro: int | None) -> None:
 def _steps(records: list[dict], run: str, key: str, steps: int) -> list[list[str]]:
     """What each optimizer step took, all processes together: step k is each process's calls
     k*calls_per_step .. (k+1)*calls_per_step - 1 (a data loader may collate one batch ahead)."""
-    per_step = 1 if run == "grpo" else records[0][run]["accumulation"]
+    per_step = 1 if run in ("grpo", "opd") else records[0][run]["accumulation"]
     return [
         sorted(x for r in records for call in r[run][key][k * per_step : (k + 1) * per_step] for x in call)
         for k in range(steps)
@@ -248,7 +262,8 @@ def _run_probe(tmp_path: Path, processes: int, micro: int | None) -> list[dict]:
 def test_two_processes_take_the_same_prompts_per_step_as_one(tmp_path):
     """GRPO: each optimizer step grades prompts_per_step prompts x num_generations completions, the
     same prompts on two processes (micro-batches of 2 completions, 4 accumulation steps) as on one
-    (the whole step at once). Warmup: each step trains on the same batch_size sequences (2 x 2 x 2)."""
+    (the whole step at once). Warmup and OPD: each step trains on the same batch_size sequences
+    (micro-batches of 2, 2 accumulation steps, on two processes)."""
     one = _run_probe(tmp_path, 1, None)
     two = _run_probe(tmp_path, 2, 2)
     grpo_one, grpo_two = _steps(one, "grpo", "graded", 2), _steps(two, "grpo", "graded", 2)
@@ -259,9 +274,14 @@ def test_two_processes_take_the_same_prompts_per_step_as_one(tmp_path):
     warm_one, warm_two = _steps(one, "warmup", "collated", 2), _steps(two, "warmup", "collated", 2)
     assert [len(s) for s in warm_one] == [8, 8]
     assert warm_two == warm_one
+
+    opd_one, opd_two = _steps(one, "opd", "sampled", 2), _steps(two, "opd", "sampled", 2)
+    assert [len(s) for s in opd_one] == [8, 8]
+    assert opd_two == opd_one
     # ... through micro-batches and accumulation on two processes, the whole step at once on one.
     assert one[0]["grpo"]["accumulation"] == 1 and one[0]["warmup"]["accumulation"] == 1
     assert {r["grpo"]["accumulation"] for r in two} == {4} and {r["warmup"]["accumulation"] for r in two} == {2}
+    assert one[0]["opd"]["accumulation"] == 1 and {r["opd"]["accumulation"] for r in two} == {2}
 
 
 if __name__ == "__main__":
