@@ -29,7 +29,11 @@ def _make_project(root: Path) -> Path:
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "s2d_pipeline", root / "s2d_pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    raw = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), STAGE_MICRO)
+    # One thread per training: the flow's units, each in a process of its own, then compute exactly
+    # what `dvc repro` computes.
+    raw = deep_merge(
+        yaml.safe_load((REPO / "params.yaml").read_text()), {**STAGE_MICRO, "runtime": {"torch_threads": 1}}
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     write_dvc_units(root)
     return root
@@ -82,17 +86,24 @@ def test_changing_one_param_reruns_only_dependent_stages(dvc_project):
 
 @pytest.fixture(scope="module")
 def per_unit_project(dvc_project, tmp_path_factory) -> Path:
-    """The DVC project switched to one DVC stage per unit (`dvc.per_arm_stages: true`) and reproduced."""
+    """The DVC project switched to one DVC stage per unit (`dvc.per_arm_stages: true`): the switch
+    makes exactly the per-arm units stale, not prepare, validate or allocate (nor what reads the
+    units' outputs). The units' outputs were made with these params, so they are committed as they
+    are rather than retrained; a per-unit stage runs through DVC in the test below."""
+    from s2d_pipeline.arms import PER_ARM_STAGES, stage_units
+
     root = tmp_path_factory.mktemp("per-unit") / "project"
     shutil.copytree(dvc_project, root, symlinks=True)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["dvc"] = {"per_arm_stages": True}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run([f"{VENV_BIN}/s2d", "dvc-units"], root)
-    done = _run([f"{VENV_BIN}/dvc", "repro"], root)
-    ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
-    assert {"teacher_rl@s2d", "rollouts@raw", "warmup@no_opd", "opd@no_warmup", "student_rl@grpo_direct"} <= ran
-    assert not {"prepare", "validate", "allocate"} & ran
+    units = {f"{stage}@{unit}" for stage in PER_ARM_STAGES for unit in stage_units(stage, params["arms"])}
+    assert {"teacher_rl@s2d", "rollouts@raw", "warmup@no_opd", "opd@no_warmup", "student_rl@grpo_direct"} <= units
+    stale = json.loads(_run([f"{VENV_BIN}/dvc", "status", "--json"], root).stdout)
+    assert set(stale) == units, sorted(set(stale) ^ units)
+    _run([f"{VENV_BIN}/dvc", "commit", "--force", "--quiet", *sorted(units)], root)
+    assert "up to date" in _run([f"{VENV_BIN}/dvc", "status"], root).stdout
     return root
 
 
@@ -139,55 +150,6 @@ def test_dvc_plots_put_the_value_on_the_bar_axis(dvc_project):
     assert (dvc_project / "artifacts/evaluate/accuracy.png").stat().st_size > 1000
 
 
-def test_prefect_flow_matches_dvc_repro(dvc_project, tmp_path, monkeypatch):
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.s2d import s2d
-
-    # Same params as the DVC run (before the k change above is undone, use k=3 like the DVC project now).
-    root = _make_project(tmp_path / "prefect")
-    shutil.copy(dvc_project / "params.yaml", root / "params.yaml")
-    _run(["git", "init", "-q"], root)
-    _run([f"{VENV_BIN}/dvc", "init", "-q"], root)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")
-    with prefect_test_harness(server_startup_timeout=120):
-        state = s2d(params="params.yaml", return_state=True)
-        assert state.is_completed(), state
-        assert _eval_metrics(root) == _eval_metrics(dvc_project)
-        # Per-arm stages fan out: one task run per unit (an RL teacher, a bridge, a student GRPO run).
-        names = _task_run_names(state.state_details.flow_run_id)
-        assert {"warmup/s2d", "opd/s2d", "teacher_rl/s2d", "prepare", "evaluate"} <= names
-        # The run is named for what it is, as its MLflow parent run, not with Prefect's two random words.
-        from prefect.client.orchestration import get_client
-
-        from s2d_pipeline.config import load_config
-        from s2d_pipeline.tracking import pipeline_run_name
-
-        with get_client(sync_client=True) as client:
-            run_name = client.read_flow_run(state.state_details.flow_run_id).name
-        assert run_name == pipeline_run_name(load_config(root / "params.yaml")), run_name
-
-        # The flow recorded what it ran in dvc.lock: DVC sees nothing to do ...
-        assert "up to date" in _run([f"{VENV_BIN}/dvc", "status"], root).stdout
-        assert "Running stage" not in _run([f"{VENV_BIN}/dvc", "repro"], root).stdout
-        # ... and a second flow run with the same params skips every stage.
-        before = {p: p.stat().st_mtime_ns for p in (root / "metrics").rglob("*.json")}
-        assert s2d(params="params.yaml", return_state=True).is_completed()
-        assert {p: p.stat().st_mtime_ns for p in (root / "metrics").rglob("*.json")} == before
-
-        # A typo in an override fails the run with the error as its state message, naming the override.
-        failed = s2d(params="params.yaml", overrides={"budegt": 32}, return_state=True)
-        assert failed.is_failed()
-        assert 'overrides {"budegt": 32}' in failed.message and "unknown key 'budegt'" in failed.message
-        # Units sent to a deployment this server does not have: the run fails before any stage.
-        missing = s2d(
-            params="params.yaml", overrides={"flow": {"unit_deployment": "s2d-unit/unit"}}, return_state=True
-        )
-        assert missing.is_failed() and "flow.unit_deployment 's2d-unit/unit'" in missing.message, missing.message
-        assert "not found" in missing.message and "prefect deploy -n unit" in missing.message
-
-
 def _task_run_names(flow_run_id) -> set[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -219,33 +181,90 @@ def _watch_unit_processes(stop, seen: dict, together: list) -> None:
         stop.wait(0.2)
 
 
-def test_arms_trained_in_parallel_processes_give_the_sequential_results(dvc_project, tmp_path, monkeypatch):
-    """`flow.parallel_arms: 2`: two arms of a stage train at once, each in its own `s2d <stage>
-    --arm` process; the evaluation equals the sequential DVC run's."""
+@pytest.fixture(scope="module")
+def parallel_flow_run(dvc_project, tmp_path_factory):
+    """The Prefect flow on a test server, in a git + DVC project holding the DVC project's params with
+    `flow.parallel_arms: 2` in params.yaml (so the flow keeps dvc.lock): the arms of each per-arm
+    stage train two at a time, each unit in an `s2d <stage> --arm` process of its own. Yields
+    (project, final state, seen: pid -> (stage, arm) of every unit process, together: the moments
+    two were alive at once); the server lives until the module's tests are done."""
     import threading
 
+    import torch
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.s2d import s2d
-    from s2d_pipeline.io import read_unit_metrics
 
-    root = _make_project(tmp_path / "parallel")
-    shutil.copy(dvc_project / "params.yaml", root / "params.yaml")
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")
+    root = _make_project(tmp_path_factory.mktemp("flow") / "project")
+    params = yaml.safe_load((dvc_project / "params.yaml").read_text())
+    params["flow"]["parallel_arms"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], root)
+    _run([f"{VENV_BIN}/dvc", "init", "-q"], root)
     seen: dict[int, tuple[str, str]] = {}
     together: list[list[tuple[str, str]]] = []
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_unit_processes, args=(stop, seen, together), daemon=True)
-    with prefect_test_harness(server_startup_timeout=120):
+    threads = torch.get_num_threads()  # the stages the flow runs in this process set it from the params
+    with pytest.MonkeyPatch.context() as patch, prefect_test_harness(server_startup_timeout=120):
+        patch.chdir(root)
+        patch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")
         watcher.start()
         try:
-            state = s2d(params="params.yaml", overrides={"flow": {"parallel_arms": 2}}, return_state=True)
+            state = s2d(params="params.yaml", return_state=True)
         finally:
             stop.set()
             watcher.join()
-        assert state.is_completed(), state
-        assert {"warmup/s2d", "opd/no_warmup"} <= _task_run_names(state.state_details.flow_run_id)
+        try:
+            yield root, state, seen, together
+        finally:
+            torch.set_num_threads(threads)
+
+
+def test_prefect_flow_matches_dvc_repro(dvc_project, parallel_flow_run):
+    from flows.s2d import s2d
+
+    root, state, _, _ = parallel_flow_run
+    assert state.is_completed(), state
+    assert _eval_metrics(root) == _eval_metrics(dvc_project)
+    # Per-arm stages fan out: one task run per unit (an RL teacher, a bridge, a student GRPO run).
+    names = _task_run_names(state.state_details.flow_run_id)
+    assert {"warmup/s2d", "opd/s2d", "opd/no_warmup", "teacher_rl/s2d", "prepare", "evaluate"} <= names
+    # The run is named for what it is, as its MLflow parent run, not with Prefect's two random words.
+    from prefect.client.orchestration import get_client
+
+    from s2d_pipeline.config import load_config
+    from s2d_pipeline.tracking import pipeline_run_name
+
+    with get_client(sync_client=True) as client:
+        run_name = client.read_flow_run(state.state_details.flow_run_id).name
+    assert run_name == pipeline_run_name(load_config(root / "params.yaml")), run_name
+
+    # The flow recorded what it ran in dvc.lock: DVC sees nothing to do ...
+    assert "up to date" in _run([f"{VENV_BIN}/dvc", "status"], root).stdout
+    assert "Running stage" not in _run([f"{VENV_BIN}/dvc", "repro"], root).stdout
+    # ... and a second flow run with the same params skips every stage.
+    before = {p: p.stat().st_mtime_ns for p in (root / "metrics").rglob("*.json")}
+    assert s2d(params="params.yaml", return_state=True).is_completed()
+    assert {p: p.stat().st_mtime_ns for p in (root / "metrics").rglob("*.json")} == before
+
+    # A typo in an override fails the run with the error as its state message, naming the override.
+    failed = s2d(params="params.yaml", overrides={"budegt": 32}, return_state=True)
+    assert failed.is_failed()
+    assert 'overrides {"budegt": 32}' in failed.message and "unknown key 'budegt'" in failed.message
+    # Units sent to a deployment this server does not have: the run fails before any stage.
+    missing = s2d(params="params.yaml", overrides={"flow": {"unit_deployment": "s2d-unit/unit"}}, return_state=True)
+    assert missing.is_failed() and "flow.unit_deployment 's2d-unit/unit'" in missing.message, missing.message
+    assert "not found" in missing.message and "prefect deploy -n unit" in missing.message
+
+
+def test_arms_trained_in_parallel_processes_give_the_sequential_results(dvc_project, parallel_flow_run):
+    """`flow.parallel_arms: 2`: two arms of a stage train at once, each in its own `s2d <stage>
+    --arm` process; the evaluation equals the sequential DVC run's."""
+    from s2d_pipeline.io import read_unit_metrics
+
+    root, state, seen, together = parallel_flow_run
+    assert state.is_completed(), state
     # Each training unit ran in a child process of its own (the pid its metrics record), not in the
     # flow's, and at some moment two units' processes were alive at once.
     for stage in ("teacher_rl", "warmup", "opd", "student_rl"):
