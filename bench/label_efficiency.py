@@ -15,8 +15,7 @@ draws from the same N labels. Tracking is off (this measures the method, not the
 read as `avg_at_k` with the evaluate stage's `k`, as recorded in each run's `metrics/evaluate.json`.
 Each (seed, budget) cell is a record of `bench/results/label_efficiency.jsonl` (with `--params
 profiles/<name>.yaml`: `label_efficiency_<name>.jsonl`), with the students' training tokens per stage
-(from the trainers' logs) and the C1 gate's measurement. The report also shows the ablations rerun
-once with fewer bridge steps (`ablation_bridge_steps.jsonl`; `git log -S "def ablation("` finds the code).
+(from the trainers' logs) and the C1 gate's measurement.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from s2d_pipeline.io import read_unit_metrics
 from s2d_pipeline.stages import stages_through
 
 RESULTS = harness.RESULTS / "label_efficiency.jsonl"
-ABLATION_RESULTS = harness.RESULTS / "ablation_bridge_steps.jsonl"
 CURVE_CSV = harness.RESULTS / "label_efficiency_curve.csv"
 PLOT = harness.REPO / "bench" / "label_efficiency.png"
 PARAMS = harness.REPO / "params.yaml"
@@ -43,7 +41,6 @@ SAMPLED = "avg_at_k"  # the evaluate stage's sampled accuracy (at its `k`, recor
 SEED_STAGES = stages_through("validate")
 # Run per (seed, budget): every stage after the shared ones, up to and including evaluate.
 BUDGET_STAGES = stages_through("evaluate")[len(SEED_STAGES) :]
-ABLATION_ARMS = ["s2d", "no_warmup", "no_opd"]
 # The claims of the principle, as (left arm, right arm) whose difference (left minus right) the paper
 # predicts positive; the report gives each a verdict over the cells where it can be read
 # (`claim_preconditions`, `claim_verdicts`).
@@ -405,31 +402,6 @@ def plot(records: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
-def ablation_report(records: list[dict]) -> str:
-    import numpy as np
-
-    sampled = _sampled(records)
-    lines = [
-        f"| warmup + OPD steps (s2d) | N | s2d {sampled} | no_warmup | no_opd | s2d − no_warmup per seed | "
-        "s2d − no_opd per seed |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for key in sorted({(r["warmup_steps"], r["opd_steps"], r["budget"]) for r in records}):
-        rs = sorted(
-            (r for r in records if (r["warmup_steps"], r["opd_steps"], r["budget"]) == key), key=lambda r: r["seed"]
-        )
-        val = {a: [r["arms"][a][sampled] for r in rs] for a in ABLATION_ARMS}
-        lines.append(
-            f"| {key[0]} + {key[1]} | {key[2]} | {np.mean(val['s2d']):.3f} | {np.mean(val['no_warmup']):.3f} | "
-            f"{np.mean(val['no_opd']):.3f} | "
-            + ", ".join(f"{a - b:+.3f}" for a, b in zip(val["s2d"], val["no_warmup"], strict=True))
-            + " | "
-            + ", ".join(f"{a - b:+.3f}" for a, b in zip(val["s2d"], val["no_opd"], strict=True))
-            + " |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def section(params: Path = PARAMS) -> str:
     """The tables (and, for the default params, the plot and curve files) from the recorded cells."""
     records = harness.read(results_file(params), "seed", "budget")
@@ -440,15 +412,6 @@ def section(params: Path = PARAMS) -> str:
         plot(records, PLOT)
         write_curve(records, CURVE_CSV)
         out.append(f"![accuracy against label budget]({PLOT.name})\n")
-    ablations = harness.read(results_file(params, ABLATION_RESULTS), "seed", "budget", "warmup_steps", "opd_steps")
-    if ablations:
-        budgets = ", ".join(f"N={b}" for b in sorted({r["budget"] for r in ablations}))
-        out += [
-            "**Ablations with fewer distillation steps** (measured once: "
-            f"warmup → OPD → evaluate rerun on the {budgets} cells above, same RL teacher and rollouts; each "
-            f"ablation gets the removed stage's steps; {SAMPLED})\n",
-            ablation_report(ablations),
-        ]
     return "\n".join(out)
 
 
