@@ -300,6 +300,12 @@ class RuntimeConfig(Section):
     vllm_server_url: str | None = None
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     vllm_tensor_parallel_size: int = Field(1, ge=1)
+    # Where the sampling and scoring stages (C1 gate, rollouts, evaluate) put a model. "single": all of it
+    # on `device`. "spread": across every visible GPU (transformers device_map "auto", each GPU's share
+    # capped by its free memory). "auto": single when the weights fit one GPU's free memory, spread
+    # otherwise: a model that fits runs fastest whole on one GPU (a spread model runs its layers one
+    # GPU after another), and one that does not fit can only run spread.
+    inference_placement: Literal["auto", "single", "spread"] = "auto"
 
 
 class FlowConfig(Section):

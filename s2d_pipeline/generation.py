@@ -33,7 +33,26 @@ class Completion:
 
 
 def device_of(model):
-    return next(model.parameters()).device
+    """The device a model's inputs go to: where its input embeddings run. Not its first parameter's:
+    a model spread over devices (`device_map`) need not register its embeddings first, and a block
+    offloaded to CPU or disk holds its weights on the meta device while accelerate's hook runs it on
+    another (`head_device_of`: where its logits come out)."""
+    return _execution_device(model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else model)
+
+
+def head_device_of(model):
+    """The device a model's logits come out on: where its LM head runs (the last GPU of a spread model)."""
+    return _execution_device(model.get_output_embeddings())
+
+
+def _execution_device(module):
+    import torch
+
+    hook = getattr(module, "_hf_hook", None)
+    for h in [hook, *getattr(hook, "hooks", [])]:  # one accelerate hook, or a SequentialHook of several
+        if getattr(h, "execution_device", None) is not None:
+            return torch.device(h.execution_device)
+    return next(module.parameters()).device
 
 
 def encode_prompt(tokenizer, prompt: str, *, chat: bool) -> list[int]:
@@ -341,7 +360,7 @@ def score_completion_ids(
 
     logprobs: list[float] = []
     kl_sum, kl_tokens = 0.0, 0
-    dev = device_of(teacher)  # all vocabulary-wide math on the teacher's device
+    dev = head_device_of(teacher)  # all vocabulary-wide math where the teacher's logits come out
     per_chunk = max(1, chunk_bytes // (4 * teacher.config.get_text_config().vocab_size))
     with torch.no_grad():
         for start in range(0, len(prompt_ids), batch_size):
@@ -387,7 +406,8 @@ def _hidden_states(model, ids, attn, rows, cols):
     out = model.base_model(
         input_ids=ids.to(dev), attention_mask=attn.to(dev), position_ids=position_ids.to(dev), use_cache=False
     )
-    return out.last_hidden_state[rows.to(dev), cols.to(dev)]
+    hidden = out.last_hidden_state  # on the device of the last layer, which a spread model's first need not share
+    return hidden[rows.to(hidden.device), cols.to(hidden.device)]
 
 
 def _log_probs(model, hidden):

@@ -76,18 +76,22 @@ def load_model(path: str | Path, cfg: Config, *, for_inference: bool = False):
     """Load a causal LM from a local directory (safetensors only, no remote code unless enabled).
 
     Trainers place (or shard) the models they are given, so training callers get the model on the
-    CPU; `for_inference` moves it to the run's device for the sampling and scoring stages.
+    CPU; `for_inference` places it for the sampling and scoring stages (`runtime.inference_placement`):
+    whole on the run's device, or across the visible GPUs (`inference_placement`).
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     try:
+        placement = inference_placement(Path(path), cfg) if for_inference else None
+        spread = {} if placement is None else {"device_map": "auto", "max_memory": placement}
         model = AutoModelForCausalLM.from_pretrained(
             str(path),
             dtype=torch_dtype(cfg),
             trust_remote_code=cfg.models.trust_remote_code,
             use_safetensors=True,
             local_files_only=True,
+            **spread,
         )
     except SafetensorError as exc:
         raise S2DError(unreadable_weights_message(Path(path), cfg, str(exc))) from None
@@ -95,9 +99,83 @@ def load_model(path: str | Path, cfg: Config, *, for_inference: bool = False):
         if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
             raise S2DError(unreadable_weights_message(Path(path), cfg, "no *.safetensors weights")) from None
         raise
-    if for_inference:
+    if for_inference and placement is None:
         model.to(device(cfg))
     return model
+
+
+# Weights may fill this share of a GPU's free memory; the rest is for generation's KV cache, the
+# activations and the scoring chunks (generation.SCORING_CHUNK_BYTES), which grow with the batch size.
+WEIGHTS_SHARE_OF_FREE_MEMORY = 0.8
+
+
+def inference_placement(model_dir: Path, cfg: Config) -> dict[int, int] | None:
+    """How the sampling and scoring stages place the model in `model_dir`: None to put it whole on
+    the run's device, or the `max_memory` (bytes per GPU index) to spread it across the GPUs with
+    (`choose_placement` on this machine's free GPU memory and the model's weights)."""
+    setting = cfg.runtime.inference_placement
+    if setting == "single":
+        return None
+    import gc
+
+    import torch
+
+    gpus = torch.cuda.device_count() if device(cfg) == "cuda" else 0
+    if gpus:
+        gc.collect()
+        torch.cuda.empty_cache()  # a model scored before this one may still hold cached blocks
+    free = [torch.cuda.mem_get_info(i)[0] for i in range(gpus)]
+    return choose_placement(setting, weights_bytes(model_dir, cfg) if gpus else 0, free, model_dir)
+
+
+def choose_placement(
+    setting: str, weights: int, free: list[int], model_dir: Path | str = "the model"
+) -> dict[int, int] | None:
+    """None (the whole model on one device) or the `max_memory` (bytes per GPU index) that spreads it
+    over the GPUs, for `weights` bytes of weights and `free` bytes free on each visible GPU (none: a
+    CPU run). `setting` is `runtime.inference_placement`; GPU 0 is the one a whole model goes to.
+    Refuses what cannot fit, naming the sizes, rather than leave it to an out-of-memory error."""
+    if setting == "single":
+        return None
+    budget = [int(f * WEIGHTS_SHARE_OF_FREE_MEMORY) for f in free]
+    if not free:
+        if setting == "spread":
+            raise ConfigError(
+                "key 'runtime.inference_placement': 'spread' places a model across GPUs, and this run has none "
+                "(runtime.device is cpu, or no CUDA GPU is visible); use auto or single"
+            )
+        return None
+    if setting == "auto" and weights <= budget[0]:
+        return None
+    if weights > sum(budget) or (setting == "auto" and len(free) == 1):
+        shown = ", ".join(f"GPU {i}: {f / 2**30:.1f}" for i, f in enumerate(free))
+        raise ConfigError(
+            f"{model_dir}: its weights take {weights / 2**30:.1f} GiB ({setting} placement), more than "
+            f"{WEIGHTS_SHARE_OF_FREE_MEMORY:.0%} of the free memory of the {len(free)} visible GPU(s) ({shown} GiB "
+            "free; the rest is kept for generation). Make more GPUs visible (CUDA_VISIBLE_DEVICES), load it in "
+            "16 bits (models.dtype: bfloat16), sample with vLLM across GPUs (runtime.use_vllm, "
+            "runtime.vllm_tensor_parallel_size), or set runtime.inference_placement: single to try anyway"
+        )
+    return dict(enumerate(budget))
+
+
+def weights_bytes(model_dir: Path, cfg: Config) -> int:
+    """The bytes the model in `model_dir` takes once loaded at `models.dtype`, from its safetensors
+    headers (shapes and stored types; no weights are read)."""
+    from safetensors import safe_open
+
+    loaded_size = {"float32": 4, "bfloat16": 2}.get(cfg.models.dtype)
+    stored_size = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2}
+    total = 0
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as weights:
+            for name in weights.keys():
+                tensor = weights.get_slice(name)
+                numel = 1
+                for n in tensor.get_shape():
+                    numel *= n
+                total += numel * (loaded_size or stored_size.get(tensor.get_dtype(), 1))
+    return total
 
 
 def unreadable_weights_message(model_dir: Path, cfg: Config, problem: str) -> str:

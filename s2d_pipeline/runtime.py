@@ -7,8 +7,12 @@ import logging
 import os
 import random
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 from s2d_pipeline.config import Config
+
+T = TypeVar("T")
 
 # s2d never downloads (model and data references must already be on disk) and sends no usage
 # telemetry: offline, each attempt only fills the logs with connection errors. A user's own
@@ -95,6 +99,37 @@ def device(cfg: Config) -> str:
     if cfg.runtime.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return cfg.runtime.device
+
+
+def world_size() -> int:
+    """How many processes run this stage: more than 1 under `accelerate launch` (cli.run_distributed)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_on_main_process(fn: Callable[[], T]) -> T | None:
+    """`fn()` once per stage however many processes run it: in the main process, which returns its
+    result; the others return None. Only for work whose result the main process alone writes (the
+    other processes write nothing), called where the stage's collective work is over.
+
+    The others first give back the GPU memory their caching allocator holds and wait until all have,
+    so the main process can place a model across every GPU (models.load_model). They do not wait for
+    `fn`: a collective wait is cut off by the process group's timeout (transformers' `ddp_timeout`,
+    30 minutes), which scoring a large teacher can outlast; they end and free their GPUs instead."""
+    if world_size() == 1:
+        return fn()
+    import gc
+
+    import torch
+    from accelerate import PartialState
+
+    # The training stage's own state when its trainer ran first; else joined here (gloo without CUDA).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if not state.is_main_process:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    state.wait_for_everyone()
+    return fn() if state.is_main_process else None
 
 
 def tracking_uri(cfg: Config) -> str:

@@ -50,7 +50,13 @@ def run(cfg: Config, arm: str | None = None) -> dict:
     def gate_score(model_dir) -> dict:
         return score(task, load_model(model_dir, cfg, for_inference=True), tokenizer, gate_rows, cfg, sampling)
 
-    raw_scores = None
+    def c1_gates(keys: list[str]) -> dict[str, dict]:
+        raw_scores = gate_score(raw_teacher)
+        return {
+            key: c1_measurement(raw_scores, gate_score(rl_teacher_dir(cfg, key)), len(gate_rows), cfg.gates.c1.k)
+            for key in keys
+        }
+
     for key in arm_specs.only_unit(arm_specs.rl_teachers(cfg.arms), "teacher_rl", arm):
         rows = labeled_rows(cfg, arm_specs.ledger_arm_for_teacher(key, cfg.arms), TEACHER_RL)
         metrics[key] = train_arm(
@@ -62,8 +68,8 @@ def run(cfg: Config, arm: str | None = None) -> dict:
             summarise_rl_history,
             labels_used=len(rows),
         )
-        raw_scores = raw_scores or gate_score(raw_teacher)
-        metrics[key]["c1_gate"] = c1_measurement(
-            raw_scores, gate_score(rl_teacher_dir(cfg, key)), len(gate_rows), cfg.gates.c1.k
-        )
+    # Scored once, after every RL teacher is trained: under `accelerate launch` by the main process
+    # alone, which may spread each teacher over all the GPUs the training processes give back.
+    for key, gate in (runtime.run_on_main_process(partial(c1_gates, list(metrics))) or {}).items():
+        metrics[key]["c1_gate"] = gate
     return write_unit_metrics(unit_metrics_dir(cfg, "teacher_rl"), metrics, prune=arm is None)
