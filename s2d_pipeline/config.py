@@ -163,6 +163,9 @@ class HealConfig(Section):
     teacher's samples of the prompt pool, before anything else trains it."""
 
     steps: int = Field(0, ge=0)  # 0: no healing
+    # The healing's own seed (its teacher samples, data order and initialisation), not the run's: every
+    # run seed and budget then shares one healed student, prepared once and cached (runtime.cache_dir).
+    seed: int = 0
     learning_rate: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(5, ge=0)
     batch_size: int = Field(8, ge=1, description=SEQUENCES_PER_STEP)
@@ -289,6 +292,9 @@ class RuntimeConfig(Section):
     gradient_checkpointing: bool = False
     use_vllm: bool = False
     torch_threads: int | None = Field(None, ge=1)
+    # Where prepared inputs are cached across runs (a derived student once healed), like downloaded models:
+    # null is $S2D_CACHE, else ~/.cache/s2d; a relative path is under the project root.
+    cache_dir: str | None = None
     checkpoint_steps: int | None = Field(25, ge=1)  # save a resumable checkpoint every N steps
     # Multi-GPU: training stages relaunch themselves under `accelerate launch --config_file <this>`
     # (infra/accelerate/*.yaml: DeepSpeed ZeRO-3 or FSDP); null = one process.

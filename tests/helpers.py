@@ -109,6 +109,7 @@ SMOLLM2_MICRO = {
         "no_opd",
     ],
     "tracking": {"enabled": False},
+    "runtime": {"cache_dir": "cache"},  # under the run's root: each run heals its own student
     "data": {
         "n_labels": 12,
         "n_prompts": 8,

@@ -100,15 +100,18 @@ def test_models_come_from_the_gguf_import_saved_as_safetensors(real_run):
 
 
 def _rendered_problems(cfg) -> tuple:
-    """The teacher's tokenizer, and the chat-template rendering of every problem in labels, prompts and eval."""
+    """The teacher's tokenizer, and the chat-template rendering of every problem in labels, prompts and eval,
+    and of those the student's healing sampled the teacher on."""
     from s2d_pipeline.data import load_split
     from s2d_pipeline.models import load_tokenizer
     from s2d_pipeline.prompts import render
+    from s2d_pipeline.stages.prepare import heal_pool
     from s2d_pipeline.tasks import get_task
 
     task = get_task(cfg.task)
     tokenizer = load_tokenizer(cfg.artifacts / "prepare" / "teacher", cfg)
     problems = [r["prompt"] for split in ("labels", "prompts", "eval") for r in load_split(cfg, task, split)]
+    problems += [r["prompt"] for r in heal_pool(cfg, task)]
     return tokenizer, {render(cfg, task, tokenizer, p) for p in problems}
 
 

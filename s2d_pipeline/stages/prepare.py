@@ -11,7 +11,12 @@ Models, by `models.source`:
   lands outside the band (tiny models sometimes stall on a plateau); retries are logged.
 - `gguf`: the teacher is imported once from a GGUF checkpoint and saved as safetensors + tokenizer
   (chat template included); the student is cut from it (`models.student.keep_layers`) and healed
-  by forward-KL distillation on the teacher's samples (`prepare.heal`).
+  by forward-KL distillation on the teacher's samples (`prepare.heal`). The healed student is an
+  input, like a downloaded model: healed once and kept in the cache (`runtime.cache_dir`), keyed by
+  what made it (`heal_key`); a later prepare with the same key copies it instead of healing. The
+  healing has its own seed (`prepare.heal.seed`), not the run's, and samples the teacher on the
+  task's reserved problems (`Task.reserved_problems`, in no seed's splits), so every run seed and
+  budget shares one healed student that has seen no seed's eval question.
 - `path`: the user's checkpoints; only checks that teacher and student share a vocabulary.
 
     s2d prepare            # or: dvc repro prepare
@@ -19,8 +24,14 @@ Models, by `models.source`:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from s2d_pipeline import runtime
 from s2d_pipeline.config import Config
@@ -28,7 +39,7 @@ from s2d_pipeline.console import progress
 from s2d_pipeline.data import load_split
 from s2d_pipeline.errors import ConfigError, DataError, S2DError
 from s2d_pipeline.generation import accuracy, sample_completions
-from s2d_pipeline.io import atomic_dir, read_data_file, write_json, write_jsonl
+from s2d_pipeline.io import COMPLETE_MARKER, atomic_dir, read_data_file, write_json, write_jsonl
 from s2d_pipeline.layout import base_model_dir, checkpoint_dir, data_file, metrics_file
 from s2d_pipeline.models import (
     build_char_tokenizer,
@@ -38,6 +49,7 @@ from s2d_pipeline.models import (
     count_parameters,
     derive_student,
     import_gguf,
+    load_model,
     resolve_gguf,
     save_model,
 )
@@ -106,9 +118,8 @@ def split_file(cfg: Config) -> dict[str, list[dict]]:
 
 
 def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
-    """The GGUF teacher as safetensors; the student cut from it and healed; both scored on eval."""
-    import shutil
-
+    """The GGUF teacher as safetensors; the student cut from it and healed (or taken from the cache);
+    both scored on eval."""
     gguf = resolve_gguf(cfg.models.teacher.gguf, cfg.root)
     t0 = time.perf_counter()
     log.warning("prepare: importing %s", gguf)
@@ -116,7 +127,8 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # as load_tokenizer sets it for every later stage (batched sampling)
-    with atomic_dir(base_model_dir(cfg, "teacher")) as tmp:
+    teacher_dir = base_model_dir(cfg, "teacher")
+    with atomic_dir(teacher_dir) as tmp:
         save_model(teacher, tokenizer, tmp)
     out: dict = {
         "teacher": {
@@ -126,41 +138,18 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
         }
     }
     keep = cfg.models.student.keep_layers
-    student = derive_student(teacher, keep)
-    out["student"] = {"keep_layers": keep, "parameters": count_parameters(student)}
-    heal = cfg.prepare.heal
-    if heal.steps:
-        derived = checkpoint_dir(cfg, "prepare/derived-student")
-        save_model(student, tokenizer, derived)
-        pool = load_split(cfg, task, "prompts")[: heal.prompts]
-        prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in pool]
-        samples = sample_completions(
-            teacher,
-            tokenizer,
-            prompts,
-            cfg.rollouts,
-            n=1,
-            seed=cfg.seed,
-            desc="heal: teacher samples",
-            chat=cfg.models.chat_template,
-        )
-        rollouts = [{"prompt": p, "completion_ids": c[0].token_ids} for p, c in zip(prompts, samples, strict=True)]
-        t0 = time.perf_counter()
-        trainer = train_forward_kl(
-            cfg, heal, derived, base_model_dir(cfg, "teacher"), rollouts, heal.steps, "prepare/heal"
-        )
+    out["student"] = {"keep_layers": keep}
+    if cfg.prepare.heal.steps:
+        entry = healed_student(cfg, task, teacher, tokenizer, teacher_dir, file_sha256(gguf))
         with atomic_dir(base_model_dir(cfg, "student")) as tmp:
-            history = save_trained(trainer, tmp)
-        shutil.rmtree(derived, ignore_errors=True)  # the unhealed cut: scratch once healed
-        out["student"]["heal"] = {
-            "steps": heal.steps,
-            **summarise_loss_history(history),
-            "heal_s": round(time.perf_counter() - t0, 2),
-        }
-        student = trainer.model
+            shutil.copytree(entry.path, tmp, dirs_exist_ok=True)
+        student = load_model(base_model_dir(cfg, "student"), cfg)
+        out["student"]["heal"] = {**entry.record["heal"], "cache": {"entry": str(entry.path), "hit": entry.hit}}
     else:
+        student = derive_student(teacher, keep)
         with atomic_dir(base_model_dir(cfg, "student")) as tmp:
             save_model(student, tokenizer, tmp)
+    out["student"]["parameters"] = count_parameters(student)
     for role, model in (("teacher", teacher), ("student", student)):
         out[role]["eval_greedy_accuracy"] = round(
             accuracy(
@@ -187,6 +176,106 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
             p.gate_max_accuracy,
         )
     return out
+
+
+# What a cache entry holds besides the model: the key's inputs and the healing's summary.
+HEALED_RECORD = "s2d_healed.json"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    record: dict
+    hit: bool  # False: healed by this call
+
+
+def cache_root(cfg: Config) -> Path:
+    """`runtime.cache_dir`, else $S2D_CACHE, else ~/.cache/s2d."""
+    if cfg.runtime.cache_dir:
+        return cfg.path(cfg.runtime.cache_dir)
+    return Path(os.environ.get("S2D_CACHE") or Path.home() / ".cache" / "s2d")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def heal_pool(cfg: Config, task) -> list[dict]:
+    """The problems the healing samples the teacher on: the first `prepare.heal.prompts` of the task's
+    reserved problems (seeded by the healing's seed) when the run generates its data, so the student
+    every seed shares has seen none of any seed's eval questions; else the run's own prompts file."""
+    reserved = task.reserved_problems(cfg.prepare.heal.seed) if cfg.data.generate else None
+    pool = reserved if reserved is not None else load_split(cfg, task, "prompts")
+    return pool[: cfg.prepare.heal.prompts]
+
+
+def heal_key(cfg: Config, teacher_sha256: str, prompts: list[str]) -> dict:
+    """Everything that makes a healed student: the teacher file, the cut, the healing's settings and seed,
+    how the teacher's samples were drawn, and the rendered prompts it healed on (task, template, chat)."""
+    r = cfg.rollouts
+    return {
+        "teacher_sha256": teacher_sha256,
+        "dtype": cfg.models.dtype,
+        "keep_layers": cfg.models.student.keep_layers,
+        "heal": cfg.prepare.heal.model_dump(mode="json"),
+        "samples": {
+            "max_completion_length": r.max_completion_length,
+            "temperature": r.temperature,
+            "batch_size": r.batch_size,
+        },  # fmt: skip
+        "max_seq_len": cfg.models.max_seq_len,
+        "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+    }
+
+
+def healed_student(cfg: Config, task, teacher, tokenizer, teacher_dir: Path, teacher_sha256: str) -> CacheEntry:
+    """The cache entry of the student cut from `teacher` (saved in `teacher_dir`) and healed as `cfg`
+    says: the stored one when an entry with the same key is complete, else healed now and stored. An
+    entry is written into a temporary directory and renamed into place whole (`atomic_dir`), so one
+    left half-written by a kill is never taken for an entry."""
+    prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in heal_pool(cfg, task)]
+    key = heal_key(cfg, teacher_sha256, prompts)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_root(cfg) / "healed-students" / digest
+    if (path / COMPLETE_MARKER).is_file() and (path / HEALED_RECORD).is_file():
+        log.warning("prepare: the healed student from the cache: %s", path)
+        return CacheEntry(path, json.loads((path / HEALED_RECORD).read_text()), hit=True)
+    # The healing's own seed in place of the run's: the entry is the same whichever seed the run has.
+    heal_cfg = cfg.model_copy(update={"seed": cfg.prepare.heal.seed})
+    heal = cfg.prepare.heal
+    derived = checkpoint_dir(cfg, "prepare/derived-student")
+    save_model(derive_student(teacher, cfg.models.student.keep_layers), tokenizer, derived)
+    samples = sample_completions(
+        teacher,
+        tokenizer,
+        prompts,
+        cfg.rollouts,
+        n=1,
+        seed=heal.seed,
+        desc="heal: teacher samples",
+        chat=cfg.models.chat_template,
+    )
+    rollouts = [{"prompt": p, "completion_ids": c[0].token_ids} for p, c in zip(prompts, samples, strict=True)]
+    t0 = time.perf_counter()
+    trainer = train_forward_kl(heal_cfg, heal, derived, teacher_dir, rollouts, heal.steps, "prepare/heal")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(path) as tmp:
+        history = save_trained(trainer, tmp)
+        record = {
+            "key": key,
+            "heal": {
+                "steps": heal.steps,
+                **summarise_loss_history(history),
+                "heal_s": round(time.perf_counter() - t0, 2),
+            },
+        }
+        (tmp / HEALED_RECORD).write_text(json.dumps(record, indent=1))
+    shutil.rmtree(derived, ignore_errors=True)  # the unhealed cut: scratch once healed
+    return CacheEntry(path, record, hit=False)
 
 
 def _read_eval(cfg: Config, task) -> list[dict]:

@@ -31,6 +31,11 @@ class Task(ABC):
         """Disjoint `labels`, `prompts` (no answers) and `eval` rows, deterministic in `seed`."""
         raise NotImplementedError(f"task '{self.name}' does not generate data")
 
+    def reserved_problems(self, seed: int) -> list[dict] | None:
+        """Problems that no generated split of any seed holds, shuffled by `seed`, as canonical rows with
+        answers (what a model shared by every run seed is prepared on), or None when the task keeps none."""
+        return None
+
     def pretraining_corpus(self, vocab: dict[str, int], exclude_prompts: set[str]):
         """Batches for pretraining tiny base models from scratch (`models.source: build`), or None
         when the task has none (real tasks bring pretrained models)."""

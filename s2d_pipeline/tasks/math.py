@@ -137,6 +137,17 @@ def _number_text(x: int | float) -> str | None:
     return str(x)
 
 
+# One generated sum in this many, chosen by a hash of its operands (so the same for every seed), is kept
+# out of labels, prompts and eval (`MathTask.reserved_problems`).
+RESERVED_ONE_IN = 10
+
+
+def _reserved(operands: tuple[int, ...]) -> bool:
+    import zlib
+
+    return zlib.crc32(" + ".join(map(str, operands)).encode()) % RESERVED_ONE_IN == 0
+
+
 class MathTask(Task):
     name = "math"
 
@@ -161,11 +172,12 @@ class MathTask(Task):
         if self.sums is None:
             return super().generate_splits(seed, n_labels, n_prompts, n_eval)
         top, k = self.sums["max_operand"], self.sums["operands"]
-        problems = list(itertools.product(range(top + 1), repeat=k))
+        problems = [p for p in itertools.product(range(top + 1), repeat=k) if not _reserved(p)]
         if n_labels + n_prompts + n_eval > len(problems):
             raise DataError(
-                f"task.sums: {len(problems)} distinct problems with {k} operands up to {top}, but data.n_labels + "
-                f"n_prompts + n_eval = {n_labels + n_prompts + n_eval}; raise task.sums.max_operand or lower the counts"
+                f"task.sums: {len(problems)} distinct problems with {k} operands up to {top} (one in "
+                f"{RESERVED_ONE_IN} is reserved for preparing models), but data.n_labels + n_prompts + n_eval = "
+                f"{n_labels + n_prompts + n_eval}; raise task.sums.max_operand or lower the counts"
             )
         random.Random(f"math-sums-{top}-{k}-{seed}").shuffle(problems)
 
@@ -183,6 +195,23 @@ class MathTask(Task):
             "prompts": [row("pro", i, p, False) for i, p in enumerate(prompt_p)],
             "eval": [row("eval", i, p, True) for i, p in enumerate(eval_p)],
         }
+
+    def reserved_problems(self, seed: int) -> list[dict] | None:
+        """The sums no split ever holds (`_reserved`: the same ones for every seed), shuffled by `seed`, as
+        canonical rows with answers: what a model prepared once for every run seed (a derived student's
+        healing and sizing) is prepared on, so it has seen no seed's eval question."""
+        import itertools
+        import random
+
+        if self.sums is None:
+            return None
+        top, k = self.sums["max_operand"], self.sums["operands"]
+        problems = [p for p in itertools.product(range(top + 1), repeat=k) if _reserved(p)]
+        random.Random(f"math-sums-reserved-{top}-{k}-{seed}").shuffle(problems)
+        return [
+            {"id": f"res-{i:05d}", "prompt": f"What is {' + '.join(map(str, p))}?", "answer": str(sum(p))}
+            for i, p in enumerate(problems)
+        ]
 
     # ---- format -----------------------------------------------------------------------------
     def format_prompt(self, problem: str) -> str:
