@@ -81,6 +81,12 @@ def quiet_libraries() -> None:
             )
         )
 
+    # TRL writes a model card beside every saved model from a template without a metadata block, and
+    # huggingface_hub warns about that block on each save: nothing a user of s2d can change.
+    repocard = logging.getLogger("huggingface_hub.repocard")
+    if not any(isinstance(f, _DropMessages) for f in repocard.filters):
+        repocard.addFilter(_DropMessages("Repo card metadata block was not found"))
+
 
 class _DropMessages(logging.Filter):
     """Drops log records whose message starts with one of `prefixes` (one logger, exact texts)."""

@@ -19,7 +19,7 @@ from s2d_pipeline import runtime
 from s2d_pipeline.config import Config
 from s2d_pipeline.data import load_split
 from s2d_pipeline.evaluation import score
-from s2d_pipeline.gate import c1_measurement
+from s2d_pipeline.gate import c1_measurement, warn_if_overridden
 from s2d_pipeline.io import write_unit_metrics
 from s2d_pipeline.layout import base_model_dir, rl_teacher_dir, unit_metrics_dir
 from s2d_pipeline.ledger import TEACHER_RL, labeled_rows
@@ -72,4 +72,5 @@ def run(cfg: Config, arm: str | None = None) -> dict:
     # alone, which may spread each teacher over all the GPUs the training processes give back.
     for key, gate in (runtime.run_on_main_process(partial(c1_gates, list(metrics))) or {}).items():
         metrics[key]["c1_gate"] = gate
+        warn_if_overridden(cfg, key, gate)
     return write_unit_metrics(unit_metrics_dir(cfg, "teacher_rl"), metrics, prune=arm is None)
