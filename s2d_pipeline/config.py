@@ -292,6 +292,10 @@ class RuntimeConfig(Section):
     gradient_checkpointing: bool = False
     use_vllm: bool = False
     torch_threads: int | None = Field(None, ge=1)
+    # The dtype the sampling and scoring stages (C1 gate, rollouts, evaluate) load a model in; training keeps
+    # models.dtype. auto: bfloat16 for a model s2d did not build, on hardware that multiplies in bf16 natively
+    # (models.inference_dtype has the rule), else models.dtype.
+    inference_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # Where prepared inputs are cached across runs (a derived student once healed), like downloaded models:
     # null is $S2D_CACHE, else ~/.cache/s2d; a relative path is under the project root.
     cache_dir: str | None = None

@@ -67,17 +67,55 @@ def count_parameters(model) -> int:
 
 
 def torch_dtype(cfg: Config):
+    """The dtype models load in for training (`models.dtype`)."""
+    return dtype_named(cfg.models.dtype)
+
+
+def dtype_named(name: str):
     import torch
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[cfg.models.dtype]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[name]
+
+
+def inference_dtype(cfg: Config):
+    """The dtype the sampling and scoring stages load a model in (`runtime.inference_dtype`)."""
+    setting, models = cfg.runtime.inference_dtype, cfg.models
+    return dtype_named(choose_inference_dtype(setting, models.dtype, models.source, native_bf16(device(cfg))))
+
+
+def choose_inference_dtype(setting: str, models_dtype: str, source: str, native: bool) -> str:
+    """`runtime.inference_dtype` resolved to a dtype name. auto: bfloat16 when the hardware multiplies in it
+    natively (`native`) and the model is not one `prepare` built (`models.source: build`), else models.dtype.
+    Why: a real model's generation is matmul-bound, and bf16 halves the bytes each step reads and runs on
+    AMX / AVX512-BF16 / tensor cores, with SmolLM2-135M's greedy accuracy unchanged within noise
+    (bench/RESULTS.md, "Generation: float32 vs the inference dtype"). The embedded default's tiny models gain
+    little (per-op overheads, not matmuls, dominate) and bf16 would move their recorded results; hardware
+    without native bf16 emulates it, slower than float32."""
+    if setting != "auto":
+        return setting
+    if models_dtype == "bfloat16" or (native and source != "build"):
+        return "bfloat16"
+    return models_dtype
+
+
+def native_bf16(device_kind: str) -> bool:
+    """Whether `device_kind` ("cpu" or "cuda") multiplies bf16 in hardware: a GPU with bf16 support, a CPU
+    with AMX tiles or AVX512-BF16."""
+    import torch
+
+    if device_kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own probes (private)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def load_model(path: str | Path, cfg: Config, *, for_inference: bool = False):
     """Load a causal LM from a local directory (safetensors only, no remote code unless enabled).
 
     Trainers place (or shard) the models they are given, so training callers get the model on the
-    CPU; `for_inference` places it for the sampling and scoring stages (`runtime.inference_placement`):
-    whole on the run's device, or across the visible GPUs (`inference_placement`).
+    CPU at `models.dtype`; `for_inference` loads it at `runtime.inference_dtype` and places it for the
+    sampling and scoring stages (`runtime.inference_placement`): whole on the run's device, or across
+    the visible GPUs (`inference_placement`).
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
@@ -87,7 +125,7 @@ def load_model(path: str | Path, cfg: Config, *, for_inference: bool = False):
         spread = {} if placement is None else {"device_map": "auto", "max_memory": placement}
         model = AutoModelForCausalLM.from_pretrained(
             str(path),
-            dtype=torch_dtype(cfg),
+            dtype=inference_dtype(cfg) if for_inference else torch_dtype(cfg),
             trust_remote_code=cfg.models.trust_remote_code,
             use_safetensors=True,
             local_files_only=True,
