@@ -363,6 +363,43 @@ def generation_speed(p: Project, batch: int = 32) -> dict:
     }
 
 
+def generation_side_by_side(p: Project, batch: int = 32, problems: int = 64, repeats: int = 3) -> dict:
+    """Greedy `generate` of the same chat-rendered problems by the teacher loaded as before (float32) and at
+    `runtime.inference_dtype: auto`, alternating (A B A B ...) after one untimed call each: new tokens/s (each
+    row up to its end token) and greedy accuracy. The machine is shared: the ratio is the measurement."""
+    import os
+
+    from s2d_pipeline.generation import generate_completions
+    from s2d_pipeline.layout import base_model_dir
+    from s2d_pipeline.models import load_model, load_tokenizer
+    from s2d_pipeline.prompts import render
+
+    cfg, task, teacher = p.cfg, p.task, base_model_dir(p.cfg, "teacher")
+    tokenizer, chat, new = load_tokenizer(teacher, cfg), cfg.models.chat_template, cfg.evaluate.max_completion_length
+    rows = task.to_canonical(task.generate_splits(cfg.seed, 0, 0, problems)["eval"], Path("generated.jsonl"))
+    prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in rows]
+    models = {}
+    for setting in ("float32", "auto"):
+        runtime_cfg = cfg.runtime.model_copy(update={"inference_dtype": setting})
+        models[setting] = load_model(teacher, cfg.model_copy(update={"runtime": runtime_cfg}), for_inference=True)
+        generate_completions(models[setting], tokenizer, prompts[:2], max_new_tokens=4, chat=chat)
+    runs, load = {s: [] for s in models}, [os.getloadavg()[0]]
+    for _ in range(repeats):
+        for setting, model in models.items():
+            t0 = time.perf_counter()
+            groups = generate_completions(model, tokenizer, prompts, max_new_tokens=new, batch_size=batch, chat=chat)
+            wall, tokens = time.perf_counter() - t0, sum(len(g[0].token_ids) for g in groups)
+            hits = sum(task.verify(g[0].text, r["answer"]) for g, r in zip(groups, rows, strict=True))
+            runs[setting].append({"wall_s": round(wall, 2), "tokens": tokens, "accuracy": hits / len(rows)})
+    median = {s: round(statistics.median(r["tokens"] / r["wall_s"] for r in v), 1) for s, v in runs.items()}
+    dtypes = {s: str(next(m.parameters()).dtype).removeprefix("torch.") for s, m in models.items()}
+    return {"batch": batch, "problems": len(rows), "max_new_tokens": new, "dtypes": dtypes, "runs": runs} | {
+        "median_tokens_per_s": median,
+        "ratio_auto_over_float32": round(median["auto"] / median["float32"], 2),
+        "load_average": [*load, os.getloadavg()[0]],
+    }
+
+
 def cpu(params: Path | None, steps: int | None, repeats: int, again: bool) -> None:
     """Each stage's s2d/TRL comparison a cell (and, with a real-weights profile, generation speed first).
     `steps=None`: each stage's steps from the params, i.e. the default run, with s2d's checkpointing as
@@ -373,9 +410,11 @@ def cpu(params: Path | None, steps: int | None, repeats: int, again: bool) -> No
         def measure(cell: dict) -> dict:
             if cell["stage"] == "generate":
                 return generation_speed(project())
+            if cell["stage"] == "generate_dtype":
+                return generation_side_by_side(project(), repeats=repeats)
             return compare(cell["stage"], project(), repeats)
 
-        stages = ["generate"] * (params is not None) + list(TRAINERS)
+        stages = ["generate", "generate_dtype"] * (params is not None) + list(TRAINERS)
         harness.run_cells(cpu_results(params), [{"stage": s} for s in stages], measure, again)
 
 
@@ -405,6 +444,16 @@ def cpu_section(params: Path | None = None) -> str:
             f"HF `generate` of the teacher, batch {g['batch']}, up to {g['max_new_tokens']} new tokens, sampled: "
             f"{g['tokens']} tokens in {g['wall_s']} s = {g['tokens_per_s']} tokens/s"
             + (f" ({g['note']})." if g.get("note") else "."),
+        ]
+    if d := by.get("generate_dtype"):
+        acc = {s: d["runs"][s][0]["accuracy"] for s in d["runs"]}
+        lines += [
+            "",
+            f"Generation, float32 vs `runtime.inference_dtype: auto` ({d['dtypes']['auto']}): greedy `generate` of "
+            f"{d['problems']} problems, batch {d['batch']}, up to {d['max_new_tokens']} new tokens, "
+            f"{len(d['runs']['auto'])} runs each, alternating: **{d['ratio_auto_over_float32']}x** the new "
+            f"tokens/s (median); greedy accuracy {acc['float32']:.3f} (float32) vs {acc['auto']:.3f}. Load average "
+            f"{d['load_average'][0]:.1f} to {d['load_average'][1]:.1f} on the shared machine: the ratio, not the speeds.",
         ]
     return "\n".join(lines) + "\n"
 
