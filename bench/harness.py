@@ -110,9 +110,11 @@ def main(
     report: Callable[[argparse.Namespace], str],
     options: Callable[[argparse.ArgumentParser], object] | None = None,
     run_options: Callable[[argparse.ArgumentParser], object] | None = None,
+    commands: dict[str, Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], object]]] | None = None,
 ) -> None:
     """A benchmark's command line: `python -m bench.<name> run [--again]` measures, `... report` prints its
-    part of RESULTS.md; `options` are taken by both, `run_options` by `run`."""
+    part of RESULTS.md; `options` are taken by both, `run_options` by `run`. `commands` adds more: each
+    name's function adds its options to its parser and returns what runs it."""
     parser = argparse.ArgumentParser(
         prog=f"python -m bench.{name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -123,8 +125,11 @@ def main(
     for p, adds in ((run_parser, (options, run_options)), (report_parser, (options,))):
         for add in filter(None, adds):
             add(p)
+    handlers = {name: add(sub.add_parser(name)) for name, add in (commands or {}).items()}
     args = parser.parse_args()
     if args.command == "report":
         print(report(args))
+    elif args.command in handlers:
+        handlers[args.command](args)
     else:
         run(args)

@@ -4,6 +4,7 @@
     python -m bench.label_efficiency run --budgets 64 --seeds 0
     python -m bench.label_efficiency run --params profiles/<name>.yaml   # another profile (own results file)
     python -m bench.label_efficiency report               # tables, plot and curve (RESULTS.md: python -m bench.report)
+    python -m bench.label_efficiency size --params profiles/smollm2-arith.yaml   # the derived student's sizing rule
 
 Run from the repository root.
 
@@ -273,6 +274,73 @@ def claim_preconditions(evaluation: dict, left: str, right: str, metric: str) ->
     return unmet
 
 
+SIZING = harness.RESULTS / "student_sizing.jsonl"
+# The student sizing rule (bench/findings.md): on SIZING_PROBLEMS of the task's reserved sums, the raw
+# student's greedy accuracy in SIZING_BAND and the raw teacher at least SIZING_MARGIN above it; the
+# candidates (kept layers: the first k - 1 and the last; heal steps) in the rule's order.
+SIZING_PROBLEMS, SIZING_BAND, SIZING_MARGIN = 100, (0.15, 0.45), 0.15
+SIZING_CANDIDATES = [(27, 10), (28, 10), (27, 30), (28, 30), (29, 30)]
+
+
+def size(params: Path, workdir: Path) -> None:
+    """The sizing rule: the raw teacher once, then each candidate cut and healed through prepare's cache
+    (so the one taken is already there for the profile's runs), greedy, one record each in
+    student_sizing.jsonl; stops at the first candidate that satisfies the rule. `eval` is never read."""
+    from s2d_pipeline import runtime
+    from s2d_pipeline.config import load_config
+    from s2d_pipeline.generation import accuracy
+    from s2d_pipeline.models import load_model
+    from s2d_pipeline.stages.prepare import file_sha256, healed_student, import_teacher
+    from s2d_pipeline.tasks import get_task
+
+    cfg = load_config(params, root=workdir)
+    runtime.setup(cfg)
+    task = get_task(cfg.task)
+    reserved = task.reserved_problems(cfg.prepare.heal.seed)
+    rows = reserved[-SIZING_PROBLEMS:]  # the healing samples the first prepare.heal.prompts of the same list
+    if len(reserved) < SIZING_PROBLEMS + cfg.prepare.heal.prompts:
+        raise SystemExit(f"{params}: {len(reserved)} reserved sums, fewer than the sizing split and the heal pool")
+    teacher, tokenizer, gguf = import_teacher(cfg, workdir / "teacher")
+    teacher_sha256, layers = file_sha256(gguf), teacher.config.num_hidden_layers
+
+    def greedy(model) -> float:
+        kwargs = {"max_new_tokens": cfg.evaluate.max_completion_length, "batch_size": cfg.evaluate.batch_size}
+        return round(accuracy(cfg, task, model, tokenizer, rows, **kwargs), 4)
+
+    def record(cell: dict, measure) -> dict:
+        done = [r for r in harness.read(SIZING) if "error" not in r and all(r.get(k) == v for k, v in cell.items())]
+        if done:
+            return done[-1]
+        t0 = time.perf_counter()
+        out = harness.append(SIZING, {**cell, **measure(), "wall_s": round(time.perf_counter() - t0, 1)})
+        print(json.dumps({k: v for k, v in out.items() if k != "machine"}), flush=True)
+        return out
+
+    base = {"profile": cfg.profile, "task": cfg.task.sums.model_dump(), "problems": len(rows)}
+    teacher_acc = record({**base, "model": "teacher"}, lambda: {"greedy": greedy(teacher)})["greedy"]
+    if teacher_acc < SIZING_BAND[0] + SIZING_MARGIN:
+        print(f"the raw teacher scores {teacher_acc:.3f}: no student can satisfy the rule on this task")
+        return
+    for kept, steps in SIZING_CANDIDATES:
+        keep = [*range(kept - 1), layers - 1]
+        c = load_config(params, {"models": {"student": {"keep_layers": keep}}, "prepare": {"heal": {"steps": steps}}},
+                        root=workdir)  # fmt: skip
+
+        def measure(c=c):
+            entry = healed_student(c, task, teacher, tokenizer, workdir / "teacher", teacher_sha256)
+            return {
+                "greedy": greedy(load_model(entry.path, c)),
+                "heal": entry.record["heal"],
+                "entry": str(entry.path),
+            }
+
+        acc = record({**base, "model": "student", "kept_layers": kept, "heal_steps": steps}, measure)["greedy"]
+        ok = SIZING_BAND[0] <= acc <= SIZING_BAND[1] and teacher_acc - acc >= SIZING_MARGIN
+        print(f"keep {kept}, heal {steps}: student {acc:.3f}, teacher {teacher_acc:.3f}: {'taken' if ok else 'no'}")
+        if ok:
+            return
+
+
 def claim_verdicts(records: list[dict], metric: str) -> list[dict]:
     """Each claim in CLAIMS over the cells where both arms ran and its preconditions hold
     (`claim_preconditions`): the mean paired difference, a bootstrap interval over seeds (each seed's
@@ -427,7 +495,20 @@ def main() -> None:
     def run_args(a):
         run(a.seeds, a.budgets, a.params.resolve(), a.workdir, a.again)
 
-    harness.main("label_efficiency", __doc__, run_args, lambda a: section(a.params.resolve()), options, run_options)
+    def size_command(p):
+        p.add_argument("--params", type=Path, default=harness.REPO / "profiles" / "smollm2-arith.yaml")
+        p.add_argument("--workdir", type=Path, default=WORKDIR.with_name("s2d-bench-student-sizing"))
+        return lambda a: size(a.params.resolve(), a.workdir)
+
+    harness.main(
+        "label_efficiency",
+        __doc__,
+        run_args,
+        lambda a: section(a.params.resolve()),
+        options,
+        run_options,
+        commands={"size": size_command},
+    )
 
 
 if __name__ == "__main__":

@@ -120,16 +120,9 @@ def split_file(cfg: Config) -> dict[str, list[dict]]:
 def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
     """The GGUF teacher as safetensors; the student cut from it and healed (or taken from the cache);
     both scored on eval."""
-    gguf = resolve_gguf(cfg.models.teacher.gguf, cfg.root)
     t0 = time.perf_counter()
-    log.warning("prepare: importing %s", gguf)
-    teacher, tokenizer = import_gguf(gguf, cfg)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"  # as load_tokenizer sets it for every later stage (batched sampling)
     teacher_dir = base_model_dir(cfg, "teacher")
-    with atomic_dir(teacher_dir) as tmp:
-        save_model(teacher, tokenizer, tmp)
+    teacher, tokenizer, gguf = import_teacher(cfg, teacher_dir)
     out: dict = {
         "teacher": {
             "gguf": str(gguf),
@@ -176,6 +169,20 @@ def _import_and_derive(cfg: Config, task, eval_rows: list[dict]) -> dict:
             p.gate_max_accuracy,
         )
     return out
+
+
+def import_teacher(cfg: Config, directory: Path):
+    """(model, tokenizer, GGUF path): the teacher imported from `models.teacher.gguf` and saved as
+    safetensors + tokenizer in `directory`, its tokenizer set up as load_tokenizer sets every later stage's."""
+    gguf = resolve_gguf(cfg.models.teacher.gguf, cfg.root)
+    log.warning("prepare: importing %s", gguf)
+    teacher, tokenizer = import_gguf(gguf, cfg)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # batched sampling
+    with atomic_dir(directory) as tmp:
+        save_model(teacher, tokenizer, tmp)
+    return teacher, tokenizer, gguf
 
 
 # What a cache entry holds besides the model: the key's inputs and the healing's summary.
