@@ -118,8 +118,14 @@ def test_trl_trainers_tokenize_prompts_by_the_rule(trainer):
     tok = char_tokenizer(bos=True, eos_too=True, template=TEMPLATE_WITH_BOS)
     cls = with_prompt_rule(getattr(trl, trainer))
     obj = cls.__new__(cls)
-    obj.__dict__.update(processing_class=tok, _is_vlm=False, tools=None, chat_template=None, chat_template_kwargs={})
-    obj.environment_factories = None
+    obj.__dict__.update(
+        processing_class=tok,
+        _is_vlm=False,
+        tools=None,
+        chat_template=None,
+        chat_template_kwargs={},
+        environment_factories=None,
+    )
     texts = ["1+2=", "3+4="]
     ids, images, fields = obj._tokenize_prompts(texts)
     assert (
