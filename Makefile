@@ -53,7 +53,8 @@ test-fast: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest -q -m "not slow"
 
 ## make screenshots: the MLflow UI over the latest run (after `make run`) as docs/mlflow-*.png, taken
-## with Debian's headless Chromium (installed here when missing).
+## with Debian's headless Chromium (installed here when missing). A flow run's Prefect pages:
+## `python -m docs.screenshots --prefect-url URL --flow-run ID` (docs/prefect-*.png).
 screenshots: $(STAMP)
 	command -v chromium >/dev/null || apt-get install -y -q chromium
 	$(VENV)/bin/python -m docs.screenshots

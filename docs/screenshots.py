@@ -1,11 +1,17 @@
-"""Screenshots of the MLflow UI over the latest pipeline run, taken with headless Chromium.
+"""Screenshots of the MLflow and Prefect UIs over a pipeline run, taken with headless Chromium.
 
     make screenshots                     # after `make run`: writes docs/mlflow-*.png
     python -m docs.screenshots --root /path/to/project
+    python -m docs.screenshots --prefect-url http://127.0.0.1:4200 --flow-run <id>   # docs/prefect-*.png
 
-Starts a real `mlflow ui` on the project's tracking store (127.0.0.1, a free port), opens the
-views the README points to — the runs table, the arms compared side by side, the parent run's
-charts and the registered model — in Debian's `chromium`, and saves each as a PNG.
+MLflow: starts a real `mlflow ui` on the project's tracking store (127.0.0.1, a free port) and opens
+the latest pipeline run's views — the experiment where it opens (its runs table), the parent run's
+metrics (a chart per model, grouped by metric) and its accuracy chart, the arms compared and the
+registered model.
+Prefect: opens a finished `s2d` flow run on a running server — its page with the task runs, and its
+`s2d-result` artifact. A server on another port than 4200 serves a UI that calls the API on 4200
+unless it was started with `PREFECT_UI_API_URL` set to its own API; that is checked first.
+Each view is saved as a PNG from Debian's `chromium`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +41,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
-    "--window-size=1600,1000",
     "--virtual-time-budget=25000",  # let the UI's requests finish and the page render
 ]
 
@@ -87,7 +93,7 @@ def views(root: Path) -> dict[str, str]:
     version = client.get_model_version_by_alias(name, "challenger").version
     compare = urllib.parse.urlencode({"runs": json.dumps(compared), "experiments": json.dumps([experiment])})
     return {
-        "mlflow-runs": f"/experiments/{experiment}/runs?compareRunsMode=TABLE",
+        "mlflow-runs": f"/experiments/{experiment}",  # where the experiment opens by itself
         "mlflow-compare-arms": f"/compare-runs?{compare}",
         "mlflow-parent-charts": f"/experiments/{experiment}/runs/{parent}/artifacts/charts/accuracy.png",
         "mlflow-parent-metrics": f"/experiments/{experiment}/runs/{parent}/model-metrics",
@@ -95,11 +101,43 @@ def views(root: Path) -> dict[str, str]:
     }
 
 
-def shoot(url: str, out: Path, chromium: str) -> None:
+def _get_json(url: str, body: dict | None = None):
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def prefect_views(url: str, flow_run: str) -> dict[str, str]:
+    """Screenshot name -> Prefect UI route (its default UI, under /v2) for a finished `s2d` flow run."""
+    ui_api = _get_json(f"{url}/ui-settings")["api_url"]
+    if ui_api.rstrip("/") != f"{url}/api":
+        raise SystemExit(
+            f"the UI at {url} calls the API at {ui_api}, so its pages would be empty: "
+            f"start that server with PREFECT_UI_API_URL={url}/api"
+        )
+    only = {"flow_run_id": {"any_": [flow_run]}, "key": {"any_": ["s2d-result"]}}
+    artifacts = _get_json(f"{url}/api/artifacts/filter", {"artifacts": only})
+    if not artifacts:
+        raise SystemExit(f"flow run {flow_run} at {url} has no s2d-result artifact: it has not finished")
+    return {
+        "prefect-flow-run": f"/v2/runs/flow-run/{flow_run}?tab=TaskRuns",
+        "prefect-result-artifact": f"/v2/artifacts/artifact/{artifacts[0]['id']}",
+    }
+
+
+# Views whose content runs below the default window: the parent run's metrics, one chart per model.
+WINDOWS = {"mlflow-parent-metrics": "1600,1500"}
+
+
+def shoot(url: str, out: Path, chromium: str, window: str = "1600,1000") -> None:
     with tempfile.TemporaryDirectory(prefix="s2d-chromium-") as profile, tempfile.TemporaryDirectory() as tmp:
         shot = Path(tmp) / "shot.png"
+        flags = [f"--window-size={window}", f"--user-data-dir={profile}", f"--screenshot={shot}"]
         subprocess.run(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", url],
+            [chromium, *CHROMIUM_FLAGS, *flags, url],
             capture_output=True,
             timeout=180,
             check=True,
@@ -111,11 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m docs.screenshots", description=__doc__.split("\n")[0])
     p.add_argument("--root", type=Path, default=DOCS.parent, help="the project whose MLflow store to show")
     p.add_argument("--out", type=Path, default=DOCS)
+    p.add_argument("--prefect-url", help="a running Prefect server: shoot its flow run --flow-run instead of MLflow")
+    p.add_argument("--flow-run", help="the id of a finished `s2d` flow run on --prefect-url")
     args = p.parse_args(argv)
+    if bool(args.prefect_url) != bool(args.flow_run):
+        p.error("--prefect-url and --flow-run go together")
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SystemExit("needs Debian's chromium: `apt-get install -y chromium` (make screenshots does it)")
     root, out = args.root.resolve(), args.out.resolve()
+    if args.prefect_url:
+        base = args.prefect_url.rstrip("/")
+        for name, route in prefect_views(base, args.flow_run).items():
+            shoot(f"{base}{route}", out / f"{name}.png", chromium)
+            print(f"wrote {out / name}.png  ({route})")
+        return 0
     routes = views(root)
     from s2d_pipeline.config import load_config
     from s2d_pipeline.runtime import tracking_uri
@@ -142,11 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _wait_healthy(base, server)
         for name, route in routes.items():
-            shoot(f"{base}/#{route}", out / f"{name}.png", chromium)
+            shoot(f"{base}/#{route}", out / f"{name}.png", chromium, WINDOWS.get(name, "1600,1000"))
             print(f"wrote {out / name}.png  ({route})")
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # its workers can outlast the grace period
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
     return 0
 
 
