@@ -453,7 +453,8 @@ def cpu_section(params: Path | None = None) -> str:
             f"{d['problems']} problems, batch {d['batch']}, up to {d['max_new_tokens']} new tokens, "
             f"{len(d['runs']['auto'])} runs each, alternating: **{d['ratio_auto_over_float32']}x** the new "
             f"tokens/s (median); greedy accuracy {acc['float32']:.3f} (float32) vs {acc['auto']:.3f}. Load average "
-            f"{d['load_average'][0]:.1f} to {d['load_average'][1]:.1f} on the shared machine: the ratio, not the speeds.",
+            f"{d['load_average'][0]:.1f} to {d['load_average'][1]:.1f} on the shared machine: the ratio, not the speeds "
+            f"({harness.describe(d['machine'])}).",
         ]
     return "\n".join(lines) + "\n"
 
