@@ -5,7 +5,7 @@
     python -m docs.screenshots --prefect-url http://127.0.0.1:4200 --flow-run <id>   # docs/prefect-*.png
 
 MLflow: starts a real `mlflow ui` on the project's tracking store (127.0.0.1, a free port) and opens
-the latest pipeline run's views — the experiment where it opens (its runs table), the parent run's
+the latest pipeline run's views — the experiment's runs table, the parent run's
 metrics (a chart per model, grouped by metric) and its accuracy chart, the arms compared and the
 registered model.
 Prefect: opens a finished `s2d` flow run on a running server — its page with the task runs, and its
@@ -41,7 +41,8 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
-    "--virtual-time-budget=25000",  # let the UI's requests finish and the page render
+    "--window-size=1600,1000",
+    "--virtual-time-budget=120000",  # let the UI's requests finish and the page render
 ]
 
 
@@ -93,7 +94,8 @@ def views(root: Path) -> dict[str, str]:
     version = client.get_model_version_by_alias(name, "challenger").version
     compare = urllib.parse.urlencode({"runs": json.dumps(compared), "experiments": json.dumps([experiment])})
     return {
-        "mlflow-runs": f"/experiments/{experiment}",  # where the experiment opens by itself
+        # MLflow 3.17 opens an experiment where its sidebar toggle says (GenAI: the overview), not by its kind tag.
+        "mlflow-runs": f"/experiments/{experiment}/runs",
         "mlflow-compare-arms": f"/compare-runs?{compare}",
         "mlflow-parent-charts": f"/experiments/{experiment}/runs/{parent}/artifacts/charts/accuracy.png",
         "mlflow-parent-metrics": f"/experiments/{experiment}/runs/{parent}/model-metrics",
@@ -128,16 +130,11 @@ def prefect_views(url: str, flow_run: str) -> dict[str, str]:
     }
 
 
-# Views whose content runs below the default window: the parent run's metrics, one chart per model.
-WINDOWS = {"mlflow-parent-metrics": "1600,1500"}
-
-
-def shoot(url: str, out: Path, chromium: str, window: str = "1600,1000") -> None:
+def shoot(url: str, out: Path, chromium: str) -> None:
     with tempfile.TemporaryDirectory(prefix="s2d-chromium-") as profile, tempfile.TemporaryDirectory() as tmp:
         shot = Path(tmp) / "shot.png"
-        flags = [f"--window-size={window}", f"--user-data-dir={profile}", f"--screenshot={shot}"]
         subprocess.run(
-            [chromium, *CHROMIUM_FLAGS, *flags, url],
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", url],
             capture_output=True,
             timeout=180,
             check=True,
@@ -190,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _wait_healthy(base, server)
         for name, route in routes.items():
-            shoot(f"{base}/#{route}", out / f"{name}.png", chromium, WINDOWS.get(name, "1600,1000"))
+            shoot(f"{base}/#{route}", out / f"{name}.png", chromium)
             print(f"wrote {out / name}.png  ({route})")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
