@@ -293,7 +293,8 @@ def size(params: Path, workdir: Path) -> None:
     from s2d_pipeline.stages.prepare import file_sha256, healed_student, import_teacher
     from s2d_pipeline.tasks import get_task
 
-    cfg = load_config(params, root=workdir)
+    quiet = {"tracking": {"enabled": False}}  # measures the student, not the store
+    cfg = load_config(params, quiet, root=workdir)
     runtime.setup(cfg)
     task = get_task(cfg.task)
     reserved = task.reserved_problems(cfg.prepare.heal.seed)
@@ -323,8 +324,8 @@ def size(params: Path, workdir: Path) -> None:
         return
     for kept, steps in SIZING_CANDIDATES:
         keep = [*range(kept - 1), layers - 1]
-        c = load_config(params, {"models": {"student": {"keep_layers": keep}}, "prepare": {"heal": {"steps": steps}}},
-                        root=workdir)  # fmt: skip
+        change = {"models": {"student": {"keep_layers": keep}}, "prepare": {"heal": {"steps": steps}}}
+        c = load_config(params, {**quiet, **change}, root=workdir)
 
         def measure(c=c):
             entry = healed_student(c, task, teacher, tokenizer, workdir / "teacher", teacher_sha256)
@@ -339,6 +340,24 @@ def size(params: Path, workdir: Path) -> None:
         print(f"keep {kept}, heal {steps}: student {acc:.3f}, teacher {teacher_acc:.3f}: {'taken' if ok else 'no'}")
         if ok:
             return
+
+
+def sizing_section() -> str:
+    """The sizing rule's records: the raw teacher and each candidate measured, in the rule's order."""
+    if not (records := harness.read(SIZING, "profile", "task", "model", "kept_layers", "heal_steps")):
+        return harness.not_run("label_efficiency", " (size)")
+    r0 = records[0]
+    lines = [
+        f"Machine: {harness.machines(records)}. `{r0['profile']}`, sums {r0['task']}, {r0['problems']} reserved "
+        f"problems, greedy; the rule: student in {list(SIZING_BAND)}, teacher at least {SIZING_MARGIN} above.",
+        "",
+        "| model | kept layers | heal steps | greedy | wall |",
+        "|---|---|---|---|---|",
+    ]
+    for r in records:
+        kept, steps = r.get("kept_layers", "all"), r.get("heal_steps", "—")
+        lines.append(f"| {r['model']} | {kept} | {steps} | {r['greedy']:.3f} | {r['wall_s']} s |")
+    return "\n".join(lines) + "\n"
 
 
 def claim_verdicts(records: list[dict], metric: str) -> list[dict]:

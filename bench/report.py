@@ -13,6 +13,11 @@ from bench import gpu_smoke, harness, label_efficiency, overhead, real_weights, 
 SMOLLM2 = harness.REPO / "profiles" / "smollm2-arith.yaml"
 SECTIONS = [
     ("1. Label efficiency (`python -m bench.label_efficiency run`)", label_efficiency.section),
+    (
+        "1b. Sizing the real-weights student (`python -m bench.label_efficiency size --params "
+        "profiles/smollm2-arith.yaml`)",
+        label_efficiency.sizing_section,
+    ),
     ("2. Pipeline overhead (`python -m bench.overhead run`)", overhead.section),
     ("3. Training throughput, CPU (`python -m bench.throughput run cpu`)", throughput.cpu_section),
     (
