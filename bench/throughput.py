@@ -6,8 +6,8 @@
     python -m bench.throughput report cpu|gpu [--params ...]
 
 Run from the repository root. `cpu` records one stage (GRPO, forward-KL warmup, OPD) a cell in
-bench/results/throughput_cpu[_<profile>].jsonl (`compare`), and with a real-weights profile HF `generate`
-of the teacher too; `gpu` one measurement of random-init Qwen3 shapes (bf16, sdpa) a cell in
+bench/results/throughput_cpu[_<profile>].jsonl (`compare`), and with a real-weights profile the teacher's
+generation in float32 and at `runtime.inference_dtype: auto`, side by side; `gpu` one measurement of random-init Qwen3 shapes (bf16, sdpa) a cell in
 bench/results/throughput_gpu.jsonl (`gpu_cell`).
 """
 
@@ -338,31 +338,6 @@ def compare(kind: str, p: Project, repeats: int) -> dict:
     }
 
 
-def generation_speed(p: Project, batch: int = 32) -> dict:
-    """HF `generate` of the teacher: sampled tokens per second at one batch size (after one untimed call)."""
-    from s2d_pipeline.generation import generate
-    from s2d_pipeline.layout import base_model_dir
-    from s2d_pipeline.models import load_model, load_tokenizer
-
-    teacher = base_model_dir(p.cfg, "teacher")
-    model, tokenizer = load_model(teacher, p.cfg), load_tokenizer(teacher, p.cfg)
-    prompts = ([r["prompt"] for r in p.rollouts] * batch)[:batch]
-    new = p.cfg.rollouts.max_completion_length
-    generate(model, tokenizer, prompts[:2], max_new_tokens=4, greedy=False, seed=0)
-    t0 = time.perf_counter()
-    texts = generate(model, tokenizer, prompts, max_new_tokens=new, greedy=False, seed=0, batch_size=batch)
-    wall = time.perf_counter() - t0
-    tokens = sum(len(tokenizer(t[0], add_special_tokens=False)["input_ids"]) for t in texts)
-    tokens_per_s = round(tokens / wall, 1)
-    return {
-        "batch": batch,
-        "max_new_tokens": new,
-        "tokens": tokens,
-        "wall_s": round(wall, 2),
-        "tokens_per_s": tokens_per_s,
-    }
-
-
 def generation_side_by_side(p: Project, batch: int = 32, problems: int = 64, repeats: int = 3) -> dict:
     """Greedy `generate` of the same chat-rendered problems by the teacher loaded as before (float32) and at
     `runtime.inference_dtype: auto`, alternating (A B A B ...) after one untimed call each: new tokens/s (each
@@ -401,20 +376,19 @@ def generation_side_by_side(p: Project, batch: int = 32, problems: int = 64, rep
 
 
 def cpu(params: Path | None, steps: int | None, repeats: int, again: bool) -> None:
-    """Each stage's s2d/TRL comparison a cell (and, with a real-weights profile, generation speed first).
+    """Each stage's s2d/TRL comparison a cell (and, with a real-weights profile, generation in float32 and at
+    `runtime.inference_dtype: auto` side by side first).
     `steps=None`: each stage's steps from the params, i.e. the default run, with s2d's checkpointing as
     configured (every `runtime.checkpoint_steps`) counted as s2d's cost."""
     with tempfile.TemporaryDirectory(prefix="s2d-throughput-") as tmp:
         project = functools.cache(lambda: _cpu_project(Path(tmp), steps, params))
 
         def measure(cell: dict) -> dict:
-            if cell["stage"] == "generate":
-                return generation_speed(project())
             if cell["stage"] == "generate_dtype":
                 return generation_side_by_side(project(), repeats=repeats)
             return compare(cell["stage"], project(), repeats)
 
-        stages = ["generate", "generate_dtype"] * (params is not None) + list(TRAINERS)
+        stages = ["generate_dtype"] * (params is not None) + list(TRAINERS)
         harness.run_cells(cpu_results(params), [{"stage": s} for s in stages], measure, again)
 
 
@@ -438,13 +412,6 @@ def cpu_section(params: Path | None = None) -> str:
             lines.append(
                 f"| {name} | {v['steps']} | {med['s2d']:.0f} | {med['trl']:.0f} | {v['ratio_s2d_over_trl']:.3f} |"
             )
-    if g := by.get("generate"):
-        lines += [
-            "",
-            f"HF `generate` of the teacher, batch {g['batch']}, up to {g['max_new_tokens']} new tokens, sampled: "
-            f"{g['tokens']} tokens in {g['wall_s']} s = {g['tokens_per_s']} tokens/s"
-            + (f" ({g['note']})." if g.get("note") else "."),
-        ]
     if d := by.get("generate_dtype"):
         acc = {s: d["runs"][s][0]["accuracy"] for s in d["runs"]}
         lines += [
