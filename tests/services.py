@@ -248,7 +248,8 @@ class ServiceStack:
             "--artifacts-destination", "s3://mlflow", "--serve-artifacts",
             "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
         ]  # fmt: skip
-        server = Server("mlflow", cmd, self.workdir / "mlflow.log", env=self.client_env(), cwd=self.workdir)
+        env = {**self.client_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as infra/README starts it
+        server = Server("mlflow", cmd, self.workdir / "mlflow.log", env=env, cwd=self.workdir)
         self.servers["mlflow"] = server.start()
         return server
 
