@@ -338,10 +338,13 @@ def compare(kind: str, p: Project, repeats: int) -> dict:
     }
 
 
-def generation_side_by_side(p: Project, batch: int = 32, problems: int = 64, repeats: int = 3) -> dict:
-    """Greedy `generate` of the same chat-rendered problems by the teacher loaded as before (float32) and at
-    `runtime.inference_dtype: auto`, alternating (A B A B ...) after one untimed call each: new tokens/s (each
-    row up to its end token) and greedy accuracy. The machine is shared: the ratio is the measurement."""
+def generation_side_by_side(
+    p: Project, batch: int = 32, problems: int = 64, repeats: int = 3, auto_batch: int | None = None
+) -> dict:
+    """Greedy `generate` of the same chat-rendered problems by the teacher loaded as before (float32, `batch`)
+    and at `runtime.inference_dtype: auto` (`auto_batch`, default `batch`), alternating (A B A B ...) after
+    one untimed call each: new tokens/s (each row up to its end token), wall time and greedy accuracy. The
+    machine is shared: the ratio is the measurement."""
     import os
 
     from s2d_pipeline.generation import generate_completions
@@ -358,17 +361,25 @@ def generation_side_by_side(p: Project, batch: int = 32, problems: int = 64, rep
         runtime_cfg = cfg.runtime.model_copy(update={"inference_dtype": setting})
         models[setting] = load_model(teacher, cfg.model_copy(update={"runtime": runtime_cfg}), for_inference=True)
         generate_completions(models[setting], tokenizer, prompts[:2], max_new_tokens=4, chat=chat)
-    runs, load = {s: [] for s in models}, [os.getloadavg()[0]]
+    runs, load, batches = (
+        {s: [] for s in models},
+        [os.getloadavg()[0]],
+        {"float32": batch, "auto": auto_batch or batch},
+    )
     for _ in range(repeats):
         for setting, model in models.items():
             t0 = time.perf_counter()
-            groups = generate_completions(model, tokenizer, prompts, max_new_tokens=new, batch_size=batch, chat=chat)
+            groups = generate_completions(
+                model, tokenizer, prompts, max_new_tokens=new, batch_size=batches[setting], chat=chat
+            )
             wall, tokens = time.perf_counter() - t0, sum(len(g[0].token_ids) for g in groups)
             hits = sum(task.verify(g[0].text, r["answer"]) for g, r in zip(groups, rows, strict=True))
             runs[setting].append({"wall_s": round(wall, 2), "tokens": tokens, "accuracy": hits / len(rows)})
     median = {s: round(statistics.median(r["tokens"] / r["wall_s"] for r in v), 1) for s, v in runs.items()}
     dtypes = {s: str(next(m.parameters()).dtype).removeprefix("torch.") for s, m in models.items()}
-    return {"batch": batch, "problems": len(rows), "max_new_tokens": new, "dtypes": dtypes, "runs": runs} | {
+    wall = {s: statistics.median(r["wall_s"] for r in v) for s, v in runs.items()}
+    return {"batch": batches, "problems": len(rows), "max_new_tokens": new, "dtypes": dtypes, "runs": runs} | {
+        "wall_ratio_float32_over_auto": round(wall["float32"] / wall["auto"], 2),
         "median_tokens_per_s": median,
         "ratio_auto_over_float32": round(median["auto"] / median["float32"], 2),
         "load_average": [*load, os.getloadavg()[0]],
@@ -414,12 +425,15 @@ def cpu_section(params: Path | None = None) -> str:
             )
     if d := by.get("generate_dtype"):
         acc = {s: d["runs"][s][0]["accuracy"] for s in d["runs"]}
+        batch = d["batch"] if isinstance(d["batch"], dict) else {"float32": d["batch"], "auto": d["batch"]}
         lines += [
             "",
-            f"Generation, float32 vs `runtime.inference_dtype: auto` ({d['dtypes']['auto']}): greedy `generate` of "
-            f"{d['problems']} problems, batch {d['batch']}, up to {d['max_new_tokens']} new tokens, "
-            f"{len(d['runs']['auto'])} runs each, alternating: **{d['ratio_auto_over_float32']}x** the new "
-            f"tokens/s (median); greedy accuracy {acc['float32']:.3f} (float32) vs {acc['auto']:.3f}. Load average "
+            f"Generation, float32 at batch {batch['float32']} vs `runtime.inference_dtype: auto` "
+            f"({d['dtypes']['auto']}) at batch {batch['auto']}: greedy `generate` of {d['problems']} problems, up "
+            f"to {d['max_new_tokens']} new tokens, {len(d['runs']['auto'])} runs each, alternating: "
+            f"**{d['ratio_auto_over_float32']}x** the new tokens/s, "
+            f"{d.get('wall_ratio_float32_over_auto', '–')}x less wall time (medians); greedy accuracy "
+            f"{acc['float32']:.3f} (float32) vs {acc['auto']:.3f}. Load average "
             f"{d['load_average'][0]:.1f} to {d['load_average'][1]:.1f} on the shared machine: the ratio, not the speeds "
             f"({harness.describe(d['machine'])}).",
         ]
