@@ -31,6 +31,7 @@ from bench import harness
 from s2d_pipeline.arms import SPECS
 from s2d_pipeline.io import read_unit_metrics
 from s2d_pipeline.stages import stages_through
+from s2d_pipeline.stages.evaluate import BY_PROBLEM
 
 RESULTS = harness.RESULTS / "label_efficiency.jsonl"
 CURVE_CSV = harness.RESULTS / "label_efficiency_curve.csv"
@@ -68,6 +69,18 @@ PAIRS = [
 # Every cell runs to the end: a teacher that fails the C1 gate is still distilled (the benchmark measures
 # what that costs), and metrics/teacher_rl/<teacher>.json keeps the gate's measurement.
 NO_STOPS = {"tracking": {"enabled": False}, "gates": {"c1": {"override": True}}}
+# A profile's cell settings over its own, fixed before its first arm ran (bench/findings.md). SmolLM2: the
+# seven arms of the claims, 200 eval problems scored greedy and once sampled (k = 1: with 11 models
+# evaluated, k = 4 alone would take a cell past 20 minutes on 2 cores), 64 labels (the largest budget) and
+# 64 unlabeled prompts; the C1 gate on 50 problems, 2 samples each.
+CELL_SETTINGS = {
+    "smollm2-arith": {
+        "arms": ["s2d", "grpo_direct", "raw_bridge", "no_warmup", "no_opd", "s2d_stage3", "s2d_stage3_replay"],
+        "data": {"n_eval": 200, "n_labels": 64, "n_prompts": 64},
+        "evaluate": {"k": 1, "kl_prompts": 16},
+        "gates": {"c1": {"problems": 50, "k": 2}},
+    }
+}
 
 
 def results_file(params: Path = PARAMS, default: Path = RESULTS) -> Path:
@@ -82,21 +95,33 @@ def workdir_for(params: Path, workdir: Path) -> Path:
     return workdir if params.resolve() == PARAMS.resolve() else workdir.with_name(f"{workdir.name}-{params.stem}")
 
 
+def cell_overrides(params: Path, seed: int, budget: int) -> dict:
+    """What a cell sets over the params: seed, budget, no stops, and the profile's CELL_SETTINGS."""
+    from s2d_pipeline.config import deep_merge
+
+    return deep_merge({"seed": seed, "budget": budget, **NO_STOPS}, CELL_SETTINGS.get(params.stem, {}))
+
+
 def _config(root: Path, seed: int, budget: int, params: Path):
     from s2d_pipeline.config import load_config
 
-    return load_config(params, {"seed": seed, "budget": budget, **NO_STOPS}, root=root)
+    return load_config(params, cell_overrides(params, seed, budget), root=root)
 
 
-def _run_stages(cfg, stages: list[str]) -> dict:
-    """Run `stages` in order; the seconds each took."""
+def _run_stages(cfg, stages: list[str], times_file: Path) -> dict:
+    """Run `stages` in order, skipping those whose metrics a previous, interrupted attempt wrote (a stage
+    writes them last); the seconds each took, kept in `times_file` as they finish."""
     from s2d_pipeline.cli import run_stage
+    from s2d_pipeline.layout import metrics_file
 
-    times = {}
+    times = json.loads(times_file.read_text()) if times_file.exists() else {}
     for name in stages:
+        if name in times and metrics_file(cfg, name).exists():
+            continue
         t0 = time.perf_counter()
         run_stage(name, cfg)
         times[name] = round(time.perf_counter() - t0, 1)
+        times_file.write_text(json.dumps(times))
     return times
 
 
@@ -107,6 +132,10 @@ def _train_tokens(metrics_dir: Path) -> dict:
         if metrics := read_unit_metrics(metrics_dir / stage):
             out[stage] = {u: m.get("train_tokens") for u, m in metrics.items()}
     return out
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def params_layout(params: Path) -> tuple[Path, Path]:
@@ -124,26 +153,33 @@ def run(seeds: list[int], budgets: list[int], params: Path, workdir: Path = WORK
 
     def measure(cell: dict) -> dict:
         seed, budget = cell["seed"], cell["budget"]
-        seed_root = workdir / f"seed{seed}"
-        if not (seed_root / metrics / f"{SEED_STAGES[-1]}.json").exists():
-            seed_root.mkdir(parents=True, exist_ok=True)
-            seed_times = _run_stages(_config(seed_root, seed, 64, params), SEED_STAGES)
-            (seed_root / "times.json").write_text(json.dumps(seed_times))
-        root = seed_root / f"budget{budget}"  # a fresh root whose data and shared stages link to the seed's
-        shutil.rmtree(root, ignore_errors=True)
-        (root / metrics).mkdir(parents=True)
-        (root / artifacts).mkdir(parents=True, exist_ok=True)
-        (root / "data").symlink_to((seed_root / "data").resolve())
-        for stage in SEED_STAGES:
-            (root / artifacts / stage).symlink_to((seed_root / artifacts / stage).resolve())
-        t0 = time.perf_counter()
-        times = _run_stages(_config(root, seed, budget, params), BUDGET_STAGES)
+        seed_root, settings = workdir / f"seed{seed}", cell_overrides(params, seed, budget)
+        made_by = {"params": str(params), "settings": {**settings, "budget": None}}  # what a seed root holds
+        if _read(seed_root / "cell.json") != made_by:  # made with other settings: start over
+            shutil.rmtree(seed_root, ignore_errors=True)
+            seed_root.mkdir(parents=True)
+            (seed_root / "cell.json").write_text(json.dumps(made_by))
+        _run_stages(_config(seed_root, seed, 64, params), SEED_STAGES, seed_root / "times.json")
+        # The cell's own root, its data and shared stages linked to the seed's; an interrupted attempt's
+        # finished stages are kept (resumed), a root made with other settings is started over.
+        root = seed_root / f"budget{budget}"
+        if _read(root / "cell.json") != settings:
+            shutil.rmtree(root, ignore_errors=True)
+            (root / metrics).mkdir(parents=True)
+            (root / artifacts).mkdir(parents=True, exist_ok=True)
+            (root / "data").symlink_to((seed_root / "data").resolve())
+            for stage in SEED_STAGES:
+                (root / artifacts / stage).symlink_to((seed_root / artifacts / stage).resolve())
+            (root / "cell.json").write_text(json.dumps(settings))
+        times = _run_stages(_config(root, seed, budget, params), BUDGET_STAGES, root / "times.json")
         evaluation = json.loads((root / metrics / "evaluate.json").read_text())
         prepare = json.loads((seed_root / metrics / "prepare.json").read_text())
+        by_problem = json.loads((root / artifacts / "evaluate" / BY_PROBLEM).read_text())
         return {
-            "wall_s": round(time.perf_counter() - t0, 1),
+            "wall_s": round(sum(times.values()), 1),
             "stage_s": {**json.loads((seed_root / "times.json").read_text()), **times},
             "evaluate": evaluation,
+            "by_problem": by_problem,
             "train_tokens": _train_tokens(root / metrics),
             "c1_gate": {k: m.get("c1_gate") for k, m in read_unit_metrics(root / metrics / "teacher_rl").items()},
             "params": str(params.relative_to(harness.REPO) if params.is_relative_to(harness.REPO) else params),
@@ -217,6 +253,20 @@ def report(records: list[dict]) -> str:
                 f"| {a} − {b} | {budget} | {', '.join(f'{x:+.3f}' for x in d)} | {np.mean(d):+.3f} | "
                 f"[{lo:+.3f}, {hi:+.3f}] | {sum(x > 0 for x in d)}/{len(d)} |"
             )
+    if rows := paired_by_problem(records):
+        lines += [
+            "",
+            "**Paired by problem, per cell (greedy)**: left minus right over the eval problems both answered, "
+            "95 % bootstrap interval resampling problems (10,000), problems only left / only right got right",
+            "",
+            "| seed | N | difference | mean | 95 % CI | only left / only right |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['seed']} | {r['budget']} | {r['left']} − {r['right']} | {r['mean']:+.3f} | "
+                f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] | {r['only_left']} / {r['only_right']} |"
+            )
     for metric in (sampled, "greedy"):
         lines += [
             "",
@@ -279,7 +329,9 @@ SIZING = harness.RESULTS / "student_sizing.jsonl"
 # student's greedy accuracy in SIZING_BAND and the raw teacher at least SIZING_MARGIN above it; the
 # candidates (kept layers: the first k - 1 and the last; heal steps) in the rule's order.
 SIZING_PROBLEMS, SIZING_BAND, SIZING_MARGIN = 100, (0.15, 0.45), 0.15
-SIZING_CANDIDATES = [(27, 10), (28, 10), (27, 30), (28, 30), (29, 30)]
+# The first rule's candidates, (27, 10), (28, 10), (27, 30), (28, 30), (29, 30), left every student within
+# 0.15 of the teacher (findings); the second rule's weaken the student, cheapest healing first.
+SIZING_CANDIDATES = [(26, 10), (25, 10), (24, 10), (26, 30), (25, 30), (24, 30)]
 
 
 def size(params: Path, workdir: Path) -> None:
@@ -411,6 +463,36 @@ def claim_verdicts(records: list[dict], metric: str) -> list[dict]:
                 "verdict": rule + (f" (elsewhere not testable: {why})" if unmet else ""),
             }
         out.append(verdict)
+    return out
+
+
+def paired_by_problem(records: list[dict]) -> list[dict]:
+    """For each cell that kept its verdicts per problem and each pair in PAIRS: the mean greedy
+    difference over the problems, its bootstrap interval resampling problems, and the problems only one
+    side got right. Within a cell this is the comparison's noise from the eval sample alone; across seeds
+    the base models vary too (the seed tables)."""
+    import numpy as np
+
+    out = []
+    for r in records:
+        models = r.get("by_problem", {}).get("models", {})
+        for left, right in PAIRS:
+            if left not in models or right not in models:
+                continue
+            a, b = (np.asarray(models[m]["greedy"]) for m in (left, right))
+            lo, hi = bootstrap_ci((a - b).tolist())
+            out.append(
+                {
+                    "seed": r["seed"],
+                    "budget": r["budget"],
+                    "left": left,
+                    "right": right,
+                    "mean": float((a - b).mean()),
+                    "ci": (lo, hi),
+                    "only_left": int(((a == 1) & (b == 0)).sum()),
+                    "only_right": int(((a == 0) & (b == 1)).sum()),
+                }
+            )
     return out
 
 

@@ -14,6 +14,12 @@ from s2d_pipeline.prompts import render
 def score(task, model, tokenizer, rows: list[dict], cfg: Config, settings=None) -> dict:
     """Greedy accuracy, avg_at_k and pass_at_k of one model on labeled rows, sampled with `settings`
     (k, temperature, max_completion_length, batch_size; default: the evaluate section)."""
+    return accuracy_metrics_of(score_by_problem(task, model, tokenizer, rows, cfg, settings))
+
+
+def score_by_problem(task, model, tokenizer, rows: list[dict], cfg: Config, settings=None) -> dict:
+    """`verdicts` of one model's greedy completion and k samples per row (what `score` summarises; two
+    models scored on the same rows are compared problem by problem)."""
     e = settings or cfg.evaluate
     prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in rows]
     chat = cfg.models.chat_template
@@ -21,19 +27,31 @@ def score(task, model, tokenizer, rows: list[dict], cfg: Config, settings=None) 
         model, tokenizer, prompts, max_new_tokens=e.max_completion_length, batch_size=e.batch_size, chat=chat
     )
     sampled = sample(model, tokenizer, prompts, e, n=e.k, seed=cfg.seed, chat=chat)
-    return accuracy_metrics(task, [c[0] for c in greedy], sampled, rows)
+    return verdicts(task, [c[0] for c in greedy], sampled, rows)
+
+
+def verdicts(task, greedy: list[str], sampled: list[list[str]], rows: list[dict]) -> dict:
+    """Per row, in order: whether the greedy completion is right (0/1) and how many of its samples are."""
+    return {
+        "greedy": [int(task.verify(c, r["answer"])) for c, r in zip(greedy, rows, strict=True)],
+        "hits": [sum(task.verify(c, r["answer"]) for c in cs) for cs, r in zip(sampled, rows, strict=True)],
+        "samples": [len(cs) for cs in sampled],
+    }
+
+
+def accuracy_metrics_of(v: dict) -> dict:
+    """Greedy accuracy, avg_at_k and pass_at_k from per-row `verdicts`."""
+    n = max(len(v["greedy"]), 1)
+    return {
+        "greedy": round(sum(v["greedy"]) / n, 4),
+        "avg_at_k": round(sum(h / k if k else 0.0 for h, k in zip(v["hits"], v["samples"], strict=True)) / n, 4),
+        "pass_at_k": round(sum(h > 0 for h in v["hits"]) / n, 4),
+    }
 
 
 def accuracy_metrics(task, greedy: list[str], sampled: list[list[str]], rows: list[dict]) -> dict:
     """Greedy accuracy, avg_at_k and pass_at_k from completions, scored by the task verifier."""
-    g = [task.verify(c, r["answer"]) for c, r in zip(greedy, rows, strict=True)]
-    hits = [[task.verify(c, r["answer"]) for c in cs] for cs, r in zip(sampled, rows, strict=True)]
-    n = max(len(rows), 1)
-    return {
-        "greedy": round(sum(g) / n, 4),
-        "avg_at_k": round(sum(sum(h) / len(h) if h else 0.0 for h in hits) / n, 4),
-        "pass_at_k": round(sum(any(h) for h in hits) / n, 4),
-    }
+    return accuracy_metrics_of(verdicts(task, greedy, sampled, rows))
 
 
 def own_samples(cfg: Config, model, tokenizer, prompts: list[str]) -> list[str]:

@@ -115,6 +115,27 @@ def test_evaluate_writes_every_arm_and_the_comparison(pipeline):
     assert "grpo_direct" in (cfg.artifacts / "evaluate" / "comparison.csv").read_text()
 
 
+def test_evaluate_keeps_every_models_verdict_per_problem(pipeline):
+    """by_problem.json: one verdict per eval problem for every evaluated model, in eval order, and the
+    accuracies in evaluate.json are their means (so arms can be compared problem by problem)."""
+    from s2d_pipeline.data import load_split
+    from s2d_pipeline.evaluation import accuracy_metrics_of
+    from s2d_pipeline.io import read_json
+    from s2d_pipeline.stages.evaluate import BY_PROBLEM, models_evaluated
+    from s2d_pipeline.tasks import get_task
+
+    cfg, out, _ = pipeline
+    kept = read_json(cfg.artifacts / "evaluate" / BY_PROBLEM)
+    rows = load_split(cfg, get_task(cfg.task), "eval")[: cfg.evaluate.max_problems]
+    assert kept["ids"] == [r["id"] for r in rows]
+    evaluated = models_evaluated(out["evaluate"])
+    assert set(kept["models"]) == set(evaluated)
+    for name, verdicts in kept["models"].items():
+        assert len(verdicts["greedy"]) == len(rows) and set(verdicts["samples"]) == {cfg.evaluate.k}
+        m = evaluated[name]
+        assert accuracy_metrics_of(verdicts) == {key: m[key] for key in ("greedy", "avg_at_k", "pass_at_k")}
+
+
 def test_accuracy_metrics_score_known_right_and_wrong_completions():
     from s2d_pipeline.evaluation import accuracy_metrics
     from s2d_pipeline.tasks.arithmetic import ArithmeticTask

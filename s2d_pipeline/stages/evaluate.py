@@ -25,7 +25,7 @@ from s2d_pipeline.arms import BASELINE_ARM, CANDIDATE_ARM
 from s2d_pipeline.config import Config
 from s2d_pipeline.console import progress
 from s2d_pipeline.data import load_split
-from s2d_pipeline.evaluation import score, student_teacher_kl
+from s2d_pipeline.evaluation import accuracy_metrics_of, score_by_problem, student_teacher_kl
 from s2d_pipeline.gate import GATE_METRIC
 from s2d_pipeline.io import atomic_path, read_json, sha256_file, write_json
 from s2d_pipeline.layout import (
@@ -53,11 +53,24 @@ def run(cfg: Config) -> dict:
         render(cfg, task, tokenizer, r["prompt"]) for r in load_split(cfg, task, "prompts")[-cfg.evaluate.kl_prompts :]
     ]
     cache: dict[Path, object] = {}
+    by_problem: dict[str, dict] = {}  # every model's verdicts on each eval problem (paired comparisons)
+    kl_of: dict[tuple[Path, Path], float] = {}  # C2 of a (student, teacher) pair that several arms share
 
     def model(path: Path):
         if path not in cache:
             cache[path] = load_model(path, cfg, for_inference=True)
         return cache[path]
+
+    def scored(name: str, path: Path, tok) -> dict:
+        by_problem[name] = score_by_problem(task, model(path), tok, rows, cfg)
+        return accuracy_metrics_of(by_problem[name])
+
+    def c2(student: Path, teacher: Path) -> float:
+        if (student, teacher) not in kl_of:
+            kl_of[student, teacher] = student_teacher_kl(
+                cfg, task, model(student), model(teacher), tokenizer, kl_prompts
+            )
+        return kl_of[student, teacher]
 
     teachers = {"teacher_raw": base_model_dir(cfg, "teacher")}
     teachers.update({f"teacher_rl/{k}": rl_teacher_dir(cfg, k) for k in arm_specs.rl_teachers(cfg.arms)})
@@ -66,7 +79,7 @@ def run(cfg: Config) -> dict:
     bar = progress(total=len(teachers) + 1 + len(cfg.arms), desc="evaluate", unit="model")
     for name, path in teachers.items():
         # A teacher is rendered and stopped with its own tokenizer, chat template and end ids.
-        result["teachers"][name] = score(task, model(path), load_tokenizer(path, cfg), rows, cfg)
+        result["teachers"][name] = scored(name, path, load_tokenizer(path, cfg))
         bar.update()
     raw = result["teachers"]["teacher_raw"]
     result["C1"] = {
@@ -75,27 +88,23 @@ def run(cfg: Config) -> dict:
         if k != "teacher_raw"
     }
 
-    base_student = model(base_model_dir(cfg, "student"))
-    result["student_raw"] = score(task, base_student, tokenizer, rows, cfg)
+    base_student = base_model_dir(cfg, "student")
+    result["student_raw"] = scored("student_raw", base_student, tokenizer)
     bar.update()
     for arm in cfg.arms:
         final = student_dir(cfg, *arm_specs.final_student_step(arm))
-        entry = score(task, model(final), tokenizer, rows, cfg)
+        entry = scored(arm, final, tokenizer)
         entry["model_sha256"] = sha256_file(final / "model.safetensors")[:16]  # what was evaluated
         spec = arm_specs.SPECS[arm]
         if spec.teacher is not None:
-            t = model(teacher_dir(cfg, spec.teacher))
+            t = teacher_dir(cfg, spec.teacher)
             bridge_arm, _ = arm_specs.bridge_final_step(arm)
-            c2 = {"before_warmup": student_teacher_kl(cfg, task, base_student, t, tokenizer, kl_prompts)}
+            kl = {"before_warmup": c2(base_student, t)}
             if spec.warmup:
-                c2["after_warmup"] = student_teacher_kl(
-                    cfg, task, model(student_dir(cfg, bridge_arm, "warmup")), t, tokenizer, kl_prompts
-                )
+                kl["after_warmup"] = c2(student_dir(cfg, bridge_arm, "warmup"), t)
             if spec.opd:
-                c2["after_opd"] = student_teacher_kl(
-                    cfg, task, model(student_dir(cfg, bridge_arm, "opd")), t, tokenizer, kl_prompts
-                )
-            entry["C2_kl"] = c2
+                kl["after_opd"] = c2(student_dir(cfg, bridge_arm, "opd"), t)
+            entry["C2_kl"] = kl
         result["arms"][arm] = entry
         bar.update()
     bar.close()
@@ -103,6 +112,7 @@ def run(cfg: Config) -> dict:
     result["provenance"] = provenance(cfg)
     result["wall_s"] = round(time.perf_counter() - started, 2)
     write_json(metrics_file(cfg, "evaluate"), result)
+    write_json(stage_dir(cfg, "evaluate") / BY_PROBLEM, {"ids": [r["id"] for r in rows], "models": by_problem})
     _write_comparison(cfg, result)
     if cfg.tracking.enabled:
         _track(cfg, result)
@@ -110,6 +120,8 @@ def run(cfg: Config) -> dict:
 
 
 ACCURACY = ("greedy", "avg_at_k", "pass_at_k")
+# Per eval problem, every model's verdicts (`evaluation.verdicts`), for comparisons paired by problem.
+BY_PROBLEM = "by_problem.json"
 C2_STEPS = ("before_warmup", "after_warmup", "after_opd")
 
 
