@@ -103,3 +103,18 @@ def test_only_the_testable_cells_enter_the_verdict_and_the_others_are_counted():
     assert v["verdict"] == (
         f"reproduces (elsewhere not testable: the raw student at the floor (below {STUDENT_FLOOR}) (1/3 cells))"
     )
+
+
+def test_paired_by_problem_counts_the_problems_each_side_alone_got_right():
+    from bench.label_efficiency import paired_by_problem
+
+    record = cell(0, 16)
+    record["by_problem"] = {
+        "ids": ["a", "b", "c", "d"],
+        "models": {"s2d": {"greedy": [1, 1, 0, 1]}, "grpo_direct": {"greedy": [0, 1, 1, 0]}},
+    }
+    rows = paired_by_problem([record, cell(1, 16)])  # a record without verdicts per problem is skipped
+    assert [(r["seed"], r["left"], r["right"]) for r in rows] == [(0, "s2d", "grpo_direct")]
+    r = rows[0]
+    assert (r["mean"], r["only_left"], r["only_right"]) == (0.25, 2, 1)
+    assert r["ci"][0] <= 0.25 <= r["ci"][1] and r["ci"][0] < r["ci"][1]

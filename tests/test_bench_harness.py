@@ -63,3 +63,32 @@ def test_the_report_reads_every_results_file_and_every_section_has_records(tmp_p
     assert {p.name for p in harness.RESULTS.glob("*.jsonl")} <= set(read)
     assert not [heading for heading, text in sections.items() if "Not run yet" in text or "No GPU run" in text]
     assert (tmp_path / "curve.csv").read_text() == (harness.RESULTS / "label_efficiency_curve.csv").read_text()
+
+
+def test_an_interrupted_cell_resumes_at_its_first_unfinished_stage(tmp_path, monkeypatch):
+    """A stage's metrics file is written last: a stage that wrote it is not run again, one that
+    broke before it is, and each stage's time is kept from the attempt that ran it."""
+    from bench import label_efficiency
+    from s2d_pipeline import cli
+    from s2d_pipeline.config import load_config
+    from s2d_pipeline.layout import metrics_file
+
+    cfg = load_config(None, {}, root=tmp_path)
+    ran, broken = [], {"validate"}
+
+    def run_stage(name, cfg):
+        ran.append(name)
+        if name in broken:
+            broken.discard(name)
+            raise RuntimeError(f"{name} interrupted")
+        metrics_file(cfg, name).parent.mkdir(parents=True, exist_ok=True)
+        metrics_file(cfg, name).write_text("{}")
+
+    monkeypatch.setattr(cli, "run_stage", run_stage)
+    times = tmp_path / "times.json"
+    with pytest.raises(RuntimeError, match="validate interrupted"):
+        label_efficiency._run_stages(cfg, ["prepare", "validate", "allocate"], times)
+    assert set(json.loads(times.read_text())) == {"prepare"}
+    label_efficiency._run_stages(cfg, ["prepare", "validate", "allocate"], times)
+    assert ran == ["prepare", "validate", "validate", "allocate"]
+    assert set(json.loads(times.read_text())) == {"prepare", "validate", "allocate"}
