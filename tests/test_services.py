@@ -321,15 +321,20 @@ def test_mlflow_server_stopped_mid_stage_fails_clearly_and_a_rerun_loses_nothing
 
     # `s2d evaluate` passes the preflight and opens its run on the live server; the server then dies
     # while the stage scores the models, before it logs them.
+    # No MLflow client retries: what is under test is the message and the rerun, not the ~15 s of
+    # retries s2d's bound allows (test_tracking_promotion pins that bound).
+    no_retries = {**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     err = stack.workdir / "evaluate-killed.err"
     with open(err, "w") as stderr:
-        stage = subprocess.Popen([s2d, "evaluate"], cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        stage = subprocess.Popen(
+            [s2d, "evaluate"], cwd=project, env=no_retries, stdout=subprocess.DEVNULL, stderr=stderr
+        )
     try:
         wait_until(lambda: stage.poll() is not None or _evaluate_run_is_open(stack), 180, "evaluate's run to open")
         assert stage.poll() is None, f"evaluate ended before the server was stopped:\n{err.read_text()[-3000:]}"
         stack.servers["mlflow"].stop()
         try:
-            status = stage.wait(240)  # a hang guard, not a speed check: MLflow's own retries took 8.5 min
+            status = stage.wait(240)  # a hang guard, not a speed check
         except subprocess.TimeoutExpired:
             raise AssertionError(
                 f"evaluate still running 240 s after the server stopped:\n{err.read_text()[-3000:]}"

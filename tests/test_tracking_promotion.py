@@ -132,3 +132,21 @@ def test_promote_compares_with_grpo_direct_at_the_same_budget(pipeline, tmp_path
         assert decision["reasons"] == [
             f"challenger {ours:.4f} does not beat grpo_direct {baseline:.4f} at the same budget"
         ]
+
+
+def test_mlflow_client_retries_are_bounded_unless_the_environment_sets_them(micro_cfg, monkeypatch):
+    """MLflow's own retry schedule hangs a stage ~8 minutes on a dead tracking server; s2d's bounds it,
+    and a value the user exported wins (the services test of a dead server exports 0 retries)."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
+
+    from s2d_pipeline.tracking import open_store
+
+    monkeypatch.delenv("S2D_TRACKING_URI", raising=False)
+    monkeypatch.delenv(MLFLOW_HTTP_REQUEST_MAX_RETRIES.name, raising=False)
+    monkeypatch.setenv(MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.name, "3")
+    open_store(micro_cfg)  # a SQLite store in the test's project
+    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 4
+    assert MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == 3
+    monkeypatch.delenv(MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.name)
+    open_store(micro_cfg)
+    assert MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == 1
