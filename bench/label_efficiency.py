@@ -184,7 +184,8 @@ def run(seeds: list[int], budgets: list[int], params: Path, workdir: Path = WORK
             "c1_gate": {k: m.get("c1_gate") for k, m in read_unit_metrics(root / metrics / "teacher_rl").items()},
             "params": str(params.relative_to(harness.REPO) if params.is_relative_to(harness.REPO) else params),
             "base_models": {
-                r: {"eval_greedy": prepare[r]["eval_greedy_accuracy"], "attempts": len(prepare[r]["attempts"])}
+                # attempts: pretraining tries of a built model (an imported or derived one has none)
+                r: {"eval_greedy": prepare[r]["eval_greedy_accuracy"], "attempts": len(prepare[r].get("attempts", []))}
                 for r in ("teacher", "student")
             },
         }
