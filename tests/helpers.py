@@ -92,12 +92,15 @@ def params_equal(a, b) -> bool:
 
 
 # The real-weights profile cut down to run every stage and arm on 2 cores in a few minutes: one or
-# two steps each, a handful of prompts, short completions, a 4-layer student (still 49,152-token
-# SmolLM2 vocabulary and chat template: what matters here is the real path, not the numbers).
+# two steps each, a handful of prompts, 8-token completions, one sample per gate and eval problem on
+# two problems, a 4-layer student (still 49,152-token SmolLM2 vocabulary and chat template: what
+# matters here is the real path, not the numbers). Each model load, generation and save is paid per
+# arm and per evaluated model, so these sizes drive the test's time.
 SMOLLM2_PROFILE = REPO / "profiles" / "smollm2-arith.yaml"
+SMOLLM2_COMPLETION_TOKENS = 8  # every stage's max_completion_length (test_real_weights counts on it)
 SMOLLM2_MICRO = {
     "budget": 8,
-    "gates": {"c1": {"override": True, "problems": 4}},  # one teacher-RL step need not improve it
+    "gates": {"c1": {"override": True, "problems": 2, "k": 1}},  # one teacher-RL step need not improve it
     "arms": [
         "s2d",
         "s2d_stage3",
@@ -112,26 +115,32 @@ SMOLLM2_MICRO = {
     "runtime": {"cache_dir": "cache"},  # under the run's root: each run heals its own student
     "data": {
         "n_labels": 12,
-        "n_prompts": 8,
+        "n_prompts": 4,
         "n_eval": 4,
         **{f"{s}_rows": {"min": 4} for s in ("labels", "prompts", "eval")},
     },
     "models": {"student": {"keep_layers": [0, 1, 2, 29]}, "max_seq_len": 96},
-    "prepare": {"heal": {"steps": 1, "batch_size": 4, "prompts": 4, "warmup_steps": 0}},
+    "prepare": {"heal": {"steps": 1, "batch_size": 2, "prompts": 2, "warmup_steps": 0}},
     **{
         stage: {
             "steps": 1,
             "prompts_per_step": 2,
             "num_generations": 2,
             "warmup_steps": 0,
-            "max_completion_length": 16,
+            "max_completion_length": SMOLLM2_COMPLETION_TOKENS,
         }
         for stage in ("teacher_rl", "grpo_direct", "student_rl")
     },
-    "rollouts": {"max_completion_length": 16, "batch_size": 8},
-    "warmup": {"steps": 1, "batch_size": 4, "warmup_steps": 0},
-    "opd": {"steps": 1, "batch_size": 4, "warmup_steps": 0, "max_completion_length": 16},
-    "evaluate": {"k": 2, "max_completion_length": 16, "kl_prompts": 4, "batch_size": 8},
+    "rollouts": {"max_completion_length": SMOLLM2_COMPLETION_TOKENS, "batch_size": 8},
+    "warmup": {"steps": 1, "batch_size": 2, "warmup_steps": 0},
+    "opd": {"steps": 1, "batch_size": 2, "warmup_steps": 0, "max_completion_length": SMOLLM2_COMPLETION_TOKENS},
+    "evaluate": {
+        "k": 1,
+        "max_problems": 2,
+        "max_completion_length": SMOLLM2_COMPLETION_TOKENS,
+        "kl_prompts": 2,
+        "batch_size": 8,
+    },
 }
 
 

@@ -257,4 +257,4 @@ def test_validate_refuses_a_prompt_longer_than_the_context_in_real_tokens(real_r
         validate.run(copy)
     message = str(err.value)
     assert "labels.jsonl:3" in message and "prompt fits the model context" in message
-    assert "at most 80" in message  # models.max_seq_len 96 minus the longest completion, 16
+    assert "at most 88" in message  # models.max_seq_len 96 minus the longest completion, 8
