@@ -109,14 +109,13 @@ def _config(root: Path, seed: int, budget: int, params: Path):
 
 
 def _run_stages(cfg, stages: list[str], times_file: Path) -> dict:
-    """Run `stages` in order, skipping those whose metrics a previous, interrupted attempt wrote (a stage
-    writes them last); the seconds each took, kept in `times_file` as they finish."""
+    """Run `stages` in order, skipping those a previous, interrupted attempt finished (a stage's time is
+    written to `times_file` only once it returned); the seconds each took."""
     from s2d_pipeline.cli import run_stage
-    from s2d_pipeline.layout import metrics_file
 
     times = json.loads(times_file.read_text()) if times_file.exists() else {}
     for name in stages:
-        if name in times and metrics_file(cfg, name).exists():
+        if name in times:
             continue
         t0 = time.perf_counter()
         run_stage(name, cfg)
