@@ -282,8 +282,16 @@ class C1GateConfig(Section):
     override: bool = False  # true: distil anyway (the stage metrics still record the failed gate)
 
 
+class PromoteGateConfig(Section):
+    """`s2d promote` moves `champion` to the challenger only when its avg_at_k beats the baseline arm's (same
+    budget) and the champion's by more than `min_gain`: a gap inside the eval's noise is not an improvement."""
+
+    min_gain: float = Field(0.01, ge=0.0, le=1.0)
+
+
 class GatesConfig(Section):
     c1: C1GateConfig = C1GateConfig()
+    promote: PromoteGateConfig = PromoteGateConfig()
 
 
 class RuntimeConfig(Section):

@@ -30,16 +30,22 @@ EVAL_SHA_TAG = "s2d.data_sha.eval"
 GATE_METRIC = "avg_at_k"
 
 
-def decide(candidate: float, baseline: float | None, champion: float | None, same_eval: bool) -> list[str]:
-    """Reasons the gate fails (an empty list means promote)."""
+def decide(
+    candidate: float, baseline: float | None, champion: float | None, same_eval: bool, min_gain: float = 0.0
+) -> list[str]:
+    """Reasons the gate fails (an empty list means promote): the candidate must beat the baseline arm and
+    the champion by more than `min_gain` (gates.promote.min_gain)."""
+    margin = f" by more than {min_gain}" if min_gain else ""
     reasons = []
-    if baseline is not None and not candidate > baseline:
-        reasons.append(f"challenger {candidate:.4f} does not beat {BASELINE_ARM} {baseline:.4f} at the same budget")
+    if baseline is not None and not round(candidate - baseline, 4) > min_gain:
+        reasons.append(
+            f"challenger {candidate:.4f} does not beat {BASELINE_ARM} {baseline:.4f}{margin} at the same budget"
+        )
     if champion is not None:
         if not same_eval:
             reasons.append("the champion was scored on a different eval set; re-evaluate before comparing")
-        elif not candidate > champion:
-            reasons.append(f"challenger {candidate:.4f} does not beat the champion {champion:.4f}")
+        elif not round(candidate - champion, 4) > min_gain:
+            reasons.append(f"challenger {candidate:.4f} does not beat the champion {champion:.4f}{margin}")
     return reasons
 
 

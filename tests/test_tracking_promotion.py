@@ -10,6 +10,18 @@ from s2d_pipeline.gate import decide
 
 def test_gate_logic():
     assert decide(0.8, 0.6, None, True) == []
+    # A margin: a gain at or inside it is not an improvement (0.7 - 0.6 is 0.0999... in floats).
+    assert decide(0.61, 0.6, None, True, min_gain=0.01) == [
+        "challenger 0.6100 does not beat grpo_direct 0.6000 by more than 0.01 at the same budget"
+    ]
+    assert decide(0.7, 0.6, 0.65, True, min_gain=0.1) == [
+        "challenger 0.7000 does not beat grpo_direct 0.6000 by more than 0.1 at the same budget",
+        "challenger 0.7000 does not beat the champion 0.6500 by more than 0.1",
+    ]
+    assert decide(0.7, 0.6, 0.65, True, min_gain=0.04) == []
+    assert decide(0.7, 0.6, 0.65, True, min_gain=0.05) == [
+        "challenger 0.7000 does not beat the champion 0.6500 by more than 0.05"
+    ]
     assert decide(0.8, None, None, True) == []  # no baseline arm configured, no champion yet
     assert decide(0.6, 0.6, None, True) == ["challenger 0.6000 does not beat grpo_direct 0.6000 at the same budget"]
     assert decide(0.8, 0.6, 0.8, True) == ["challenger 0.8000 does not beat the champion 0.8000"]  # a tie
@@ -110,7 +122,10 @@ def test_evaluate_registers_challenger_and_promote_moves_champion_only_through_t
     second = run_stage("promote", cfg)
     metric = evaluated["arms"]["s2d"]["avg_at_k"]
     assert second["promoted"] is False
-    assert second["reasons"] == [f"challenger {metric:.4f} does not beat the champion {metric:.4f}"]
+    margin = cfg.gates.promote.min_gain
+    assert second["reasons"] == [
+        f"challenger {metric:.4f} does not beat the champion {metric:.4f} by more than {margin}"
+    ]
     assert client.get_model_version_by_alias(name, "champion").version == challenger.version
     assert (
         client.get_model_version(name, newer.version).tags["s2d.promotion"] == "not promoted: " + second["reasons"][0]
@@ -127,10 +142,12 @@ def test_promote_compares_with_grpo_direct_at_the_same_budget(pipeline, tmp_path
     ours, baseline = evaluated["arms"]["s2d"]["avg_at_k"], evaluated["arms"]["grpo_direct"]["avg_at_k"]
     decision = run_stage("promote", cfg)
     assert decision["baseline"] == baseline and decision["challenger"] == ours
-    assert decision["promoted"] is (ours > baseline)
-    if ours <= baseline:
+    margin = cfg.gates.promote.min_gain
+    assert decision["min_gain"] == margin
+    assert decision["promoted"] is (round(ours - baseline, 4) > margin)
+    if not decision["promoted"]:
         assert decision["reasons"] == [
-            f"challenger {ours:.4f} does not beat grpo_direct {baseline:.4f} at the same budget"
+            f"challenger {ours:.4f} does not beat grpo_direct {baseline:.4f} by more than {margin} at the same budget"
         ]
 
 

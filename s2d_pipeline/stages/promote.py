@@ -45,6 +45,7 @@ def run(cfg: Config) -> dict:
         baseline,
         float(champion.tags[GATE_METRIC_TAG]) if champion else None,
         champion is None or champion.tags.get(EVAL_SHA_TAG) == challenger.tags.get(EVAL_SHA_TAG),
+        cfg.gates.promote.min_gain,
     )
     promoted = not reasons
     if promoted:
@@ -66,6 +67,7 @@ def run(cfg: Config) -> dict:
         "challenger": candidate,
         "baseline_arm": BASELINE_ARM,
         "baseline": baseline,
+        "min_gain": cfg.gates.promote.min_gain,
         "champion_version": champion.version if champion else None,
         "promoted": promoted,
         "reasons": reasons,
