@@ -56,6 +56,8 @@ CLAIMS = [
 # A raw student below this score (greedy or sampled, whichever the claim is read on) leaves nothing for
 # a comparison of training methods to read: differences between arms near zero are noise.
 STUDENT_FLOOR = 0.05
+# A claim's verdict resamples seeds: with fewer testable seeds than this it has none.
+MIN_SEEDS = 2
 # (left arm, right arm): the paired differences reported, left minus right.
 PAIRS = [
     ("s2d", "grpo_direct"),
@@ -455,7 +457,10 @@ def claim_verdicts(records: list[dict], metric: str) -> list[dict]:
         }
         if cells:
             lo, hi = bootstrap_ci([float(np.mean(ds)) for ds in per_seed.values()])
-            rule = "reproduces" if lo > 0 else "reversed" if hi < 0 else "not shown"
+            if len(per_seed) < MIN_SEEDS:  # an interval over one seed is that seed's value, not a spread
+                rule = f"no verdict: {len(per_seed)} seed, {MIN_SEEDS} needed"
+            else:
+                rule = "reproduces" if lo > 0 else "reversed" if hi < 0 else "not shown"
             verdict |= {
                 "mean": float(np.mean(cells)),
                 "ci": (lo, hi),

@@ -75,6 +75,9 @@ def test_a_claim_whose_preconditions_hold_gets_the_paired_verdict():
     assert v["mean"] == pytest.approx(0.11)
     assert verdict([cell(s, gain=-0.1) for s in (0, 1, 2)])["verdict"] == "reversed"
     assert verdict([cell(s, gain=g) for s, g in ((0, 0.1), (1, -0.1), (2, 0.0))])["verdict"] == "not shown"
+    # One seed, however many budgets: its interval would be its own value, so no verdict.
+    one_seed = verdict([cell(0, b, gain=0.1) for b in (16, 64)])
+    assert one_seed["verdict"] == "no verdict: 1 seed, 2 needed" and one_seed["mean"] == pytest.approx(0.1)
 
 
 def test_a_claim_whose_preconditions_fail_in_every_cell_is_not_testable_with_the_reason():
