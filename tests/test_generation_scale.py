@@ -340,13 +340,13 @@ def test_evaluate_renders_and_stops_each_teacher_with_its_own_tokenizer(pipeline
     shutil.copytree(cfg0.root, tmp_path / "copy")
     cfg = cfg0.model_copy(update={"root": tmp_path / "copy"})
     calls = []
-    real_score = evaluate.score
+    real_score = evaluate.score_by_problem
 
     def spy(task, model, tokenizer, rows, cfg, *args, **kwargs):
         calls.append((model.name_or_path, tokenizer.name_or_path))
         return real_score(task, model, tokenizer, rows, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "score", spy)
+    monkeypatch.setattr(evaluate, "score_by_problem", spy)
     evaluate.run(cfg)
     teacher_dirs = {str(base_model_dir(cfg, "teacher"))} | {str(rl_teacher_dir(cfg, k)) for k in ("s2d", "s2d_stage3")}
     teachers = [(m, t) for m, t in calls if m in teacher_dirs]

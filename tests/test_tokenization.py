@@ -258,7 +258,7 @@ def test_every_stage_and_trainer_feeds_the_same_prompt_ids(case, project, monkey
     monkeypatch.setattr(modeling_qwen2.Qwen2Model, "forward", forward)
     monkeypatch.setattr(teacher_rl, "score", tagged("C1 gate", teacher_rl.score))
     monkeypatch.setattr(teacher_rl, "train_grpo", tagged("GRPO trainer", teacher_rl.train_grpo))
-    monkeypatch.setattr(evaluate, "score", tagged("evaluate", evaluate.score))
+    monkeypatch.setattr(evaluate, "score_by_problem", tagged("evaluate", evaluate.score_by_problem))
     monkeypatch.setattr(evaluate, "student_teacher_kl", tagged("C2", evaluate.student_teacher_kl))
     stage_feeders = {"rollouts": "rollouts", "warmup": "warmup", "opd": "distillation trainer"}
     for name in ("prepare", "validate", "allocate", "teacher_rl", "rollouts", "warmup", "opd", "evaluate"):
