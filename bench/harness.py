@@ -62,13 +62,14 @@ def machines(records: list[dict]) -> str:
 
 def read(path: Path, *cell: str) -> list[dict]:
     """The records in `path`, oldest first (none when it does not exist); given the fields that name a
-    cell, only the newest record of each cell, in the order the cells were first recorded."""
+    cell, only the newest measurement of each cell (a failed attempt's record is no measurement), in
+    the order the cells were first recorded."""
     if not path.exists():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not cell:
         return records
-    return list({json.dumps([r.get(k) for k in cell]): r for r in records}.values())
+    return list({json.dumps([r.get(k) for k in cell]): r for r in records if "error" not in r}.values())
 
 
 def append(path: Path, record: dict) -> dict:

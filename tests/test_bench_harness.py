@@ -39,6 +39,7 @@ def test_a_failed_cell_is_recorded_raised_and_measured_again(tmp_path):
     assert (
         failed["seed"] == 1 and failed["error"] == "RuntimeError: seed 1 broke" and "Traceback" in failed["traceback"]
     )
+    assert [r["seed"] for r in harness.read(results, "seed")] == [0]  # a report reads measurements only
     harness.run_cells(results, [{"seed": s} for s in (0, 1, 2)], measured(calls))
     assert calls == [{"seed": 0}, {"seed": 1}, {"seed": 1}, {"seed": 2}]
     assert [r.get("score") for r in harness.read(results, "seed")] == [0.0, 0.1, 0.2]  # newest of each cell
