@@ -5,6 +5,7 @@
     python -m bench.label_efficiency run --params profiles/<name>.yaml   # another profile (own results file)
     python -m bench.label_efficiency report               # tables, plot and curve (RESULTS.md: python -m bench.report)
     python -m bench.label_efficiency size --params profiles/smollm2-arith.yaml   # the derived student's sizing rule
+    python -m bench.label_efficiency bridge --params profiles/smollm2-arith.yaml # the bridge length rule
 
 Run from the repository root.
 
@@ -21,6 +22,7 @@ profiles/<name>.yaml`: `label_efficiency_<name>.jsonl`), with the students' trai
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -104,10 +106,11 @@ def cell_overrides(params: Path, seed: int, budget: int) -> dict:
     return deep_merge({"seed": seed, "budget": budget, **NO_STOPS}, CELL_SETTINGS.get(params.stem, {}))
 
 
-def _config(root: Path, seed: int, budget: int, params: Path):
-    from s2d_pipeline.config import load_config
+def _config(root: Path, seed: int, budget: int, params: Path, extra: dict | None = None):
+    """A cell's config (`cell_overrides`), with `extra` over it."""
+    from s2d_pipeline.config import deep_merge, load_config
 
-    return load_config(params, cell_overrides(params, seed, budget), root=root)
+    return load_config(params, deep_merge(cell_overrides(params, seed, budget), extra or {}), root=root)
 
 
 def _run_stages(cfg, stages: list[str], times_file: Path) -> dict:
@@ -336,13 +339,35 @@ SIZING_PROBLEMS, SIZING_BAND, SIZING_MARGIN = 100, (0.15, 0.45), 0.15
 SIZING_CANDIDATES = [(26, 10), (25, 10), (24, 10), (26, 30), (25, 30), (24, 30)]
 
 
+def sizing_split(cfg, task):
+    """(greedy, rows): the last SIZING_PROBLEMS of the task's reserved sums (the healing samples the first
+    prepare.heal.prompts of the same list; no seed's split holds any) and greedy accuracy on them."""
+    from s2d_pipeline.generation import accuracy
+
+    reserved = task.reserved_problems(cfg.prepare.heal.seed)
+    if len(reserved) < SIZING_PROBLEMS + cfg.prepare.heal.prompts:
+        raise SystemExit(f"{len(reserved)} reserved sums, fewer than the sizing split and the heal pool")
+    rows = reserved[-SIZING_PROBLEMS:]
+    kwargs = {"max_new_tokens": cfg.evaluate.max_completion_length, "batch_size": cfg.evaluate.batch_size}
+    return lambda model, tokenizer: round(accuracy(cfg, task, model, tokenizer, rows, **kwargs), 4), rows
+
+
+def record_once(path: Path, cell: dict, measure) -> dict:
+    """`cell`'s record in `path`, measured and appended unless one without an error is there."""
+    if done := [r for r in harness.read(path) if "error" not in r and all(r.get(k) == v for k, v in cell.items())]:
+        return done[-1]
+    t0 = time.perf_counter()
+    out = harness.append(path, {**cell, **measure(), "wall_s": round(time.perf_counter() - t0, 1)})
+    print(json.dumps({k: v for k, v in out.items() if k != "machine"}), flush=True)
+    return out
+
+
 def size(params: Path, workdir: Path) -> None:
     """The sizing rule: the raw teacher once, then each candidate cut and healed through prepare's cache
     (so the one taken is already there for the profile's runs), greedy, one record each in
     student_sizing.jsonl; stops at the first candidate that satisfies the rule. `eval` is never read."""
     from s2d_pipeline import runtime
     from s2d_pipeline.config import load_config
-    from s2d_pipeline.generation import accuracy
     from s2d_pipeline.models import load_model
     from s2d_pipeline.stages.prepare import file_sha256, healed_student, import_teacher
     from s2d_pipeline.tasks import get_task
@@ -351,28 +376,13 @@ def size(params: Path, workdir: Path) -> None:
     cfg = load_config(params, quiet, root=workdir)
     runtime.setup(cfg)
     task = get_task(cfg.task)
-    reserved = task.reserved_problems(cfg.prepare.heal.seed)
-    rows = reserved[-SIZING_PROBLEMS:]  # the healing samples the first prepare.heal.prompts of the same list
-    if len(reserved) < SIZING_PROBLEMS + cfg.prepare.heal.prompts:
-        raise SystemExit(f"{params}: {len(reserved)} reserved sums, fewer than the sizing split and the heal pool")
+    greedy, rows = sizing_split(cfg, task)
     teacher, tokenizer, gguf = import_teacher(cfg, workdir / "teacher")
     teacher_sha256, layers = file_sha256(gguf), teacher.config.num_hidden_layers
-
-    def greedy(model) -> float:
-        kwargs = {"max_new_tokens": cfg.evaluate.max_completion_length, "batch_size": cfg.evaluate.batch_size}
-        return round(accuracy(cfg, task, model, tokenizer, rows, **kwargs), 4)
-
-    def record(cell: dict, measure) -> dict:
-        done = [r for r in harness.read(SIZING) if "error" not in r and all(r.get(k) == v for k, v in cell.items())]
-        if done:
-            return done[-1]
-        t0 = time.perf_counter()
-        out = harness.append(SIZING, {**cell, **measure(), "wall_s": round(time.perf_counter() - t0, 1)})
-        print(json.dumps({k: v for k, v in out.items() if k != "machine"}), flush=True)
-        return out
+    record = functools.partial(record_once, SIZING)
 
     base = {"profile": cfg.profile, "task": cfg.task.sums.model_dump(), "problems": len(rows)}
-    teacher_acc = record({**base, "model": "teacher"}, lambda: {"greedy": greedy(teacher)})["greedy"]
+    teacher_acc = record({**base, "model": "teacher"}, lambda: {"greedy": greedy(teacher, tokenizer)})["greedy"]
     if teacher_acc < SIZING_BAND[0] + SIZING_MARGIN:
         print(f"the raw teacher scores {teacher_acc:.3f}: no student can satisfy the rule on this task")
         return
@@ -384,7 +394,7 @@ def size(params: Path, workdir: Path) -> None:
         def measure(c=c):
             entry = healed_student(c, task, teacher, tokenizer, workdir / "teacher", teacher_sha256)
             return {
-                "greedy": greedy(load_model(entry.path, c)),
+                "greedy": greedy(load_model(entry.path, c), tokenizer),
                 "heal": entry.record["heal"],
                 "entry": str(entry.path),
             }
@@ -392,6 +402,46 @@ def size(params: Path, workdir: Path) -> None:
         acc = record({**base, "model": "student", "kept_layers": kept, "heal_steps": steps}, measure)["greedy"]
         ok = SIZING_BAND[0] <= acc <= SIZING_BAND[1] and teacher_acc - acc >= SIZING_MARGIN
         print(f"keep {kept}, heal {steps}: student {acc:.3f}, teacher {teacher_acc:.3f}: {'taken' if ok else 'no'}")
+        if ok:
+            return
+
+
+BRIDGE = harness.RESULTS / "bridge_length.jsonl"
+# The bridge length rule (bench/findings.md): the s2d arm's bridge (rollouts, warmup, OPD) of one cell
+# (BRIDGE_CELL: seed, budget) rerun at each candidate length (warmup steps = OPD steps), shortest first, its
+# student scored greedy on the sizing split; taken: the first at least BRIDGE_GAIN above the raw student.
+BRIDGE_CELL, BRIDGE_CANDIDATES, BRIDGE_GAIN = (0, 16), [40, 80], 0.10
+
+
+def bridge(params: Path, workdir: Path) -> None:
+    """The bridge length rule; one record per candidate in bridge_length.jsonl. `eval` is never read."""
+    from s2d_pipeline.cli import run_stage
+    from s2d_pipeline.layout import base_model_dir, student_dir, teacher_dir
+    from s2d_pipeline.models import load_model, load_tokenizer
+    from s2d_pipeline.tasks import get_task
+
+    (seed, budget), s2d_only = BRIDGE_CELL, {"arms": ["s2d"]}
+    cfg = _config(workdir, seed, budget, params, s2d_only)
+    _run_stages(cfg, stages_through("teacher_rl"), workdir / "times.json")
+    task, tokenizer = get_task(cfg.task), load_tokenizer(base_model_dir(cfg, "teacher"), cfg)
+    greedy, _ = sizing_split(cfg, task)
+    base = {"profile": cfg.profile, "seed": seed, "budget": budget}
+    score = {m: greedy(load_model(teacher_dir(cfg, t), cfg), tokenizer) for m, t in (("raw", "raw"), ("rl", "s2d"))}
+    student = greedy(load_model(base_model_dir(cfg, "student"), cfg), tokenizer)
+    for steps in BRIDGE_CANDIDATES:
+        c = _config(workdir, seed, budget, params, {**s2d_only, "warmup": {"steps": steps}, "opd": {"steps": steps}})
+
+        def measure(c=c):
+            for stage in ("rollouts", "warmup", "opd"):
+                run_stage(stage, c)
+            after = {s: greedy(load_model(student_dir(c, "s2d", s), c), tokenizer) for s in ("warmup", "opd")}
+            return {"student_raw": student, "teacher_raw": score["raw"], "teacher_rl": score["rl"], **after}
+
+        out = record_once(BRIDGE, {**base, "steps": steps}, measure)
+        ok = out["opd"] - out["student_raw"] >= BRIDGE_GAIN
+        print(
+            f"bridge {steps} + {steps}: student {out['student_raw']:.3f} -> {out['opd']:.3f}: {'taken' if ok else 'no'}"
+        )
         if ok:
             return
 
@@ -606,6 +656,11 @@ def main() -> None:
         p.add_argument("--workdir", type=Path, default=WORKDIR.with_name("s2d-bench-student-sizing"))
         return lambda a: size(a.params.resolve(), a.workdir)
 
+    def bridge_command(p):
+        p.add_argument("--params", type=Path, default=harness.REPO / "profiles" / "smollm2-arith.yaml")
+        p.add_argument("--workdir", type=Path, default=WORKDIR.with_name("s2d-bench-bridge-length"))
+        return lambda a: bridge(a.params.resolve(), a.workdir)
+
     harness.main(
         "label_efficiency",
         __doc__,
@@ -613,7 +668,7 @@ def main() -> None:
         lambda a: section(a.params.resolve()),
         options,
         run_options,
-        commands={"size": size_command},
+        commands={"size": size_command, "bridge": bridge_command},
     )
 
 

@@ -296,7 +296,10 @@ class GatesConfig(Section):
 
 class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = False
+    # Mixed-precision (bf16 autocast) training, weights kept at models.dtype; on a CPU too. auto: on where
+    # inference_dtype's auto picks bfloat16. Off by default: on a 2-core AMX CPU it trained SmolLM2 1.2-1.3x
+    # faster but moved the distillation losses 5-10 % (bench/RESULTS.md, section 3b).
+    bf16: bool | Literal["auto"] = False
     gradient_checkpointing: bool = False
     use_vllm: bool = False
     torch_threads: int | None = Field(None, ge=1)
