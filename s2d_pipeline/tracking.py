@@ -394,6 +394,7 @@ def register_student(cfg: Config, model_dir, arm: str, gate_value: float, descri
 
 def log_to_pipeline_run(cfg: Config, metrics: dict[str, float], figures: list, table: list[dict]) -> None:
     """Headline metrics, chart images and the comparison table on the pipeline's parent run."""
+    import PIL.Image
     from mlflow import MlflowClient
 
     if not cfg.tracking.enabled or not is_main_process():
@@ -407,6 +408,10 @@ def log_to_pipeline_run(cfg: Config, metrics: dict[str, float], figures: list, t
     for path in figures:
         if path.exists():
             client.log_artifact(parent, str(path), artifact_path="charts")
+            # Also as a keyed image: MLflow's Charts view shows those (an "Image grid"), not plain artifacts,
+            # so every model's bars are side by side where the run's metrics are (one metric per chart there).
+            with PIL.Image.open(path) as image:
+                client.log_image(parent, image.convert("RGB"), key=path.stem, step=0)
     columns = list(table[0]) if table else []
     client.log_table(parent, data={c: [row[c] for row in table] for c in columns}, artifact_file="comparison.json")
 

@@ -105,6 +105,10 @@ def test_evaluate_registers_challenger_and_promote_moves_champion_only_through_t
     )
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "charts")}
     assert artifacts == {"charts/accuracy.png", "charts/c2_kl.png"}
+    # The same charts as keyed images, which MLflow's Charts view shows (plain artifacts it does not).
+    images = {a.path for a in client.list_artifacts(parent.info.run_id, "images")}
+    assert any("accuracy" in p for p in images) and any("c2_kl" in p for p in images), images
+    assert "mlflow.loggedImages" in parent.data.tags
     table = json.loads(
         Path(client.download_artifacts(parent.info.run_id, "comparison.json", str(tmp_path))).read_text()
     )
