@@ -87,6 +87,16 @@ CELL_SETTINGS = {
 }
 
 
+def settings_id(params: Path) -> str | None:
+    """A short hash of the profile's CELL_SETTINGS (None without any): a cell's record carries it, so a cell
+    run under changed settings is a new measurement and the report reads only the current settings' cells."""
+    import hashlib
+
+    if not (settings := CELL_SETTINGS.get(params.stem)):
+        return None
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def results_file(params: Path = PARAMS, default: Path = RESULTS) -> Path:
     """Where a profile's records go: the default's file, or one named after the profile."""
     if params.resolve() == PARAMS.resolve():
@@ -194,7 +204,8 @@ def run(seeds: list[int], budgets: list[int], params: Path, workdir: Path = WORK
             },
         }
 
-    cells = [{"seed": seed, "budget": budget} for seed in seeds for budget in budgets]
+    version = {"settings": v} if (v := settings_id(params)) else {}
+    cells = [{"seed": seed, "budget": budget, **version} for seed in seeds for budget in budgets]
     harness.run_cells(results_file(params), cells, measure, again)
 
 
@@ -628,7 +639,10 @@ def plot(records: list[dict], out: Path) -> None:
 
 def section(params: Path = PARAMS) -> str:
     """The tables (and, for the default params, the plot and curve files) from the recorded cells."""
-    records = harness.read(results_file(params), "seed", "budget")
+    current = settings_id(params)
+    records = [
+        r for r in harness.read(results_file(params), "seed", "budget", "settings") if r.get("settings") == current
+    ]
     if not records:
         return harness.not_run("label_efficiency")
     out = [report(records)]
