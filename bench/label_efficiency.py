@@ -88,13 +88,14 @@ CELL_SETTINGS = {
 
 
 def settings_id(params: Path) -> str | None:
-    """A short hash of the profile's CELL_SETTINGS (None without any): a cell's record carries it, so a cell
-    run under changed settings is a new measurement and the report reads only the current settings' cells."""
+    """A short hash of the profile's CELL_SETTINGS and its file (None without CELL_SETTINGS): a cell's record
+    carries it, so a cell run under changed settings is a new measurement and the report reads only the
+    current settings' cells."""
     import hashlib
 
     if not (settings := CELL_SETTINGS.get(params.stem)):
         return None
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return hashlib.sha256((json.dumps(settings, sort_keys=True) + params.read_text()).encode()).hexdigest()[:8]
 
 
 def results_file(params: Path = PARAMS, default: Path = RESULTS) -> Path:
@@ -448,13 +449,33 @@ def bridge(params: Path, workdir: Path) -> None:
             after = {s: greedy(load_model(student_dir(c, "s2d", s), c), tokenizer) for s in ("warmup", "opd")}
             return {"student_raw": student, "teacher_raw": score["raw"], "teacher_rl": score["rl"], **after}
 
-        out = record_once(BRIDGE, {**base, "steps": steps}, measure)
+        out = record_once(BRIDGE, {**base, "steps": steps, "variant": None}, measure)
         ok = out["opd"] - out["student_raw"] >= BRIDGE_GAIN
         print(
             f"bridge {steps} + {steps}: student {out['student_raw']:.3f} -> {out['opd']:.3f}: {'taken' if ok else 'no'}"
         )
         if ok:
             return
+
+
+def bridge_section() -> str:
+    """The bridge length rule's records and the diagnostics run on its root (`variant`), greedy, sizing split."""
+    if not (records := harness.read(BRIDGE, "profile", "seed", "budget", "steps", "variant")):
+        return harness.not_run("label_efficiency", " (bridge)")
+    lines = [
+        f"Machine: {harness.machines(records)}. Seed {records[0]['seed']}, N = {records[0]['budget']}, the "
+        f"sizing split ({SIZING_PROBLEMS} reserved sums), greedy; the rule: the student after OPD at least "
+        f"{BRIDGE_GAIN} above the raw student.",
+        "",
+        "| variant | warmup + OPD steps | raw student | after warmup | after OPD | RL teacher | wall |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r.get('variant') or 'the rule'} | {r['steps']} + {r['steps']} | {r['student_raw']:.2f} | "
+            f"{r['warmup']:.2f} | {r['opd']:.2f} | {r['teacher_rl']:.2f} | {r['wall_s']:.0f} s |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def sizing_section() -> str:

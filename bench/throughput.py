@@ -441,17 +441,20 @@ def cpu_section(params: Path | None = None) -> str:
     if autocast := [(name, by[f"{k}_bf16"]) for k, name in TRAINERS.items() if f"{k}_bf16" in by]:
         lines += [
             "",
-            "Training under bf16 autocast (`runtime.bf16: auto` on this CPU) vs float32, both through s2d, "
-            "interleaved (the ratio is the measurement; the mean logged loss shows the training is alike):",
+            "Training under bf16 autocast (`runtime.bf16: true`) vs float32, both through s2d, interleaved (the "
+            "ratio is the measurement); the mean logged loss of a run beside it (the same batches, but for sampling):",
             "",
             "| stage (trainer) | steps | bf16 tokens/s | float32 tokens/s | ratio | mean loss bf16 / float32 |",
             "|---|---|---|---|---|---|",
         ]
         for name, v in autocast:
-            med, loss = v["median_tokens_per_s"], {s: [r["mean_loss"] for r in v["runs"][s]] for s in v["runs"]}
+            med, loss = (
+                v["median_tokens_per_s"],
+                {s: statistics.median(r["mean_loss"] for r in v["runs"][s]) for s in v["runs"]},
+            )
             lines.append(
                 f"| {name} | {v['steps']} | {med['bf16']:.0f} | {med['float32']:.0f} | "
-                f"**{v['ratio_bf16_over_float32']:.2f}x** | {loss['bf16']} / {loss['float32']} |"
+                f"**{v['ratio_bf16_over_float32']:.2f}x** | {loss['bf16']:.3f} / {loss['float32']:.3f} |"
             )
     if d := by.get("generate_dtype"):
         acc = {s: d["runs"][s][0]["accuracy"] for s in d["runs"]}
