@@ -19,8 +19,8 @@ Works on fresh clones of the committed HEAD (so the numbers are those of a user'
 Also timed (`startup`): the heavy imports every training process pays (torch, transformers, trl,
 datasets) and `s2d --help` (the CLI must start without them). Each part is a cell of
 bench/results/overhead.jsonl: `startup`, `dvc` (steps 1-2), `flows` (3-4). The file also keeps two
-measurements made once, which the report shows: `dvc` with per-arm DVC stages, and units dispatched to
-Prefect unit workers (the infra/README layout; `git log -S measure_unit_workers` finds the code).
+measurements made once, which bench/findings.md reads: `dvc` with per-arm DVC stages, and units dispatched
+to Prefect unit workers (the infra/README layout; `git log -S measure_unit_workers` finds the code).
 """
 
 from __future__ import annotations
@@ -194,15 +194,6 @@ def section() -> str:
             f"or generates (counted inside compute above; commit {at['startup']}).",
             "",
         ]
-    if per_unit := r.get("dvc_repro_per_arm_stages"):
-        lines += [
-            f"`dvc repro` with `dvc.per_arm_stages: true` (25 DVC stages instead of 10; commit "
-            f"{at['dvc_per_arm_stages']}): **{per_unit['total_s']} s, {per_unit['orchestration_overhead_pct']} % "
-            f"overhead** — tracking {per_unit['tracking_s']} s, DVC itself {per_unit['driver_s']} s, process start "
-            f"{per_unit['process_start_imports_config_s']} s, and {per_unit['training_and_eval_compute_s']} s of "
-            "compute, which counts each unit process's own torch import. Hence off by default.",
-            "",
-        ]
     if fan := r.get("prefect_flow_parallel_arms_2"):
         lines += [
             f"Fanned out (`flow.parallel_arms: 2`: two units of a per-arm stage at once, each in its own "
@@ -215,16 +206,6 @@ def section() -> str:
             + ".",
             "",
             *([f"Why the evaluations differ: {fan['why_not_equal']}.", ""] if "why_not_equal" in fan else []),
-        ]
-    if units := r.get("unit_workers"):
-        lines += [
-            "Units dispatched to workers (measured once: a Prefect server, the `s2d/train` deployment, "
-            "`flow.unit_deployment: s2d-unit/unit` and two unit workers taking one unit each, one thread per "
-            f"training; commit {at['units']}): **{units['fanned_out_deployment_run_s']} s** against "
-            f"{units['sequential_deployment_run_s']} s for the same deployment run sequentially "
-            f"({units['vs_sequential']} ×); evaluation equal to the sequential run's: "
-            f"{units['evaluation_equals_sequential']} (2 threads per training there).",
-            "",
         ]
     return "\n".join(lines)
 
