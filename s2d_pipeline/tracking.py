@@ -394,11 +394,11 @@ def register_student(cfg: Config, model_dir, arm: str, gate_value: float, descri
 
 def log_to_pipeline_run(cfg: Config, metrics: dict[str, float], figures: list, table: list[dict]) -> None:
     """Headline metrics, chart images and the comparison table on the pipeline's parent run."""
+    if not cfg.tracking.enabled or not is_main_process():
+        return
     import PIL.Image
     from mlflow import MlflowClient
 
-    if not cfg.tracking.enabled or not is_main_process():
-        return
     open_store(cfg)
     client, parent = MlflowClient(), parent_run_id(cfg)
     from mlflow.entities import Metric
