@@ -98,11 +98,11 @@ def settings_id(params: Path) -> str | None:
     return hashlib.sha256((json.dumps(settings, sort_keys=True) + params.read_text()).encode()).hexdigest()[:8]
 
 
-def results_file(params: Path = PARAMS, default: Path = RESULTS) -> Path:
-    """Where a profile's records go: the default's file, or one named after the profile."""
+def results_file(params: Path = PARAMS) -> Path:
+    """Where a profile's records go: the default's file (RESULTS), or one named after the profile beside it."""
     if params.resolve() == PARAMS.resolve():
-        return default
-    return default.with_name(f"{default.stem}_{params.stem}.jsonl")
+        return RESULTS
+    return RESULTS.with_name(f"{RESULTS.stem}_{params.stem}.jsonl")
 
 
 def workdir_for(params: Path, workdir: Path) -> Path:
@@ -660,11 +660,13 @@ def plot(records: list[dict], out: Path) -> None:
 
 def section(params: Path = PARAMS) -> str:
     """The tables (and, for the default params, the plot and curve files) from the recorded cells."""
-    current = settings_id(params)
-    records = [
-        r for r in harness.read(results_file(params), "seed", "budget", "settings") if r.get("settings") == current
-    ]
-    if not records:
+    current, every = settings_id(params), harness.read(results_file(params), "seed", "budget", "settings")
+    if not (records := [r for r in every if r.get("settings") == current]):
+        if every:  # measured, but under settings that have changed since
+            return (
+                f"No cell under the current settings yet; {len(every)} under earlier settings, read in "
+                "bench/findings.md. `run` measures the current ones.\n"
+            )
         return harness.not_run("label_efficiency")
     out = [report(records)]
     if params.resolve() == PARAMS.resolve():

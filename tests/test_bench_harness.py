@@ -88,3 +88,29 @@ def test_an_interrupted_cell_resumes_at_its_first_unfinished_stage(tmp_path, mon
     label_efficiency._run_stages(None, ["prepare", "validate", "allocate"], times)
     assert ran == ["prepare", "validate", "validate", "allocate"]
     assert set(json.loads(times.read_text())) == {"prepare", "validate", "allocate"}
+
+
+def test_a_cell_measured_under_other_settings_is_not_read_as_a_current_one(tmp_path, monkeypatch):
+    """A record carries its settings' hash (CELL_SETTINGS and the profile file): change either and the
+    report reads none of the old cells as current, says so, and `run` measures the cell again."""
+    import json
+
+    from bench import label_efficiency as le
+
+    params = tmp_path / "smollm2-arith.yaml"
+    params.write_text((harness.REPO / "profiles" / "smollm2-arith.yaml").read_text())
+    measured = harness.read(le.results_file(params), "seed", "budget")[0]  # the recorded first cell
+    monkeypatch.setattr(le, "RESULTS", tmp_path / "label_efficiency.jsonl")
+    assert le.results_file(params).parent == tmp_path
+    record = {**measured, "settings": le.settings_id(params)}
+    le.results_file(params).write_text(json.dumps(record) + "\n")
+    assert "| s2d |" in le.section(params)
+
+    params.write_text(params.read_text() + "\nwarmup: {steps: 40}\n")  # the profile changed
+    assert le.settings_id(params) != record["settings"]
+    assert le.section(params).startswith("No cell under the current settings yet; 1 under earlier settings")
+    # What `run` keys a cell by: the old settings' cell is recorded, the new settings' one is measured.
+    measured_again = []
+    old, new = ({"seed": 0, "budget": 16, "settings": sid} for sid in (record["settings"], le.settings_id(params)))
+    harness.run_cells(le.results_file(params), [old, new], lambda cell: measured_again.append(cell) or {})
+    assert measured_again == [new]
