@@ -205,9 +205,13 @@ def run(seeds: list[int], budgets: list[int], params: Path, workdir: Path = WORK
             },
         }
 
+    harness.run_cells(results_file(params), cells_of(params, seeds, budgets), measure, again)
+
+
+def cells_of(params: Path, seeds: list[int], budgets: list[int]) -> list[dict]:
+    """The (seed, budget) cells `run` measures, keyed by the settings they run under (`settings_id`)."""
     version = {"settings": v} if (v := settings_id(params)) else {}
-    cells = [{"seed": seed, "budget": budget, **version} for seed in seeds for budget in budgets]
-    harness.run_cells(results_file(params), cells, measure, again)
+    return [{"seed": seed, "budget": budget, **version} for seed in seeds for budget in budgets]
 
 
 # ---------------------------------------------------------------- report

@@ -109,8 +109,9 @@ def test_a_cell_measured_under_other_settings_is_not_read_as_a_current_one(tmp_p
     params.write_text(params.read_text() + "\nwarmup: {steps: 40}\n")  # the profile changed
     assert le.settings_id(params) != record["settings"]
     assert le.section(params).startswith("No cell under the current settings yet; 1 under earlier settings")
-    # What `run` keys a cell by: the old settings' cell is recorded, the new settings' one is measured.
+    # The cells `run` asks for under the new settings are measured again, though seed 0, N = 16 is recorded.
     measured_again = []
-    old, new = ({"seed": 0, "budget": 16, "settings": sid} for sid in (record["settings"], le.settings_id(params)))
-    harness.run_cells(le.results_file(params), [old, new], lambda cell: measured_again.append(cell) or {})
-    assert measured_again == [new]
+    harness.run_cells(
+        le.results_file(params), le.cells_of(params, [0], [16]), lambda c: measured_again.append(c) or {}
+    )
+    assert measured_again == [{"seed": 0, "budget": 16, "settings": le.settings_id(params)}]
