@@ -21,6 +21,7 @@ MLflow parent run at the end; a user error fails the run with the error as its s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -441,12 +442,17 @@ class DvcState:
             return None
         return cls(root, logger)
 
-    def _dvc(self, *args: str):
-        import subprocess
+    @contextlib.contextmanager
+    def _repo(self):
+        """The project's DVC repo, opened afresh for each call (its index then sees the stage just run), in
+        this process: a `dvc` subprocess per call paid an interpreter start and DVC's imports each time.
+        DVC resolves stages against the working directory, so the call runs in the project's; the flow
+        calls it only between tasks, and from a project-root flow run the change is none."""
+        from dvc.repo import Repo
 
-        return subprocess.run(
-            [sys.executable, "-m", "dvc", *args], cwd=self.root, capture_output=True, text=True, timeout=600
-        )
+        logging.getLogger("dvc").setLevel(logging.WARNING)  # as `dvc --quiet`: no line per lock file update
+        with contextlib.chdir(self.root), Repo(str(self.root)) as repo:
+            yield repo
 
     def up_to_date(self, stage: str) -> bool:
         return self.changed(stage) == set()
@@ -454,17 +460,24 @@ class DvcState:
     def changed(self, target: str) -> set[str] | None:
         """The DVC stages of `target` (a stage, or a per-arm stage's group `name` for all its
         `name@unit` stages) that `dvc.lock` does not have up to date; None when DVC cannot say."""
-        import json
+        from dvc.exceptions import DvcException
 
-        done = self._dvc("status", "--json", target)
-        return set(json.loads(done.stdout or "{}")) if done.returncode == 0 else None
+        try:
+            with self._repo() as repo:
+                return set(repo.status(targets=[target]))
+        except DvcException as exc:
+            self.logger.warning("dvc status %s failed (the stage runs): %s", target, exc)
+            return None
 
     def commit(self, *stages: str) -> None:
-        done = self._dvc("commit", "--force", "--quiet", *stages)
-        if done.returncode != 0:  # the stage's outputs are fine; only DVC's record of them is missing
-            self.logger.warning(
-                "dvc commit %s failed (dvc repro will rerun it): %s", " ".join(stages), done.stderr.strip()
-            )
+        from dvc.exceptions import DvcException
+
+        try:
+            with self._repo() as repo:
+                for stage in stages:
+                    repo.commit(stage, force=True)
+        except DvcException as exc:  # the stage's outputs are fine; only DVC's record of them is missing
+            self.logger.warning("dvc commit %s failed (dvc repro will rerun it): %s", " ".join(stages), exc)
 
 
 def prefect_api_preflight(timeout_s: float = 5.0) -> None:
