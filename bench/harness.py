@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
@@ -81,22 +82,29 @@ def append(path: Path, record: dict) -> dict:
     return record
 
 
+def record(path: Path, cell: dict, measure: Callable[[], dict], again: bool = False) -> dict:
+    """`cell`'s newest record in `path`; unless there is one (or with `again`), `measure()` it and append
+    the record at once, with its wall time (a `wall_s` of the measurement's own wins). A failure is
+    recorded with its error and raised; a failed cell is measured again next time."""
+    done = [] if again else [r for r in read(path) if "error" not in r and all(r.get(k) == v for k, v in cell.items())]
+    if done:
+        print(f"{path.name}: {cell} already recorded", flush=True)
+        return done[-1]
+    t0 = time.perf_counter()
+    try:
+        measured = measure()
+    except Exception as exc:
+        append(path, {**cell, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]})
+        raise
+    out = append(path, {**cell, "wall_s": round(time.perf_counter() - t0, 1), **measured})
+    print(json.dumps({k: v for k, v in out.items() if k != "machine"}, default=str)[:400], flush=True)
+    return out
+
+
 def run_cells(path: Path, cells: Iterable[dict], measure: Callable[[dict], dict], again: bool = False) -> None:
-    """Measure each cell that `path` has no record of (every cell with `again`) and append its record
-    at once. A failure is recorded with its error and raised; a failed cell is measured again next run."""
-    recorded = [] if again else [r for r in read(path) if "error" not in r]
+    """`record` each cell in turn."""
     for cell in cells:
-        if any(all(r.get(k) == v for k, v in cell.items()) for r in recorded):
-            print(f"{path.name}: {cell} already recorded", flush=True)
-            continue
-        try:
-            record = append(path, {**cell, **measure(cell)})
-        except Exception as exc:
-            append(
-                path, {**cell, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
-            )
-            raise
-        print(json.dumps({k: v for k, v in record.items() if k != "machine"}, default=str)[:400], flush=True)
+        record(path, cell, lambda cell=cell: measure(cell), again)
 
 
 def not_run(name: str, how: str = "") -> str:

@@ -5,7 +5,6 @@
     python -m bench.label_efficiency run --params profiles/<name>.yaml   # another profile (own results file)
     python -m bench.label_efficiency report               # tables, plot and curve (RESULTS.md: python -m bench.report)
     python -m bench.label_efficiency size --params profiles/smollm2-arith.yaml   # the derived student's sizing rule
-    python -m bench.label_efficiency bridge --params profiles/smollm2-arith.yaml # the bridge length rule
 
 Run from the repository root.
 
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from bench import harness
 from s2d_pipeline.arms import SPECS
+from s2d_pipeline.evaluation import bootstrap_ci
 from s2d_pipeline.io import read_unit_metrics
 from s2d_pipeline.stages import stages_through
 from s2d_pipeline.stages.evaluate import BY_PROBLEM
@@ -286,7 +286,7 @@ def report(records: list[dict]) -> str:
         for r in rows:
             lines.append(
                 f"| {r['seed']} | {r['budget']} | {r['left']} − {r['right']} | {r['mean']:+.3f} | "
-                f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] | {r['only_left']} / {r['only_right']} |"
+                f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {r['left_higher']} / {r['right_higher']} |"
             )
     for metric in (sampled, "greedy"):
         lines += [
@@ -368,16 +368,6 @@ def sizing_split(cfg, task):
     return lambda model, tokenizer: round(accuracy(cfg, task, model, tokenizer, rows, **kwargs), 4), rows
 
 
-def record_once(path: Path, cell: dict, measure) -> dict:
-    """`cell`'s record in `path`, measured and appended unless one without an error is there."""
-    if done := [r for r in harness.read(path) if "error" not in r and all(r.get(k) == v for k, v in cell.items())]:
-        return done[-1]
-    t0 = time.perf_counter()
-    out = harness.append(path, {**cell, **measure(), "wall_s": round(time.perf_counter() - t0, 1)})
-    print(json.dumps({k: v for k, v in out.items() if k != "machine"}), flush=True)
-    return out
-
-
 def size(params: Path, workdir: Path) -> None:
     """The sizing rule: the raw teacher once, then each candidate cut and healed through prepare's cache
     (so the one taken is already there for the profile's runs), greedy, one record each in
@@ -395,7 +385,7 @@ def size(params: Path, workdir: Path) -> None:
     greedy, rows = sizing_split(cfg, task)
     teacher, tokenizer, gguf = import_teacher(cfg, workdir / "teacher")
     teacher_sha256, layers = file_sha256(gguf), teacher.config.num_hidden_layers
-    record = functools.partial(record_once, SIZING)
+    record = functools.partial(harness.record, SIZING)
 
     base = {"profile": cfg.profile, "task": cfg.task.sums.model_dump(), "problems": len(rows)}
     teacher_acc = record({**base, "model": "teacher"}, lambda: {"greedy": greedy(teacher, tokenizer)})["greedy"]
@@ -420,66 +410,6 @@ def size(params: Path, workdir: Path) -> None:
         print(f"keep {kept}, heal {steps}: student {acc:.3f}, teacher {teacher_acc:.3f}: {'taken' if ok else 'no'}")
         if ok:
             return
-
-
-BRIDGE = harness.RESULTS / "bridge_length.jsonl"
-# The bridge length rule (bench/findings.md): the s2d arm's bridge (rollouts, warmup, OPD) of one cell
-# (BRIDGE_CELL: seed, budget) rerun at each candidate length (warmup steps = OPD steps), shortest first, its
-# student scored greedy on the sizing split; taken: the first at least BRIDGE_GAIN above the raw student.
-BRIDGE_CELL, BRIDGE_CANDIDATES, BRIDGE_GAIN = (0, 16), [40, 80], 0.10
-
-
-def bridge(params: Path, workdir: Path) -> None:
-    """The bridge length rule; one record per candidate in bridge_length.jsonl. `eval` is never read."""
-    from s2d_pipeline.cli import run_stage
-    from s2d_pipeline.layout import base_model_dir, student_dir, teacher_dir
-    from s2d_pipeline.models import load_model, load_tokenizer
-    from s2d_pipeline.tasks import get_task
-
-    (seed, budget), s2d_only = BRIDGE_CELL, {"arms": ["s2d"]}
-    cfg = _config(workdir, seed, budget, params, s2d_only)
-    _run_stages(cfg, stages_through("teacher_rl"), workdir / "times.json")
-    task, tokenizer = get_task(cfg.task), load_tokenizer(base_model_dir(cfg, "teacher"), cfg)
-    greedy, _ = sizing_split(cfg, task)
-    base = {"profile": cfg.profile, "seed": seed, "budget": budget}
-    score = {m: greedy(load_model(teacher_dir(cfg, t), cfg), tokenizer) for m, t in (("raw", "raw"), ("rl", "s2d"))}
-    student = greedy(load_model(base_model_dir(cfg, "student"), cfg), tokenizer)
-    for steps in BRIDGE_CANDIDATES:
-        c = _config(workdir, seed, budget, params, {**s2d_only, "warmup": {"steps": steps}, "opd": {"steps": steps}})
-
-        def measure(c=c):
-            for stage in ("rollouts", "warmup", "opd"):
-                run_stage(stage, c)
-            after = {s: greedy(load_model(student_dir(c, "s2d", s), c), tokenizer) for s in ("warmup", "opd")}
-            return {"student_raw": student, "teacher_raw": score["raw"], "teacher_rl": score["rl"], **after}
-
-        out = record_once(BRIDGE, {**base, "steps": steps, "variant": None}, measure)
-        ok = out["opd"] - out["student_raw"] >= BRIDGE_GAIN
-        print(
-            f"bridge {steps} + {steps}: student {out['student_raw']:.3f} -> {out['opd']:.3f}: {'taken' if ok else 'no'}"
-        )
-        if ok:
-            return
-
-
-def bridge_section() -> str:
-    """The bridge length rule's records and the diagnostics run on its root (`variant`), greedy, sizing split."""
-    if not (records := harness.read(BRIDGE, "profile", "seed", "budget", "steps", "variant")):
-        return harness.not_run("label_efficiency", " (bridge)")
-    lines = [
-        f"Machine: {harness.machines(records)}. Seed {records[0]['seed']}, N = {records[0]['budget']}, the "
-        f"sizing split ({SIZING_PROBLEMS} reserved sums), greedy; the rule: the student after OPD at least "
-        f"{BRIDGE_GAIN} above the raw student.",
-        "",
-        "| variant | warmup + OPD steps | raw student | after warmup | after OPD | RL teacher | wall |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in records:
-        lines.append(
-            f"| {r.get('variant') or 'the rule'} | {r['steps']} + {r['steps']} | {r['student_raw']:.2f} | "
-            f"{r['warmup']:.2f} | {r['opd']:.2f} | {r['teacher_rl']:.2f} | {r['wall_s']:.0f} s |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def sizing_section() -> str:
@@ -558,33 +488,20 @@ def claim_verdicts(records: list[dict], metric: str) -> list[dict]:
 
 
 def paired_by_problem(records: list[dict]) -> list[dict]:
-    """For each cell that kept its verdicts per problem and each pair in PAIRS: the mean greedy
-    difference over the problems, its bootstrap interval resampling problems, and the problems only one
-    side got right. Within a cell this is the comparison's noise from the eval sample alone; across seeds
-    the base models vary too (the seed tables)."""
-    import numpy as np
+    """For each cell that kept its verdicts per problem and each pair in PAIRS, greedy: the product's
+    `evaluation.paired_difference` (the mean over the problems, its interval resampling problems). Within a
+    cell this is the comparison's noise from the eval sample alone; across seeds the base models vary too
+    (the seed tables)."""
+    from s2d_pipeline.evaluation import paired_difference
 
-    out = []
-    for r in records:
-        models = r.get("by_problem", {}).get("models", {})
-        for left, right in PAIRS:
-            if left not in models or right not in models:
-                continue
-            a, b = (np.asarray(models[m]["greedy"]) for m in (left, right))
-            lo, hi = bootstrap_ci((a - b).tolist())
-            out.append(
-                {
-                    "seed": r["seed"],
-                    "budget": r["budget"],
-                    "left": left,
-                    "right": right,
-                    "mean": float((a - b).mean()),
-                    "ci": (lo, hi),
-                    "only_left": int(((a == 1) & (b == 0)).sum()),
-                    "only_right": int(((a == 0) & (b == 1)).sum()),
-                }
-            )
-    return out
+    return [
+        {"seed": r["seed"], "budget": r["budget"], "left": left, "right": right}
+        | paired_difference(models[left], models[right], "greedy")
+        for r in records
+        if (models := r.get("by_problem", {}).get("models", {}))
+        for left, right in PAIRS
+        if left in models and right in models
+    ]
 
 
 def _metric(evaluation: dict, name: str, metric: str):
@@ -596,16 +513,6 @@ def _metric(evaluation: dict, name: str, metric: str):
     if name in evaluation["teachers"]:
         return evaluation["teachers"][name][metric]
     return evaluation.get(name, {}).get(metric)
-
-
-def bootstrap_ci(diffs: list[float], n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean of paired differences."""
-    import numpy as np
-
-    d = np.asarray(diffs, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def write_curve(records: list[dict], out: Path = CURVE_CSV) -> None:
@@ -697,11 +604,6 @@ def main() -> None:
         p.add_argument("--workdir", type=Path, default=WORKDIR.with_name("s2d-bench-student-sizing"))
         return lambda a: size(a.params.resolve(), a.workdir)
 
-    def bridge_command(p):
-        p.add_argument("--params", type=Path, default=harness.REPO / "profiles" / "smollm2-arith.yaml")
-        p.add_argument("--workdir", type=Path, default=WORKDIR.with_name("s2d-bench-bridge-length"))
-        return lambda a: bridge(a.params.resolve(), a.workdir)
-
     harness.main(
         "label_efficiency",
         __doc__,
@@ -709,7 +611,7 @@ def main() -> None:
         lambda a: section(a.params.resolve()),
         options,
         run_options,
-        commands={"size": size_command, "bridge": bridge_command},
+        commands={"size": size_command},
     )
 
 

@@ -23,11 +23,6 @@ SECTIONS = [
         "profiles/smollm2-arith.yaml --budgets 16 64`)",
         lambda: label_efficiency.section(SMOLLM2),
     ),
-    (
-        "1d. The bridge length rule on real weights (`python -m bench.label_efficiency bridge --params "
-        "profiles/smollm2-arith.yaml`)",
-        label_efficiency.bridge_section,
-    ),
     ("2. Pipeline overhead (`python -m bench.overhead run`)", overhead.section),
     ("3. Training throughput, CPU (`python -m bench.throughput run cpu`)", throughput.cpu_section),
     (

@@ -309,20 +309,14 @@ def _via_trl(kind: str, p: Project):
     return trainer
 
 
-def _via_s2d_at(bf16: bool, kind: str, p: Project):
-    """s2d's stage with `runtime.bf16` forced (autocast on or off)."""
-    cfg = p.cfg.model_copy(update={"runtime": p.cfg.runtime.model_copy(update={"bf16": bf16})})
-    return _via_s2d(kind, p._replace(cfg=cfg))
-
-
-def compare(kind: str, p: Project, repeats: int, sides: dict | None = None) -> dict:
-    """Tokens/s of one stage on identical models, data and batch by two `sides` (default: through
-    `s2d_pipeline.training` and through the TRL trainer built here by hand), interleaved (A B A B ...) so
-    machine noise hits both, after one untimed run of each (imports). Wall time from model load to the end
-    of `train()`; the mean logged training loss beside it (a side that trains worse shows there)."""
+def compare(kind: str, p: Project, repeats: int) -> dict:
+    """Tokens/s of one stage on identical models, data and batch through `s2d_pipeline.training` and
+    through the TRL trainer built here by hand, interleaved (A B A B ...) so machine noise hits both, after
+    one untimed run of each (imports). Wall time from model load to the end of `train()`; the mean logged
+    training loss beside it (a side that trains worse shows there)."""
     from s2d_pipeline import runtime
 
-    sides = sides or {"s2d": _via_s2d, "trl": _via_trl}
+    sides = {"s2d": _via_s2d, "trl": _via_trl}
     for train in sides.values():  # untimed: first-use imports and caches
         train(kind, p)
     runs = {name: [] for name in sides}
@@ -339,14 +333,13 @@ def compare(kind: str, p: Project, repeats: int, sides: dict | None = None) -> d
             )
     median = {n: statistics.median(r["tokens_per_s"] for r in v) for n, v in runs.items()}
     steps = {"grpo": p.cfg.teacher_rl.steps, "warmup": p.cfg.warmup.steps, "opd": p.cfg.opd.steps}[kind]
-    first, second = sides
     return {
         "steps": steps,
         "checkpoint_steps": p.cfg.runtime.checkpoint_steps,
         "repeats": repeats,
         "runs": runs,
         "median_tokens_per_s": median,
-        f"ratio_{first}_over_{second}": round(median[first] / median[second], 3),
+        "ratio_s2d_over_trl": round(median["s2d"] / median["trl"], 3),
     }
 
 
@@ -409,12 +402,9 @@ def cpu(params: Path | None, steps: int | None, repeats: int, again: bool) -> No
         def measure(cell: dict) -> dict:
             if cell["stage"] == "generate_dtype":
                 return generation_side_by_side(project(), repeats=repeats)
-            kind, _, dtype_cell = cell["stage"].partition("_")
-            autocast = {"bf16": functools.partial(_via_s2d_at, True), "float32": functools.partial(_via_s2d_at, False)}
-            return compare(kind, project(), repeats, autocast if dtype_cell else None)
+            return compare(cell["stage"], project(), repeats)
 
-        real = params is not None  # with real weights: also each trainer under bf16 autocast vs float32
-        stages = ["generate_dtype"] * real + list(TRAINERS) + [f"{k}_bf16" for k in TRAINERS] * real
+        stages = ["generate_dtype"] * (params is not None) + list(TRAINERS)
         harness.run_cells(cpu_results(params), [{"stage": s} for s in stages], measure, again)
 
 
@@ -437,24 +427,6 @@ def cpu_section(params: Path | None = None) -> str:
             med = v["median_tokens_per_s"]
             lines.append(
                 f"| {name} | {v['steps']} | {med['s2d']:.0f} | {med['trl']:.0f} | {v['ratio_s2d_over_trl']:.3f} |"
-            )
-    if autocast := [(name, by[f"{k}_bf16"]) for k, name in TRAINERS.items() if f"{k}_bf16" in by]:
-        lines += [
-            "",
-            "Training under bf16 autocast (`runtime.bf16: true`) vs float32, both through s2d, interleaved (the "
-            "ratio is the measurement); the mean logged loss of a run beside it (the same batches, but for sampling):",
-            "",
-            "| stage (trainer) | steps | bf16 tokens/s | float32 tokens/s | ratio | mean loss bf16 / float32 |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, v in autocast:
-            med, loss = (
-                v["median_tokens_per_s"],
-                {s: statistics.median(r["mean_loss"] for r in v["runs"][s]) for s in v["runs"]},
-            )
-            lines.append(
-                f"| {name} | {v['steps']} | {med['bf16']:.0f} | {med['float32']:.0f} | "
-                f"**{v['ratio_bf16_over_float32']:.2f}x** | {loss['bf16']:.3f} / {loss['float32']:.3f} |"
             )
     if d := by.get("generate_dtype"):
         acc = {s: d["runs"][s][0]["accuracy"] for s in d["runs"]}

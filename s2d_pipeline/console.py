@@ -269,6 +269,10 @@ def summary(
             )
     elif name == "evaluate":
         lines.append(_headline(metrics, gate_metric))
+        if p := metrics.get("paired", {}).get(gate_metric):
+            lo, hi = p["ci95"]
+            pair = f"{metrics['paired']['left']} - {metrics['paired']['right']}"
+            lines.append(f"{pair}, paired by problem: {p['mean']:+.3f}, 95 % interval [{lo:+.3f}, {hi:+.3f}]")
         lines.append(f"table: {Path(cfg.artifacts_dir) / 'evaluate' / 'comparison.md'} (`s2d report` prints it)")
     elif name == "promote":
         lines.append(_decision(metrics))

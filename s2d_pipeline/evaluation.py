@@ -10,6 +10,8 @@ from s2d_pipeline.config import Config
 from s2d_pipeline.generation import completion_token_stats, generate, sample
 from s2d_pipeline.prompts import render
 
+ACCURACY = ("greedy", "avg_at_k", "pass_at_k")
+
 
 def score(task, model, tokenizer, rows: list[dict], cfg: Config, settings=None) -> dict:
     """Greedy accuracy, avg_at_k and pass_at_k of one model on labeled rows, sampled with `settings`
@@ -39,14 +41,46 @@ def verdicts(task, greedy: list[str], sampled: list[list[str]], rows: list[dict]
     }
 
 
+def per_problem(v: dict, metric: str) -> list[float]:
+    """One model's score on each row by `metric` (one of ACCURACY), from its `verdicts`."""
+    if metric == "greedy":
+        return [float(g) for g in v["greedy"]]
+    if metric == "pass_at_k":
+        return [float(h > 0) for h in v["hits"]]
+    return [h / k if k else 0.0 for h, k in zip(v["hits"], v["samples"], strict=True)]
+
+
 def accuracy_metrics_of(v: dict) -> dict:
     """Greedy accuracy, avg_at_k and pass_at_k from per-row `verdicts`."""
     n = max(len(v["greedy"]), 1)
+    return {metric: round(sum(per_problem(v, metric)) / n, 4) for metric in ACCURACY}
+
+
+def paired_difference(left: dict, right: dict, metric: str) -> dict:
+    """`left` minus `right`, two models' `verdicts` on the same rows, problem by problem: the mean, its 95 %
+    bootstrap interval resampling the problems (the noise of the eval sample; a seed's other sources of
+    spread, base models and training, are not in it) and the problems each side scored higher on."""
+    import numpy as np
+
+    d = np.subtract(per_problem(left, metric), per_problem(right, metric))
+    lo, hi = bootstrap_ci(d.tolist())
     return {
-        "greedy": round(sum(v["greedy"]) / n, 4),
-        "avg_at_k": round(sum(h / k if k else 0.0 for h, k in zip(v["hits"], v["samples"], strict=True)) / n, 4),
-        "pass_at_k": round(sum(h > 0 for h in v["hits"]) / n, 4),
+        "metric": metric,
+        "problems": len(d),
+        "mean": round(float(d.mean()), 4),
+        "ci95": [round(lo, 4), round(hi, 4)],
+        "left_higher": int((d > 0).sum()),
+        "right_higher": int((d < 0).sum()),
     }
+
+
+def bootstrap_ci(diffs: list[float], n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean of paired differences."""
+    import numpy as np
+
+    d = np.asarray(diffs, dtype=float)
+    means = d[np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def accuracy_metrics(task, greedy: list[str], sampled: list[list[str]], rows: list[dict]) -> dict:

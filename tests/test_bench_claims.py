@@ -119,5 +119,5 @@ def test_paired_by_problem_counts_the_problems_each_side_alone_got_right():
     rows = paired_by_problem([record, cell(1, 16)])  # a record without verdicts per problem is skipped
     assert [(r["seed"], r["left"], r["right"]) for r in rows] == [(0, "s2d", "grpo_direct")]
     r = rows[0]
-    assert (r["mean"], r["only_left"], r["only_right"]) == (0.25, 2, 1)
-    assert r["ci"][0] <= 0.25 <= r["ci"][1] and r["ci"][0] < r["ci"][1]
+    assert (r["mean"], r["left_higher"], r["right_higher"]) == (0.25, 2, 1)
+    assert r["ci95"][0] <= 0.25 <= r["ci95"][1] and r["ci95"][0] < r["ci95"][1]

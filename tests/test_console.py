@@ -158,6 +158,8 @@ def test_evaluate_summary_names_the_gate_metric_and_both_arms(micro_cfg):
         "eval_problems": 10,
         "arms": {"s2d": {"avg_at_k": 0.75}, "grpo_direct": {"avg_at_k": 0.5}},
         "student_raw": {"avg_at_k": 0.25},
+        "paired": {"left": "s2d", "right": "grpo_direct", "avg_at_k": {"mean": 0.25, "ci95": [-0.05, 0.55]}},
     }
     lines = summary("evaluate", result, micro_cfg, gate_metric=GATE_METRIC)
     assert lines[0] == "  avg_at_k (k = 4) on 10 eval problems: s2d 0.750, grpo_direct 0.500, raw student 0.250"
+    assert lines[1] == "  s2d - grpo_direct, paired by problem: +0.250, 95 % interval [-0.050, +0.550]"

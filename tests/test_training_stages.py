@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.helpers import params_equal
 
 
@@ -134,6 +136,36 @@ def test_evaluate_keeps_every_models_verdict_per_problem(pipeline):
         assert len(verdicts["greedy"]) == len(rows) and set(verdicts["samples"]) == {cfg.evaluate.k}
         m = evaluated[name]
         assert accuracy_metrics_of(verdicts) == {key: m[key] for key in ("greedy", "avg_at_k", "pass_at_k")}
+
+
+def test_evaluate_pairs_the_candidate_with_the_baseline_problem_by_problem(pipeline):
+    """The headline gap, s2d minus grpo_direct, with its interval over the eval problems: in
+    evaluate.json and the comparison table."""
+    cfg, out, _ = pipeline
+    result = out["evaluate"]
+    paired = result["paired"]
+    assert (paired["left"], paired["right"]) == ("s2d", "grpo_direct")
+    for metric in ("avg_at_k", "greedy"):
+        p, arms = paired[metric], result["arms"]
+        assert p["problems"] == result["eval_problems"]
+        assert p["mean"] == pytest.approx(arms["s2d"][metric] - arms["grpo_direct"][metric], abs=1e-3)
+        assert p["ci95"][0] <= p["mean"] <= p["ci95"][1]
+    table = (cfg.artifacts / "evaluate" / "comparison.md").read_text()
+    assert "s2d minus grpo_direct, paired by problem" in table and f"{paired['greedy']['mean']:+.3f}" in table
+
+
+def test_a_paired_difference_is_the_mean_gap_with_an_interval_over_the_problems():
+    from s2d_pipeline.evaluation import paired_difference
+
+    left = {"greedy": [1, 1, 0, 1, 1, 0], "hits": [4, 2, 0, 4, 3, 1], "samples": [4] * 6}
+    right = {"greedy": [0, 1, 1, 0, 1, 0], "hits": [0, 2, 4, 0, 3, 1], "samples": [4] * 6}
+    greedy = paired_difference(left, right, "greedy")
+    assert (greedy["mean"], greedy["left_higher"], greedy["right_higher"]) == (round(1 / 6, 4), 2, 1)
+    assert greedy["ci95"][0] < greedy["mean"] < greedy["ci95"][1]
+    sampled = paired_difference(left, right, "avg_at_k")  # per problem: +1, 0, -1, +1, 0, 0
+    assert (sampled["mean"], sampled["left_higher"], sampled["right_higher"]) == (round(1 / 6, 4), 2, 1)
+    same = paired_difference(left, left, "pass_at_k")
+    assert same["ci95"] == [0.0, 0.0] and same["left_higher"] == same["right_higher"] == 0
 
 
 def test_accuracy_metrics_score_known_right_and_wrong_completions():

@@ -25,7 +25,13 @@ from s2d_pipeline.arms import BASELINE_ARM, CANDIDATE_ARM
 from s2d_pipeline.config import Config
 from s2d_pipeline.console import progress
 from s2d_pipeline.data import load_split
-from s2d_pipeline.evaluation import accuracy_metrics_of, score_by_problem, student_teacher_kl
+from s2d_pipeline.evaluation import (
+    ACCURACY,
+    accuracy_metrics_of,
+    paired_difference,
+    score_by_problem,
+    student_teacher_kl,
+)
 from s2d_pipeline.gate import GATE_METRIC
 from s2d_pipeline.io import atomic_path, read_json, sha256_file, write_json
 from s2d_pipeline.layout import (
@@ -108,6 +114,13 @@ def run(cfg: Config) -> dict:
         result["arms"][arm] = entry
         bar.update()
     bar.close()
+    if CANDIDATE_ARM in result["arms"] and BASELINE_ARM in result["arms"]:
+        left, right = by_problem[CANDIDATE_ARM], by_problem[BASELINE_ARM]
+        result["paired"] = {
+            "left": CANDIDATE_ARM,
+            "right": BASELINE_ARM,
+            **{m: paired_difference(left, right, m) for m in (GATE_METRIC, "greedy")},
+        }
 
     result["provenance"] = provenance(cfg)
     result["wall_s"] = round(time.perf_counter() - started, 2)
@@ -119,7 +132,6 @@ def run(cfg: Config) -> dict:
     return result
 
 
-ACCURACY = ("greedy", "avg_at_k", "pass_at_k")
 # Per eval problem, every model's verdicts (`evaluation.verdicts`), for comparisons paired by problem.
 BY_PROBLEM = "by_problem.json"
 C2_STEPS = ("before_warmup", "after_warmup", "after_opd")
@@ -234,6 +246,18 @@ def _write_comparison(cfg: Config, result: dict) -> None:
         csv.append(name + "," + ",".join("" if v is None else str(v) for v in row.values()))
     c1 = "; ".join(f"{t}: greedy {v['greedy']:+.3f}, avg_at_k {v['avg_at_k']:+.3f}" for t, v in result["C1"].items())
     lines += ["", f"C1 (RL teacher minus raw teacher): {c1}"]
+    if paired := result.get("paired"):
+        gaps = "; ".join(
+            f"{m} {p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}], higher on {p['left_higher']} "
+            f"problems, lower on {p['right_higher']}"
+            for m in (GATE_METRIC, "greedy")
+            if (p := paired[m])
+        )
+        lines += [
+            "",
+            f"{paired['left']} minus {paired['right']}, paired by problem (95 % bootstrap interval over the "
+            f"{result['eval_problems']} problems; it leaves out the spread across seeds): {gaps}",
+        ]
     out = stage_dir(cfg, "evaluate")
     for name, text in (("comparison.md", "\n".join(lines) + "\n"), ("comparison.csv", "\n".join(csv) + "\n")):
         with atomic_path(out / name) as tmp:

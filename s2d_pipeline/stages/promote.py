@@ -67,6 +67,7 @@ def run(cfg: Config) -> dict:
         "challenger": candidate,
         "baseline_arm": BASELINE_ARM,
         "baseline": baseline,
+        "paired": result.get("paired", {}).get(metric),  # the gap problem by problem, with its interval
         "min_gain": cfg.gates.promote.min_gain,
         "champion_version": champion.version if champion else None,
         "promoted": promoted,
