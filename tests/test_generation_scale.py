@@ -166,6 +166,7 @@ def test_chunked_forward_kl_equals_gkd_full_logits_loss_and_gradients(tmp_path):
         temperature=1.0,
         use_cpu=True,
         bf16=False,
+        activation_checkpointing=False,  # as s2d sets it (TRL's default, under its old name, warns)
         report_to="none",
         max_steps=1,
         per_device_train_batch_size=2,
