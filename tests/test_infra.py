@@ -171,3 +171,33 @@ def test_units_training_at_once_get_their_own_gpus():
     assert [gpus_for_slot(slot, 3, "4,5,6,7,8,9") for slot in (0, 1, 2)] == ["4,5", "6,7", "8,9"]
     assert [gpus_for_slot(slot, 2, "3") for slot in (0, 1)] == ["3", "3"]  # fewer GPUs than units: shared
     assert gpus_for_slot(0, 2, "") is None  # no GPUs: the cores are split instead
+
+
+def test_the_flows_dvc_bookkeeping_works_from_any_working_directory(tmp_path, monkeypatch):
+    """The flow asks DVC (in its own process) which stages are out of date and records the ones it ran;
+    a worker's working directory need not be the project's."""
+    import logging
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from flows.s2d import DvcState
+
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=project, check=True)
+    stages = {
+        "a": {"cmd": "echo a > a.txt", "outs": ["a.txt"]},
+        "b": {"foreach": ["x", "y"], "do": {"cmd": "echo b", "deps": ["a.txt"], "outs": ["b_${item}.txt"]}},
+    }
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    for name in ("a", "b_x", "b_y"):
+        (project / f"{name}.txt").write_text(name)
+    monkeypatch.chdir(tmp_path)  # not the project
+    dvc = DvcState(project, logging.getLogger("test"))
+    assert dvc.changed("a") == {"a"} and dvc.changed("b") == {"b@x", "b@y"}
+    dvc.commit("a", "b@x")
+    assert dvc.up_to_date("a") and dvc.changed("b") == {"b@y"}
+    assert os.getcwd() == str(tmp_path)  # left as it was
+    assert "b@x" in yaml.safe_load((project / "dvc.lock").read_text())["stages"]

@@ -158,12 +158,14 @@ def test_a_paired_difference_is_the_mean_gap_with_an_interval_over_the_problems(
     from s2d_pipeline.evaluation import paired_difference
 
     left = {"greedy": [1, 1, 0, 1, 1, 0], "hits": [4, 2, 0, 4, 3, 1], "samples": [4] * 6}
-    right = {"greedy": [0, 1, 1, 0, 1, 0], "hits": [0, 2, 4, 0, 3, 1], "samples": [4] * 6}
+    right = {"greedy": [0, 1, 1, 0, 1, 0], "hits": [0, 1, 4, 0, 3, 1], "samples": [4] * 6}
     greedy = paired_difference(left, right, "greedy")
     assert (greedy["mean"], greedy["left_higher"], greedy["right_higher"]) == (round(1 / 6, 4), 2, 1)
     assert greedy["ci95"][0] < greedy["mean"] < greedy["ci95"][1]
-    sampled = paired_difference(left, right, "avg_at_k")  # per problem: +1, 0, -1, +1, 0, 0
-    assert (sampled["mean"], sampled["left_higher"], sampled["right_higher"]) == (round(1 / 6, 4), 2, 1)
+    sampled = paired_difference(left, right, "avg_at_k")  # per problem: +1, +1/4, -1, +1, 0, 0
+    assert (sampled["mean"], sampled["left_higher"], sampled["right_higher"]) == (round(1.25 / 6, 4), 3, 1)
+    any_right = paired_difference(left, right, "pass_at_k")  # per problem: +1, 0, -1, +1, 0, 0
+    assert (any_right["mean"], any_right["left_higher"], any_right["right_higher"]) == (round(1 / 6, 4), 2, 1)
     same = paired_difference(left, left, "pass_at_k")
     assert same["ci95"] == [0.0, 0.0] and same["left_higher"] == same["right_higher"] == 0
 
