@@ -250,8 +250,7 @@ def _write_comparison(cfg: Config, result: dict) -> None:
         gaps = "; ".join(
             f"{m} {p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}], higher on {p['left_higher']} "
             f"problems, lower on {p['right_higher']}"
-            for m in (GATE_METRIC, "greedy")
-            if (p := paired[m])
+            for m, p in ((m, paired[m]) for m in (GATE_METRIC, "greedy"))
         )
         lines += [
             "",
