@@ -5,10 +5,10 @@
     python -m bench.throughput run gpu    # random-init Qwen3-1.7B / 8B: train step, teacher forward, generation
     python -m bench.throughput report cpu|gpu [--params ...]
 
-Run from the repository root. `cpu` records one stage (GRPO, forward-KL warmup, OPD) a cell in
-bench/results/throughput_cpu[_<profile>].jsonl (`compare`), and with a real-weights profile the teacher's
-generation in float32 and at `runtime.inference_dtype: auto`, side by side; `gpu` one measurement of random-init Qwen3 shapes (bf16, sdpa) a cell in
-bench/results/throughput_gpu.jsonl (`gpu_cell`).
+Run from the repository root. `cpu` records a cell per stage (GRPO, forward-KL warmup, OPD: `compare`) in
+bench/results/throughput_cpu[_<profile>].jsonl; with a real-weights profile also the teacher's generation
+in float32 against `runtime.inference_dtype: auto`, and sampling by `torch.multinomial` against the inverse
+CDF, side by side. `gpu`: a cell per random-init Qwen3 measurement (bf16, sdpa) in throughput_gpu.jsonl.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
+from unittest import mock
 
 from bench import harness
 from bench.gpu_smoke import random_qwen3
@@ -93,14 +94,7 @@ def gpu_cell(cell: dict) -> dict:
     tflops = (6 if kind == "train_step" else 2) * n * tps / 1e12  # forward 2N per token, backward 4N more
     peak_tflops = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(0)), None)
     mfu = round(tflops / peak_tflops, 3) if peak_tflops and kind == "train_step" else None
-    return {
-        "parameters": n,
-        "s": round(dt, 3),
-        "tokens_per_s": round(tps),
-        "tflops": round(tflops, 1),
-        "mfu": mfu,
-        "peak_gib": peak,
-    }
+    return dict(parameters=n, s=round(dt, 3), tokens_per_s=round(tps), tflops=round(tflops, 1), mfu=mfu, peak_gib=peak)
 
 
 def gpu_section() -> str:
@@ -309,14 +303,25 @@ def _via_trl(kind: str, p: Project):
     return trainer
 
 
-def compare(kind: str, p: Project, repeats: int) -> dict:
+def _torch_multinomial(run):
+    """`run` drawing tokens as s2d did before `generation.inverse_cdf_sampling`: by `torch.multinomial`."""
+    from s2d_pipeline import generation
+
+    as_before = lambda probs: generation._torch_multinomial(probs, 1)  # noqa: E731
+    return mock.patch.object(generation, "draw_one_per_row", as_before)(run)
+
+
+SAMPLERS = {"inverse_cdf": _via_s2d, "torch_multinomial": _torch_multinomial(_via_s2d)}
+
+
+def compare(kind: str, p: Project, repeats: int, sides: dict | None = None) -> dict:
     """Tokens/s of one stage on identical models, data and batch through `s2d_pipeline.training` and
-    through the TRL trainer built here by hand, interleaved (A B A B ...) so machine noise hits both, after
-    one untimed run of each (imports). Wall time from model load to the end of `train()`; the mean logged
-    training loss beside it (a side that trains worse shows there)."""
+    through the TRL trainer built here by hand (or two other `sides`), interleaved (A B A B ...) so machine
+    noise hits both, after one untimed run of each (imports). Wall time from model load to the end of
+    `train()`; the mean logged training loss beside it (a side that trains worse shows there)."""
     from s2d_pipeline import runtime
 
-    sides = {"s2d": _via_s2d, "trl": _via_trl}
+    sides = sides or {"s2d": _via_s2d, "trl": _via_trl}
     for train in sides.values():  # untimed: first-use imports and caches
         train(kind, p)
     runs = {name: [] for name in sides}
@@ -333,23 +338,28 @@ def compare(kind: str, p: Project, repeats: int) -> dict:
             )
     median = {n: statistics.median(r["tokens_per_s"] for r in v) for n, v in runs.items()}
     steps = {"grpo": p.cfg.teacher_rl.steps, "warmup": p.cfg.warmup.steps, "opd": p.cfg.opd.steps}[kind]
+    first, second = sides
     return {
         "steps": steps,
         "checkpoint_steps": p.cfg.runtime.checkpoint_steps,
         "repeats": repeats,
         "runs": runs,
         "median_tokens_per_s": median,
-        "ratio_s2d_over_trl": round(median["s2d"] / median["trl"], 3),
+        f"ratio_{first}_over_{second}": round(median[first] / median[second], 3),
     }
 
 
-def generation_side_by_side(
-    p: Project, batch: int = 32, problems: int = 64, repeats: int = 3, auto_batch: int | None = None
-) -> dict:
-    """Greedy `generate` of the same chat-rendered problems by the teacher loaded as before (float32, `batch`)
-    and at `runtime.inference_dtype: auto` (`auto_batch`, default `batch`), alternating (A B A B ...) after
-    one untimed call each: new tokens/s (each row up to its end token), wall time and greedy accuracy. The
-    machine is shared: the ratio is the measurement."""
+GENERATION_SIDES = {  # a cell: its sides (inference dtype, batch, sampler) and whether it samples
+    "generate_dtype": ({"float32": ("float32", 32, "torch"), "auto": ("auto", 64, "torch")}, False),
+    "sample_sampler": ({"torch_multinomial": ("auto", 64, "torch"), "inverse_cdf": ("auto", 64, "inverse")}, True),
+}
+
+
+def generation_side_by_side(p: Project, cell: str, problems: int = 64, repeats: int = 3) -> dict:
+    """`generate` of the same chat-rendered problems by the teacher on each side of `cell`
+    (`GENERATION_SIDES`: `runtime.inference_dtype`, batch, how tokens are drawn), greedy or one sample a
+    problem at the rollouts' temperature, alternating (A B A B ...) after one untimed call each: new
+    tokens/s (each row up to its end token), wall time and accuracy. The ratio is the measurement."""
     import os
 
     from s2d_pipeline.generation import generate_completions
@@ -361,32 +371,38 @@ def generation_side_by_side(
     tokenizer, chat, new = load_tokenizer(teacher, cfg), cfg.models.chat_template, cfg.evaluate.max_completion_length
     rows = task.to_canonical(task.generate_splits(cfg.seed, 0, 0, problems)["eval"], Path("generated.jsonl"))
     prompts = [render(cfg, task, tokenizer, r["prompt"]) for r in rows]
-    models = {}
-    for setting in ("float32", "auto"):
-        runtime_cfg = cfg.runtime.model_copy(update={"inference_dtype": setting})
-        models[setting] = load_model(teacher, cfg.model_copy(update={"runtime": runtime_cfg}), for_inference=True)
-        generate_completions(models[setting], tokenizer, prompts[:2], max_new_tokens=4, chat=chat)
-    runs, load, batches = (
-        {s: [] for s in models},
-        [os.getloadavg()[0]],
-        {"float32": batch, "auto": auto_batch or batch},
-    )
-    for _ in range(repeats):
-        for setting, model in models.items():
+    sides, sampled = GENERATION_SIDES[cell]
+    runs, load, models = {s: [] for s in sides}, [os.getloadavg()[0]], {}
+
+    def run(side: str, seed: int, prompts=prompts):
+        dtype, batch, sampler = sides[side]
+        if side not in models:
+            runtime = cfg.runtime.model_copy(update={"inference_dtype": dtype})
+            models[side] = load_model(teacher, cfg.model_copy(update={"runtime": runtime}), for_inference=True)
+        generate = generate_completions if sampler == "inverse" else _torch_multinomial(generate_completions)
+        kwargs = {"greedy": not sampled, "temperature": cfg.rollouts.temperature, "seed": seed, "chat": chat}
+        return generate(models[side], tokenizer, prompts, max_new_tokens=new, batch_size=batch, **kwargs)
+
+    for side in sides:  # untimed: first-use costs
+        run(side, 0, prompts[:2])
+    for seed in range(repeats):
+        for side in sides:
             t0 = time.perf_counter()
-            groups = generate_completions(
-                model, tokenizer, prompts, max_new_tokens=new, batch_size=batches[setting], chat=chat
-            )
+            groups = run(side, seed)
             wall, tokens = time.perf_counter() - t0, sum(len(g[0].token_ids) for g in groups)
             hits = sum(task.verify(g[0].text, r["answer"]) for g, r in zip(groups, rows, strict=True))
-            runs[setting].append({"wall_s": round(wall, 2), "tokens": tokens, "accuracy": hits / len(rows)})
+            runs[side].append({"wall_s": round(wall, 2), "tokens": tokens, "accuracy": hits / len(rows)})
     median = {s: round(statistics.median(r["tokens"] / r["wall_s"] for r in v), 1) for s, v in runs.items()}
     dtypes = {s: str(next(m.parameters()).dtype).removeprefix("torch.") for s, m in models.items()}
     wall = {s: statistics.median(r["wall_s"] for r in v) for s, v in runs.items()}
-    return {"batch": batches, "problems": len(rows), "max_new_tokens": new, "dtypes": dtypes, "runs": runs} | {
-        "wall_ratio_float32_over_auto": round(wall["float32"] / wall["auto"], 2),
+    first, second = sides
+    return {"batch": {s: v[1] for s, v in sides.items()}, "problems": len(rows), "max_new_tokens": new} | {
+        "sampled": sampled,
+        "dtypes": dtypes,
+        "runs": runs,
+        f"wall_ratio_{first}_over_{second}": round(wall[first] / wall[second], 2),
         "median_tokens_per_s": median,
-        "ratio_auto_over_float32": round(median["auto"] / median["float32"], 2),
+        f"ratio_{second}_over_{first}": round(median[second] / median[first], 2),
         "load_average": [*load, os.getloadavg()[0]],
     }
 
@@ -400,11 +416,15 @@ def cpu(params: Path | None, steps: int | None, repeats: int, again: bool) -> No
         project = functools.cache(lambda: _cpu_project(Path(tmp), steps, params))
 
         def measure(cell: dict) -> dict:
-            if cell["stage"] == "generate_dtype":
-                return generation_side_by_side(project(), repeats=repeats)
-            return compare(cell["stage"], project(), repeats)
+            stage = cell["stage"]
+            if stage in GENERATION_SIDES:
+                return generation_side_by_side(project(), stage, repeats=repeats)
+            if stage.endswith("_sampler"):
+                return compare(stage.removesuffix("_sampler"), project(), repeats, SAMPLERS)
+            return compare(stage, project(), repeats)
 
-        stages = ["generate_dtype"] * (params is not None) + list(TRAINERS)
+        real = [*GENERATION_SIDES, "grpo_sampler", "opd_sampler"] if params else []
+        stages = real + list(TRAINERS)
         harness.run_cells(cpu_results(params), [{"stage": s} for s in stages], measure, again)
 
 
@@ -430,7 +450,7 @@ def cpu_section(params: Path | None = None) -> str:
             )
     if d := by.get("generate_dtype"):
         acc = {s: d["runs"][s][0]["accuracy"] for s in d["runs"]}
-        batch = d["batch"] if isinstance(d["batch"], dict) else {"float32": d["batch"], "auto": d["batch"]}
+        batch = d["batch"]
         lines += [
             "",
             f"Generation, float32 at batch {batch['float32']} vs `runtime.inference_dtype: auto` "
@@ -441,6 +461,18 @@ def cpu_section(params: Path | None = None) -> str:
             f"{acc['float32']:.3f} (float32) vs {acc['auto']:.3f}. Load average "
             f"{d['load_average'][0]:.1f} to {d['load_average'][1]:.1f} on the shared machine: the ratio, not the speeds "
             f"({harness.describe(d['machine'])}).",
+        ]
+    if d := by.get("sample_sampler"):
+        ratio, acc = "ratio_inverse_cdf_over_torch_multinomial", d["runs"]
+        ratios = [f"sampled `generate` (batch {d['batch']['inverse_cdf']}) **{d[ratio]}x**"] + [
+            f"{TRAINERS[k]}, {v['steps']} steps, **{v[ratio]}x**"
+            for k in ("grpo", "opd")
+            if (v := by.get(f"{k}_sampler"))
+        ]
+        lines += [
+            "\nTokens drawn by the inverse CDF (`generation.inverse_cdf_sampling`) against `torch.multinomial`, "
+            f"alternating, tokens/s: {'; '.join(ratios)} (sampled accuracy {acc['inverse_cdf'][0]['accuracy']:.3f} "
+            f"vs {acc['torch_multinomial'][0]['accuracy']:.3f}; {harness.describe(d['machine'])}).",
         ]
     return "\n".join(lines) + "\n"
 

@@ -8,6 +8,8 @@ full-vocabulary distributions (`score_completion_ids`).
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,75 @@ class Completion:
     text: str
     token_ids: list[int]
     finished: bool
+
+
+def draw_one_per_row(probs, generator=None, block: int = 256):
+    """One index per row of `probs` (non-negative weights, rows of any sum), drawn with probability
+    proportional to its weight by the inverse CDF: one uniform per row, then the block of `block` entries
+    and the entry within it whose cumulative weight (in float64) first exceeds it, so never an entry of
+    weight zero. Two levels, because a cumulative sum over a whole 49k-150k vocabulary row costs more than
+    the rest of the draw. Shaped like `torch.multinomial(probs, 1)`."""
+    import torch
+
+    rows, width = probs.shape
+    padded = torch.nn.functional.pad(probs, (0, -width % block)) if width % block else probs
+    blocks = padded.reshape(rows, -1, block)
+    mass = blocks.sum(-1, dtype=torch.float64)
+    cdf = mass.cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.rand((rows, 1), dtype=torch.float64, device=probs.device, generator=generator) * total
+    u = torch.minimum(u, total * (1 - 2**-52))  # a product that rounds up to the total would pick past the end
+    k = torch.searchsorted(cdf, u, right=True)
+    inner = blocks[torch.arange(rows, device=probs.device), k[:, 0]].to(torch.float64).cumsum(-1)
+    # The draw's place inside block k, on the block's own cumulative sums (summed in another order).
+    v = (u - (cdf.gather(1, k) - mass.gather(1, k))) / mass.gather(1, k) * inner[:, -1:]
+    v = torch.minimum(v, inner[:, -1:] * (1 - 2**-52))
+    return k * block + torch.searchsorted(inner, v, right=True)
+
+
+_sampler_lock = threading.Lock()
+_sampler_users = 0
+_torch_multinomial = None
+
+
+@contextlib.contextmanager
+def inverse_cdf_sampling():
+    """Inside, HF `generate` draws each sampled token on a CPU by `draw_one_per_row`: the same
+    distribution as `torch.multinomial`, which on a CPU draws one exponential variate per vocabulary entry
+    per row (at SmolLM2's 49k vocabulary, a third of a sampled decoding step at batch 64: bench/findings.md).
+    `generate` calls `torch.multinomial` directly, so the function is swapped while any caller is inside;
+    other calls (several draws, a generator or `out`, other devices, invalid weights: its error) still
+    go to torch's."""
+    import torch
+
+    global _sampler_users, _torch_multinomial
+    with _sampler_lock:
+        if _sampler_users == 0:
+            _torch_multinomial = original = torch.multinomial
+
+            def multinomial(input, num_samples, replacement=False, *, generator=None, out=None):
+                fast = (
+                    num_samples == 1
+                    and generator is None
+                    and out is None
+                    and input.dim() == 2
+                    and input.device.type == "cpu"
+                    and input.is_floating_point()
+                )
+                if fast and bool((input.min() >= 0) & ((totals := input.sum(-1)) > 0).all() & totals.isfinite().all()):
+                    return draw_one_per_row(input)
+                kwargs = {"generator": generator} | ({"out": out} if out is not None else {})
+                return original(input, num_samples, replacement, **kwargs)
+
+            torch.multinomial = multinomial
+        _sampler_users += 1
+    try:
+        yield
+    finally:
+        with _sampler_lock:
+            _sampler_users -= 1
+            if _sampler_users == 0:
+                torch.multinomial = _torch_multinomial
 
 
 def device_of(model):
@@ -139,7 +210,7 @@ def generate_completions(
     if desc:
         bar = progress(total=len(prompts), desc=desc, unit="prompt")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), inverse_cdf_sampling():
             for start in range(0, len(prompts), batch_size):
                 chunk = list(prompts[start : start + batch_size])
                 ids = [encode_prompt(tokenizer, p, chat=chat) for p in chunk]

@@ -26,7 +26,7 @@ from s2d_pipeline.config import Config, Section
 from s2d_pipeline.console import TrainerProgress
 from s2d_pipeline.errors import ConfigError
 from s2d_pipeline.evaluation import student_teacher_kl
-from s2d_pipeline.generation import encode_prompt, logit_transform
+from s2d_pipeline.generation import encode_prompt, inverse_cdf_sampling, logit_transform
 from s2d_pipeline.io import atomic_dir
 from s2d_pipeline.layout import checkpoint_dir
 from s2d_pipeline.models import load_model, load_tokenizer, training_bf16
@@ -332,10 +332,11 @@ class AutocastLoss:
 class AutocastGeneration(AutocastLoss):
     """Sampling (GRPO's, OPD's) inside one autocast region: autocast keeps its bf16 copy of each weight
     until the outermost region exits, so the weights are cast once per call, not at every new token as
-    the per-forward region that accelerate wraps would do (OPD ran at 0.85x float32's speed so)."""
+    the per-forward region that accelerate wraps would do (OPD ran at 0.85x float32's speed so). Tokens
+    are drawn as `generate_completions` draws them (`inverse_cdf_sampling`)."""
 
     def _generate(self, prompts: list):
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), inverse_cdf_sampling():
             return super()._generate(prompts)
 
 

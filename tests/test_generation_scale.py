@@ -5,6 +5,8 @@
   would need (measured in a child process by ru_maxrss).
 - The forward-KL warmup's chunked loss equals GKD's full-logits loss, gradients included.
 - Generation stops on every end id of the model's generation_config and the tokenizer.
+- Sampled tokens are drawn by the inverse CDF (`generation.inverse_cdf_sampling`; torch's CPU multinomial
+  draws a variate per vocabulary entry): from the model's own distribution, never a zero-weight token.
 - The warmup trains on the token ids the teacher sampled, not a re-encoding of their text; rollout
   files without ids are refused.
 - A teacher/student pair with different end ids or chat templates is refused before training.
@@ -355,3 +357,72 @@ def test_evaluate_renders_and_stops_each_teacher_with_its_own_tokenizer(pipeline
     assert all(m == t for m, t in teachers)
     students = [t for m, t in calls if m not in teacher_dirs]
     assert students and set(students) == {str(base_model_dir(cfg, "student"))}
+
+
+def test_one_draw_per_row_follows_the_weights_and_never_draws_a_zero():
+    import torch
+
+    from s2d_pipeline.generation import draw_one_per_row
+
+    weights = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 2.5], [3.0, 1.0, 0.0, 0.0, 0.0]])
+    torch.manual_seed(0)
+    draws = torch.cat([draw_one_per_row(weights) for _ in range(4000)], dim=1)
+    assert draws.shape == (3, 4000) and draws.dtype == torch.long
+    for row, w in zip(draws, weights, strict=True):
+        freq = torch.bincount(row, minlength=5).double() / len(row)
+        expected = w.double() / w.sum()
+        assert (freq[expected == 0] == 0).all()
+        assert (freq - expected).abs().max() < 0.03  # 4 standard errors at 4,000 draws
+
+
+def test_generate_samples_by_inverse_cdf_from_the_models_own_distribution(monkeypatch):
+    """The first sampled token of 20,000 completions against the model's softmax (a model whose next-token
+    distribution is spread over the vocabulary); each draw went through `draw_one_per_row`."""
+    import torch
+
+    from s2d_pipeline import generation
+    from s2d_pipeline.config import ModelSpec
+    from s2d_pipeline.models import build_char_tokenizer, build_tiny_model
+    from s2d_pipeline.tasks.arithmetic import VOCAB
+
+    tok = build_char_tokenizer(VOCAB)
+    model = build_tiny_model(
+        ModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32), tok, 32, seed=0
+    )
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        ids = torch.tensor([generation.encode_prompt(tok, "12+9=", chat=False)])
+        expected = torch.softmax(model(input_ids=ids).logits[0, -1].double(), -1)
+    assert expected.max() < 0.5 and (expected > 0.01).sum() >= 5  # spread: a shifted draw would show
+    real_draw, calls, original = generation.draw_one_per_row, [], torch.multinomial
+    monkeypatch.setattr(generation, "draw_one_per_row", lambda probs: (calls.append(1), real_draw(probs))[1])
+    [group] = generation.generate_completions(
+        model, tok, ["12+9="], max_new_tokens=1, greedy=False, num_return_sequences=20_000, seed=0
+    )
+    first = torch.tensor([c.token_ids[0] for c in group])
+    freq = torch.bincount(first, minlength=len(expected)).double() / len(first)
+    assert calls and torch.multinomial is original  # used inside, restored after
+    assert 0.5 * (freq - expected).abs().sum() < 0.03  # total variation; ~0.01 expected at 20,000 draws
+
+
+def test_outside_one_draw_per_row_torch_multinomial_decides_and_raises():
+    import torch
+
+    from s2d_pipeline.generation import inverse_cdf_sampling
+
+    original = torch.multinomial
+    with inverse_cdf_sampling():
+        with inverse_cdf_sampling():
+            assert torch.multinomial is not original
+        assert torch.multinomial is not original  # the outer caller is still inside
+        two = torch.multinomial(torch.tensor([[1.0, 1.0, 1.0]]), 2)  # two draws without replacement: torch's
+        assert two.shape == (1, 2) and two[0, 0] != two[0, 1]
+        with pytest.raises(RuntimeError, match="probability tensor"):
+            torch.multinomial(torch.tensor([[0.5, -0.1, 0.6]]), 1)
+        with pytest.raises(ValueError):
+            with inverse_cdf_sampling():
+                raise ValueError
+        assert torch.multinomial is not original
+    assert torch.multinomial is original

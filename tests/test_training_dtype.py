@@ -1,6 +1,7 @@
 """Training under bf16 autocast (`runtime.bf16`, off by default; auto: where inference_dtype's auto picks
 bfloat16): every trainer's loss and sampling run under it, on a CPU too, the weights cast once per
-sampling call rather than at every new token."""
+sampling call rather than at every new token. The trainers that sample draw their tokens by the inverse CDF
+(`generation.inverse_cdf_sampling`), as s2d's own generation does."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def test_every_trainer_computes_its_loss_and_samples_under_the_setting(tmp_path,
     when the outermost autocast region exits, counts the regions."""
     import torch
 
-    from s2d_pipeline import training
+    from s2d_pipeline import generation, training
     from s2d_pipeline.models import build_char_tokenizer, build_tiny_model, save_model
     from s2d_pipeline.runtime import setup
     from s2d_pipeline.tasks import get_task
@@ -64,6 +65,8 @@ def test_every_trainer_computes_its_loss_and_samples_under_the_setting(tmp_path,
         return model
 
     monkeypatch.setattr(training, "load_model", hooked_load)
+    real_draw, draws = generation.draw_one_per_row, []
+    monkeypatch.setattr(generation, "draw_one_per_row", lambda probs: (draws.append(1), real_draw(probs))[1])
     monkeypatch.setattr(torch, "clear_autocast_cache", lambda: (regions.append(1), real_clear()))
     rows = task.generate_splits(0, 8, 0, 0)["labels"]
     runs = {
@@ -82,8 +85,9 @@ def test_every_trainer_computes_its_loss_and_samples_under_the_setting(tmp_path,
         ),
     }
     for name, run in runs.items():
-        seen.clear(), regions.clear()
+        seen.clear(), regions.clear(), draws.clear()
         run()
+        assert bool(draws) is (name != "warmup"), name  # GRPO and OPD sample; the warmup reads rollouts
         with_grad = [autocast for grad, autocast in seen if grad]
         without = [autocast for grad, autocast in seen if not grad]
         assert set(with_grad) == {bf16}, name
