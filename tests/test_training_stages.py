@@ -57,10 +57,16 @@ def test_rollouts_have_the_declared_schema_and_touch_no_label(pipeline, tmp_path
 
 
 def test_warmup_and_opd_lower_teacher_student_kl(pipeline):
+    """C2, the per-token KL(student || teacher) on the student's own seeded samples: what OPD minimises,
+    so it is read on-policy (on fixed tokens, such as the teacher's rollouts, a few OPD steps can move
+    the KL either way)."""
     cfg, out, _ = pipeline
-    c2 = json.loads((cfg.metrics / "evaluate.json").read_text())["arms"]["s2d"]["C2_kl"]
+    arms = json.loads((cfg.metrics / "evaluate.json").read_text())["arms"]
+    c2 = arms["s2d"]["C2_kl"]
     assert c2["after_warmup"] < c2["before_warmup"]
     assert c2["after_opd"] < c2["before_warmup"]
+    opd_alone = arms["no_warmup"]["C2_kl"]
+    assert opd_alone["after_opd"] < opd_alone["before_warmup"]
     assert out["opd"]["s2d"]["loss_last"] < out["opd"]["s2d"]["loss_first"]
     # Ablations keep compute equal: the removed stage's steps go to the other one.
     assert out["opd"]["no_warmup"]["steps"] == out["warmup"]["no_opd"]["steps"] == 8
@@ -179,28 +185,6 @@ def test_accuracy_metrics_score_known_right_and_wrong_completions():
     right, carry_free = task.encode_answer(125), task.encode_answer(115)
     m = accuracy_metrics(task, [right, "3000"], [[right, carry_free], ["0000", "xx"]], rows)
     assert m == {"greedy": 1.0, "avg_at_k": 0.25, "pass_at_k": 0.5}
-
-
-def test_opd_lowers_kl_on_a_fixed_batch(pipeline):
-    """Same (prompt, completion) pairs scored before and after OPD: the per-token KL to the teacher falls."""
-    from s2d_pipeline.generation import completion_token_stats
-    from s2d_pipeline.io import read_jsonl
-    from s2d_pipeline.layout import base_model_dir, rollouts_file, student_dir, teacher_dir
-    from s2d_pipeline.models import load_model, load_tokenizer
-
-    cfg, _, _ = pipeline
-    batch = read_jsonl(rollouts_file(cfg, "s2d"))[:32]
-    prompts, completions = [r["prompt"] for r in batch], [r["completion"] for r in batch]
-    teacher = load_model(teacher_dir(cfg, "s2d"), cfg)
-    tok = load_tokenizer(base_model_dir(cfg, "student"), cfg)
-    before = completion_token_stats(
-        load_model(base_model_dir(cfg, "student"), cfg), teacher, tok, prompts, completions
-    )
-    after = completion_token_stats(
-        load_model(student_dir(cfg, "no_warmup", "opd"), cfg), teacher, tok, prompts, completions
-    )
-    assert after["tokens"] == before["tokens"] > 0
-    assert after["kl"] < before["kl"]
 
 
 def test_sft_warmup_variant_trains(pipeline, tmp_path):
