@@ -25,6 +25,8 @@ from s2d_pipeline.errors import ConfigError
 EXPERIMENTS_DIR = "experiments"
 # Where and how a run executes, not what it computes: a run that changes only these is not an experiment.
 WHERE_AND_HOW = ("experiment", "artifacts_dir", "metrics_dir", "checkpoints_dir", "tracking", "runtime", "flow", "dvc")
+# Except the runtime settings that change the numbers a run computes (its dtypes), where not at their defaults.
+RUNTIME_NUMERICS = ("bf16", "inference_dtype")
 REGISTRY_SUFFIX = "-experiments"
 
 
@@ -36,6 +38,9 @@ def _writes_its_data(cfg: Config) -> bool:
 def _settings(cfg: Config) -> dict:
     """The settings that decide what a run computes."""
     settings = cfg.model_dump(mode="json", exclude={"root", *WHERE_AND_HOW})
+    fields = type(cfg.runtime).model_fields
+    if numerics := {k: v for k in RUNTIME_NUMERICS if (v := getattr(cfg.runtime, k)) != fields[k].default}:
+        settings["runtime"] = numerics
     if _writes_its_data(cfg):
         for split in ("labels", "prompts", "eval"):
             del settings["data"][split]

@@ -3,6 +3,7 @@ params.yaml writes under experiments/<name>/, registers elsewhere, and says what
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -22,6 +23,19 @@ def test_the_projects_own_params_are_the_default_run(project):
 def test_where_and_how_a_run_executes_does_not_make_an_experiment(project):
     how = {"flow": {"parallel_arms": 2}, "runtime": {"torch_threads": 1}, "tracking": {"enabled": False}}
     assert keep_apart(load_config(project / "params.yaml", how, root=project)).experiment is None
+
+
+def test_a_runtime_dtype_changes_what_a_run_computes_so_it_is_an_experiment(project):
+    """bf16 training or another inference dtype changes the numbers: its outputs must not replace the
+    float32 run's."""
+    names = set()
+    for dtype in ({"bf16": True}, {"inference_dtype": "float32"}):
+        cfg = keep_apart(load_config(project / "params.yaml", {"runtime": dtype}, root=project))
+        assert cfg.experiment is not None and changes(cfg) == [
+            f"runtime.{k}={json.dumps(v)}" for k, v in dtype.items()
+        ]
+        names.add(cfg.experiment)
+    assert len(names) == 2
 
 
 def test_an_override_moves_every_output_and_the_registry_and_names_the_change(project):
