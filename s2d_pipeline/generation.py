@@ -52,8 +52,9 @@ def draw_one_per_row(probs, generator=None, block: int = 256):
     u = torch.minimum(u, total * (1 - 2**-52))  # a product that rounds up to the total would pick past the end
     k = torch.searchsorted(cdf, u, right=True)
     inner = blocks[torch.arange(rows, device=probs.device), k[:, 0]].to(torch.float64).cumsum(-1)
-    # The draw's place inside block k, on the block's own cumulative sums (summed in another order).
-    v = (u - (cdf.gather(1, k) - mass.gather(1, k))) / mass.gather(1, k) * inner[:, -1:]
+    # The draw's place inside block k, on the block's own cumulative sums (summed in another order),
+    # kept inside [0, the block's total) where rounding would step over either end.
+    v = (u - (cdf - mass).gather(1, k)).clamp(min=0) / mass.gather(1, k) * inner[:, -1:]
     v = torch.minimum(v, inner[:, -1:] * (1 - 2**-52))
     return k * block + torch.searchsorted(inner, v, right=True)
 
