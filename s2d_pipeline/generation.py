@@ -34,7 +34,7 @@ class Completion:
     finished: bool
 
 
-def draw_one_per_row(probs, generator=None, block: int = 256):
+def draw_one_per_row(probs, block: int = 256):
     """One index per row of `probs` (non-negative weights, rows of any sum), drawn with probability
     proportional to its weight by the inverse CDF: one uniform per row, then the block of `block` entries
     and the entry within it whose cumulative weight (in float64) first exceeds it, so never an entry of
@@ -48,7 +48,7 @@ def draw_one_per_row(probs, generator=None, block: int = 256):
     mass = blocks.sum(-1, dtype=torch.float64)
     cdf = mass.cumsum(-1)
     total = cdf[:, -1:]
-    u = torch.rand((rows, 1), dtype=torch.float64, device=probs.device, generator=generator) * total
+    u = torch.rand((rows, 1), dtype=torch.float64, device=probs.device) * total
     u = torch.minimum(u, total * (1 - 2**-52))  # a product that rounds up to the total would pick past the end
     k = torch.searchsorted(cdf, u, right=True)
     inner = blocks[torch.arange(rows, device=probs.device), k[:, 0]].to(torch.float64).cumsum(-1)

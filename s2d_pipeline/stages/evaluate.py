@@ -248,9 +248,9 @@ def _write_comparison(cfg: Config, result: dict) -> None:
     lines += ["", f"C1 (RL teacher minus raw teacher): {c1}"]
     if paired := result.get("paired"):
         gaps = "; ".join(
-            f"{m} {p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}], higher on {p['left_higher']} "
-            f"problems, lower on {p['right_higher']}"
-            for m, p in ((m, paired[m]) for m in (GATE_METRIC, "greedy"))
+            f"{p['metric']} {p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}], higher on "
+            f"{p['left_higher']} problems, lower on {p['right_higher']}"
+            for p in (paired[GATE_METRIC], paired["greedy"])
         )
         lines += [
             "",
