@@ -88,14 +88,22 @@ CELL_SETTINGS = {
 
 
 def settings_id(params: Path) -> str | None:
-    """A short hash of the profile's CELL_SETTINGS and its file (None without CELL_SETTINGS): a cell's record
-    carries it, so a cell run under changed settings is a new measurement and the report reads only the
-    current settings' cells."""
+    """A short hash of what a profile's cells run (None without CELL_SETTINGS): the profile's values under
+    CELL_SETTINGS, seed and budget left out. A record carries it, so a cell run under changed settings is a
+    new measurement and the report reads only the current settings' cells; a profile's comments, or a value
+    CELL_SETTINGS replaces (the demo's arms, its eval size), leave the cells current."""
     import hashlib
 
-    if not (settings := CELL_SETTINGS.get(params.stem)):
+    import yaml
+
+    from s2d_pipeline.config import deep_merge
+
+    if params.stem not in CELL_SETTINGS:
         return None
-    return hashlib.sha256((json.dumps(settings, sort_keys=True) + params.read_text()).encode()).hexdigest()[:8]
+    settings = deep_merge(yaml.safe_load(params.read_text()), cell_overrides(params, 0, 0))
+    for per_cell in ("seed", "budget"):
+        settings.pop(per_cell)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def results_file(params: Path = PARAMS) -> Path:

@@ -91,8 +91,9 @@ def test_an_interrupted_cell_resumes_at_its_first_unfinished_stage(tmp_path, mon
 
 
 def test_a_cell_measured_under_other_settings_is_not_read_as_a_current_one(tmp_path, monkeypatch):
-    """A record carries its settings' hash (CELL_SETTINGS and the profile file): change either and the
-    report reads none of the old cells as current, says so, and `run` measures the cell again."""
+    """A record carries its settings' hash (the profile's values under CELL_SETTINGS): a comment, or a value
+    CELL_SETTINGS replaces, leaves the cell current; a value the cells run changes it, and then the report
+    reads none of the old cells as current, says so, and `run` measures the cell again."""
     import json
 
     from bench import label_efficiency as le
@@ -105,6 +106,9 @@ def test_a_cell_measured_under_other_settings_is_not_read_as_a_current_one(tmp_p
     record = {**measured, "settings": le.settings_id(params)}
     le.results_file(params).write_text(json.dumps(record) + "\n")
     assert "| s2d |" in le.section(params)
+    demo_only = params.read_text().replace("n_eval: 20", "n_eval: 10").replace("arms: [", "arms: [no_opd, ")
+    params.write_text(demo_only + "# a comment\n")
+    assert le.settings_id(params) == record["settings"]
 
     params.write_text(params.read_text() + "\nwarmup: {steps: 40}\n")  # the profile changed
     assert le.settings_id(params) != record["settings"]
