@@ -22,14 +22,18 @@ profiles/<name>.yaml`: `label_efficiency_<name>.jsonl`), with the students' trai
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
 import time
 from pathlib import Path
 
+import yaml
+
 from bench import harness
 from s2d_pipeline.arms import SPECS
+from s2d_pipeline.config import deep_merge, load_config
 from s2d_pipeline.evaluation import bootstrap_ci
 from s2d_pipeline.io import read_unit_metrics
 from s2d_pipeline.stages import stages_through
@@ -88,21 +92,12 @@ CELL_SETTINGS = {
 
 
 def settings_id(params: Path) -> str | None:
-    """A short hash of what a profile's cells run (None without CELL_SETTINGS): the profile's values under
-    CELL_SETTINGS, seed and budget left out. A record carries it, so a cell run under changed settings is a
-    new measurement and the report reads only the current settings' cells; a profile's comments, or a value
-    CELL_SETTINGS replaces (the demo's arms, its eval size), leave the cells current."""
-    import hashlib
-
-    import yaml
-
-    from s2d_pipeline.config import deep_merge
-
+    """A short hash of what a profile's cells run, seed and budget aside (None without CELL_SETTINGS): a record
+    carries it, and the report reads only cells run under the current settings."""
     if params.stem not in CELL_SETTINGS:
         return None
-    settings = deep_merge(yaml.safe_load(params.read_text()), cell_overrides(params, 0, 0))
-    for per_cell in ("seed", "budget"):
-        settings.pop(per_cell)
+    runs = deep_merge(yaml.safe_load(params.read_text()), cell_overrides(params, 0, 0))
+    settings = {k: v for k, v in runs.items() if k not in ("seed", "budget")}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -120,15 +115,11 @@ def workdir_for(params: Path, workdir: Path) -> Path:
 
 def cell_overrides(params: Path, seed: int, budget: int) -> dict:
     """What a cell sets over the params: seed, budget, no stops, and the profile's CELL_SETTINGS."""
-    from s2d_pipeline.config import deep_merge
-
     return deep_merge({"seed": seed, "budget": budget, **NO_STOPS}, CELL_SETTINGS.get(params.stem, {}))
 
 
 def _config(root: Path, seed: int, budget: int, params: Path, extra: dict | None = None):
     """A cell's config (`cell_overrides`), with `extra` over it."""
-    from s2d_pipeline.config import deep_merge, load_config
-
     return load_config(params, deep_merge(cell_overrides(params, seed, budget), extra or {}), root=root)
 
 
@@ -381,7 +372,6 @@ def size(params: Path, workdir: Path) -> None:
     (so the one taken is already there for the profile's runs), greedy, one record each in
     student_sizing.jsonl; stops at the first candidate that satisfies the rule. `eval` is never read."""
     from s2d_pipeline import runtime
-    from s2d_pipeline.config import load_config
     from s2d_pipeline.models import load_model
     from s2d_pipeline.stages.prepare import file_sha256, healed_student, import_teacher
     from s2d_pipeline.tasks import get_task

@@ -3,7 +3,7 @@ comparison table and C1 (the RL teacher's gain over the raw teacher).
 
     python -m bench.real_weights run                                  # profiles/smollm2-arith.yaml
     python -m bench.real_weights run --params profiles/smollm2-arith.yaml -S teacher_rl.steps=40
-    python -m bench.real_weights run --collect DIR --wall-s 1812      # record a finished `s2d run` in DIR
+    python -m bench.real_weights run --collect experiments/<name> --wall-s 845   # a finished run (its --params, -S)
     python -m bench.real_weights report
 
 Runs every stage in this process, in a temporary project, through `s2d_pipeline.cli.run_stage` (the
@@ -60,15 +60,17 @@ def run(params: Path, overrides: list[str]) -> dict:
         return {"wall_s": round(time.perf_counter() - started, 1), "stages": stages, **_summary(cfg, stages)}
 
 
-def collect(directory: Path, wall_s: float | None) -> dict:
-    """A finished `s2d run` in `directory`: its metrics files (stage wall from the stages' own timers;
-    no memory figures)."""
+def collect(directory: Path, params: Path, overrides: list[str], wall_s: float | None) -> dict:
+    """A finished `s2d --params <params> [-S overrides] run` whose outputs are under `directory` (an experiment's
+    root): its metrics files (stage wall from the stages' own timers; no memory figures)."""
     from s2d_pipeline.arms import PER_ARM_STAGES
-    from s2d_pipeline.config import load_config
+    from s2d_pipeline.config import load_config, parse_overrides
     from s2d_pipeline.layout import metrics_file, stage_metrics
     from s2d_pipeline.stages import STAGES
 
-    cfg = load_config(directory / "params.yaml", root=directory)
+    cfg = load_config(params, parse_overrides(overrides), root=directory)
+    if not (evaluated := metrics_file(cfg, "evaluate")).exists():
+        raise SystemExit(f"{directory}: no finished run of {params.name} there ({evaluated} is missing)")
     stages = {}
     for name in STAGES:
         if name not in PER_ARM_STAGES and not metrics_file(cfg, name).exists():
@@ -86,7 +88,8 @@ def section() -> str:
     out = []
     for r in records:
         k, overrides = r["k"], " ".join("-S " + o for o in r.get("overrides") or [])
-        how = "(metrics collected from a `s2d --params … run`; stage walls from the stages' own timers) "
+        where = f" in `{r['collected']}`" if isinstance(r.get("collected"), str) else ""
+        how = f"(metrics collected from a `s2d --params … run`{where}; stage walls from the stages' own timers) "
         out += [
             f"Machine: {harness.machines([r])}. `{r['params']}` {overrides}{how if r.get('collected') else ''}"
             f"— whole pipeline {r['wall_s'] / 60:.1f} min; eval on {r['eval_problems']} problems, avg_at_k with "
@@ -118,14 +121,17 @@ def main() -> None:
     def run_options(p):
         p.add_argument("--params", type=Path, default=harness.REPO / "profiles" / "smollm2-arith.yaml")
         p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-        p.add_argument("--collect", type=Path, default=None, help="record a finished `s2d run` in this directory")
+        p.add_argument("--collect", type=Path, default=None, help="record a finished run of --params, -S here")
         p.add_argument("--wall-s", type=float, default=None, help="with --collect: the run's measured wall time")
 
     def run_args(a):
-        params = (a.collect / "params.yaml") if a.collect else a.params.resolve()
+        params, collected = a.params.resolve(), a.collect.resolve() if a.collect else None
         name = str(params.relative_to(harness.REPO) if params.is_relative_to(harness.REPO) else params)
-        cell = {"params": name, "overrides": a.overrides, "collected": bool(a.collect)}
-        measure = (lambda _: collect(a.collect, a.wall_s)) if a.collect else (lambda _: run(params, a.overrides))
+        cell = {"params": name, "overrides": a.overrides, "collected": str(collected) if collected else False}
+
+        def measure(_):
+            return collect(collected, params, a.overrides, a.wall_s) if collected else run(params, a.overrides)
+
         harness.run_cells(RESULTS, [cell], measure, a.again)
 
     harness.main("real_weights", __doc__, run_args, lambda _: section(), run_options=run_options)

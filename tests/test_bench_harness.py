@@ -119,3 +119,15 @@ def test_a_cell_measured_under_other_settings_is_not_read_as_a_current_one(tmp_p
         le.results_file(params), le.cells_of(params, [0], [16]), lambda c: measured_again.append(c) or {}
     )
     assert measured_again == [{"seed": 0, "budget": 16, "settings": le.settings_id(params)}]
+
+
+def test_collecting_a_directory_without_a_finished_run_names_what_is_missing(tmp_path):
+    """`bench.real_weights run --collect DIR` reads a finished `s2d --params P run` under DIR through P: a
+    directory holding none is refused, naming the file it looked for, and nothing is recorded."""
+    from bench import real_weights
+
+    results, profile = tmp_path / "real_weights.jsonl", harness.REPO / "profiles" / "smollm2-arith.yaml"
+    cell = {"params": "profiles/smollm2-arith.yaml", "overrides": [], "collected": str(tmp_path)}
+    with pytest.raises(SystemExit, match=r"no finished run of smollm2-arith\.yaml .*metrics/smollm2/evaluate\.json"):
+        harness.record(results, cell, lambda: real_weights.collect(tmp_path, profile, [], 845.0))
+    assert not results.exists()
