@@ -107,6 +107,7 @@ def test_a_cell_measured_under_other_settings_is_not_read_as_a_current_one(tmp_p
     le.results_file(params).write_text(json.dumps(record) + "\n")
     assert "| s2d |" in le.section(params)
     demo_only = params.read_text().replace("n_eval: 20", "n_eval: 10").replace("arms: [", "arms: [no_opd, ")
+    assert "n_eval: 10" in demo_only and "arms: [no_opd, " in demo_only
     params.write_text(demo_only + "# a comment\n")
     assert le.settings_id(params) == record["settings"]
 
